@@ -1,0 +1,3 @@
+from gchat.main import main
+
+main()

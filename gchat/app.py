@@ -1,0 +1,107 @@
+"""Wiring: build gchat's parts from Settings and put them behind one Tornado Application."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import tornado.web
+
+from gchat.auth import TokenSigner, load_or_create_secret
+from gchat.broker import Broker, MemoryBroker
+from gchat.config import Settings
+from gchat.db import Database
+from gchat.demo import demo_routes
+from gchat.moodle import Moodle
+from gchat.paths import static_dir, template_dir
+from gchat.router import Router
+from gchat.store import ChatStore
+from gchat.transports.base import OriginPolicy
+from gchat.transports.http import BootstrapHandler, HealthHandler
+from gchat.transports.longpoll import PollHandler, PollTabs, SendHandler
+from gchat.transports.websocket import WebSocketHandler
+
+# Defaults of the old block_gchat, which admins could change (DESIGN.md, "Look and feel").
+DEFAULT_COLORS = {"header": "#2F922C", "header_unread": "#5ECC76", "header_text": "#B0DDBA", "border": "#888"}
+
+
+@dataclass
+class Services:
+    settings: Settings
+    db: Database
+    moodle: Moodle
+    store: ChatStore
+    broker: Broker
+    router: Router
+
+    async def close(self) -> None:
+        await self.router.stop()
+        await self.broker.close()
+        self.db.close()
+
+
+def demo_db_path(settings: Settings) -> str:
+    return os.path.join(settings.data_dir, "demo.sqlite3")
+
+
+def effective_wwwroot(settings: Settings) -> str:
+    if settings.moodle_wwwroot:
+        return settings.moodle_wwwroot
+    # The demo serves its own avatars; a path keeps them working whatever host the page used.
+    return settings.url_prefix + "/demo" if settings.is_demo_db else "http://localhost"
+
+
+def make_broker(settings: Settings) -> Broker:
+    if settings.broker_url:
+        from gchat.redis_broker import RedisBroker  # optional dependency: pip install gchat[redis]
+
+        return RedisBroker(settings.broker_url, log_size=settings.event_log_size)
+    return MemoryBroker(log_size=settings.event_log_size)
+
+
+def build_services(settings: Settings, db: Database | None = None, broker: Broker | None = None) -> Services:
+    if db is None:
+        db = Database(settings.db_url, prefix=settings.db_prefix, pool_size=settings.db_pool_size,
+                      timeout=settings.db_timeout,
+                      sqlite_path=demo_db_path(settings) if settings.is_demo_db else None)
+    wwwroot = effective_wwwroot(settings)
+    if settings.moodle_wwwroot != wwwroot:
+        settings = settings.replace(moodle_wwwroot=wwwroot)
+    moodle = Moodle(db, wwwroot=wwwroot, session_timeout=settings.session_timeout,
+                    session_cache_ttl=settings.session_cache_ttl, cache_ttl=settings.cache_ttl)
+    store = ChatStore(db)
+    broker = broker or make_broker(settings)
+    secret = settings.secret_key or load_or_create_secret(settings.data_dir)
+    router = Router(settings, moodle=moodle, store=store, broker=broker,
+                    signer=TokenSigner(secret, settings.token_ttl))
+    return Services(settings, db, moodle, store, broker, router)
+
+
+def make_app(services: Services, **app_settings: Any) -> tornado.web.Application:
+    settings = services.settings
+    prefix = settings.url_prefix
+    origins = OriginPolicy(settings)
+    common = dict(router=services.router, settings=settings, origins=origins)
+    tabs = PollTabs(services.router)
+    routes: list[Any] = [
+        (prefix + "/api/bootstrap", BootstrapHandler, dict(common, colors=DEFAULT_COLORS, container="body")),
+        (prefix + "/api/poll", PollHandler, dict(common, tabs=tabs)),
+        (prefix + "/api/send", SendHandler, common),
+        (prefix + "/ws", WebSocketHandler, common),
+        (prefix + "/health", HealthHandler, common),
+        (prefix + "/static/(.*)", tornado.web.StaticFileHandler, {"path": static_dir()}),
+    ]
+    if settings.demo:
+        routes += demo_routes(prefix, common)
+        routes.append((r"/", tornado.web.RedirectHandler, {"url": prefix + "/demo"}))
+    return tornado.web.Application(
+        routes,
+        template_path=template_dir(),
+        xsrf_cookies=True,
+        websocket_ping_interval=settings.ws_ping_interval or None,
+        websocket_ping_timeout=max(settings.ws_ping_interval, 10) if settings.ws_ping_interval else None,
+        websocket_max_message_size=settings.max_frame_bytes,
+        poll_tabs=tabs,
+        **app_settings,
+    )

@@ -1,0 +1,66 @@
+"""Tokens: what the bootstrap endpoint hands the widget after checking the Moodle cookie.
+
+A token is signed with itsdangerous (secret from the settings, one salt per purpose) and carries
+the user id and a hash of the Moodle sid: never the sid itself, because tokens travel in WebSocket
+URLs and page scripts. Identity always comes from a token or the cookie, never from a field a
+client sends.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from dataclasses import dataclass
+
+from itsdangerous import BadSignature, SignatureExpired, URLSafeTimedSerializer
+
+from gchat.errors import AuthError
+
+TOKEN_SALT = "gchat.token.v1"
+
+
+@dataclass(frozen=True)
+class Identity:
+    user_id: int
+    sid_hash: str
+
+
+class TokenSigner:
+    def __init__(self, secret: str, ttl: int) -> None:
+        self.ttl = ttl
+        self._serializer = URLSafeTimedSerializer(secret, salt=TOKEN_SALT)
+
+    def issue(self, identity: Identity) -> str:
+        return self._serializer.dumps({"u": identity.user_id, "s": identity.sid_hash})
+
+    def verify(self, token: str | None) -> Identity:
+        if not token or not isinstance(token, str) or len(token) > 512:
+            raise AuthError("bad_token", "a token from api/bootstrap is required")
+        try:
+            data = self._serializer.loads(token, max_age=self.ttl)
+        except SignatureExpired:
+            raise AuthError("token_expired", "the token has expired; call api/bootstrap again") from None
+        except BadSignature:
+            raise AuthError("bad_token", "the token is not valid") from None
+        try:
+            return Identity(int(data["u"]), str(data["s"]))
+        except (KeyError, TypeError, ValueError):
+            raise AuthError("bad_token", "the token is not valid") from None
+
+
+def load_or_create_secret(data_dir: str) -> str:
+    """The signing key kept in ``data_dir/secret_key`` (created once, readable by its owner only)."""
+    os.makedirs(data_dir, exist_ok=True)
+    path = os.path.join(data_dir, "secret_key")
+    try:
+        with open(path, encoding="ascii") as handle:
+            secret = handle.read().strip()
+        if secret:
+            return secret
+    except FileNotFoundError:
+        pass
+    secret = secrets.token_urlsafe(48)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="ascii") as handle:
+        handle.write(secret + "\n")
+    return secret

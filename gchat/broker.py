@@ -1,0 +1,222 @@
+"""Event logs and presence counts: the part of gchat's state that is not in the database.
+
+Every event a user must see is appended to that user's **event log** and gets a cursor
+``"<epoch>:<seq>"``; a client resumes by sending the last cursor it processed. A log lives while
+its user is online (or within the presence grace period) and is dropped when the user goes
+offline; the next log of that user gets a new epoch. So a cursor is resumable only when its
+epoch is the live one and nothing after it has been trimmed: otherwise the router answers with
+``ready`` and ``reset: true`` — never a silent gap. The database stays the source of truth.
+
+The :class:`Broker` interface is small so that a Redis implementation (several processes,
+several hosts) can stand beside :class:`MemoryBroker`, the default and the fast path.
+"""
+
+from __future__ import annotations
+
+import abc
+import json
+import logging
+import secrets
+from collections import deque
+from typing import Any, Callable, Iterable
+
+log = logging.getLogger("gchat.broker")
+
+Wakeup = Callable[[], None]
+
+
+class CursorGone(Exception):
+    """The cursor cannot be resumed: unknown epoch, trimmed, from the future, or malformed."""
+
+
+def encode_event(event: dict[str, Any]) -> str:
+    """JSON of an event without its cursor; encoded once however many users receive it."""
+    return json.dumps(event, ensure_ascii=False, separators=(",", ":"))
+
+
+def with_cursor(cursor: str, body: str) -> str:
+    """Splice ``"cursor"`` in front of an encoded event (bodies always start with ``{"type"``)."""
+    return '{"cursor":"' + cursor + '",' + body[1:]
+
+
+def parse_cursor(cursor: str) -> tuple[str, int]:
+    epoch, sep, seq = cursor.partition(":")
+    if not sep or not epoch or not seq.isdigit() or len(cursor) > 64:
+        raise CursorGone(f"malformed cursor {cursor!r}")
+    return epoch, int(seq)
+
+
+class Broker(abc.ABC):
+    """Per-user event logs, wake-ups and presence counts."""
+
+    name = "broker"
+
+    async def start(self) -> None:
+        """Connect and start background work (nothing for the memory broker)."""
+
+    async def close(self) -> None:
+        """Release connections and stop background work."""
+
+    # -- event logs -------------------------------------------------------------------------
+
+    @abc.abstractmethod
+    async def ensure_log(self, user_id: int) -> None:
+        """Make sure ``user_id`` has a live log (called when one of its clients attaches)."""
+
+    @abc.abstractmethod
+    async def drop_log(self, user_id: int) -> None:
+        """Forget ``user_id``'s log (the user went offline); old cursors become resets."""
+
+    @abc.abstractmethod
+    async def publish(self, user_ids: Iterable[int], body: str) -> None:
+        """Append an encoded event to the live logs of ``user_ids`` and wake their clients."""
+
+    @abc.abstractmethod
+    async def head(self, user_id: int) -> str:
+        """The cursor of the newest event in ``user_id``'s log (``epoch:0`` when empty)."""
+
+    @abc.abstractmethod
+    async def read(self, user_id: int, cursor: str) -> tuple[list[str], str]:
+        """Events after ``cursor`` (wire JSON with cursors) and the new cursor; or CursorGone."""
+
+    @abc.abstractmethod
+    def subscribe(self, user_id: int, wakeup: Wakeup) -> None:
+        """Call ``wakeup()`` whenever ``user_id``'s log grows (on this process's IOLoop)."""
+
+    @abc.abstractmethod
+    def unsubscribe(self, user_id: int, wakeup: Wakeup) -> None: ...
+
+    # -- presence ---------------------------------------------------------------------------
+
+    @abc.abstractmethod
+    async def add_connection(self, user_id: int, conn_id: str) -> bool:
+        """Count a live connection; True when the user was offline and is now online."""
+
+    @abc.abstractmethod
+    async def remove_connection(self, user_id: int, conn_id: str) -> int:
+        """Stop counting a connection; returns how many the user still has."""
+
+    @abc.abstractmethod
+    async def connection_count(self, user_id: int) -> int: ...
+
+    @abc.abstractmethod
+    async def mark_offline(self, user_id: int) -> bool:
+        """Called after the grace period with no connections: True for the one caller that
+        moved the user from online to offline (so the offline fan-out happens once)."""
+
+    @abc.abstractmethod
+    async def online(self, user_ids: Iterable[int]) -> set[int]:
+        """Which of ``user_ids`` are online."""
+
+    async def healthy(self) -> bool:
+        return True
+
+
+class _Log:
+    __slots__ = ("epoch", "first", "last", "bodies")
+
+    def __init__(self, size: int) -> None:
+        self.epoch = secrets.token_hex(5)
+        self.first = 1  # seq of bodies[0]
+        self.last = 0  # seq of the newest event
+        self.bodies: deque[str] = deque(maxlen=size)
+
+    def append(self, body: str) -> None:
+        if len(self.bodies) == self.bodies.maxlen:
+            self.first += 1
+        self.bodies.append(body)
+        self.last += 1
+
+
+class MemoryBroker(Broker):
+    """Everything in this process: the default for a single gchat process."""
+
+    name = "memory"
+
+    def __init__(self, log_size: int = 1000) -> None:
+        self._log_size = log_size
+        self._logs: dict[int, _Log] = {}
+        self._wakeups: dict[int, list[Wakeup]] = {}
+        self._connections: dict[int, set[str]] = {}
+        self._online: set[int] = set()
+
+    async def ensure_log(self, user_id: int) -> None:
+        if user_id not in self._logs:
+            self._logs[user_id] = _Log(self._log_size)
+
+    async def drop_log(self, user_id: int) -> None:
+        self._logs.pop(user_id, None)
+
+    async def publish(self, user_ids: Iterable[int], body: str) -> None:
+        for uid in user_ids:
+            user_log = self._logs.get(uid)
+            if user_log is None:
+                continue  # offline: nothing to resume; the next ready is built from the database
+            user_log.append(body)
+            for wakeup in tuple(self._wakeups.get(uid, ())):
+                try:
+                    wakeup()
+                except Exception:  # one broken client must not stop delivery to the others
+                    log.exception("wake-up of a client of user %s failed", uid)
+
+    async def head(self, user_id: int) -> str:
+        user_log = self._logs.get(user_id)
+        if user_log is None:
+            await self.ensure_log(user_id)
+            user_log = self._logs[user_id]
+        return f"{user_log.epoch}:{user_log.last}"
+
+    async def read(self, user_id: int, cursor: str) -> tuple[list[str], str]:
+        epoch, seq = parse_cursor(cursor)
+        user_log = self._logs.get(user_id)
+        if user_log is None or epoch != user_log.epoch:
+            raise CursorGone("unknown epoch")
+        if seq > user_log.last or seq < user_log.first - 1:
+            raise CursorGone("cursor outside the log")
+        start = seq - user_log.first + 1
+        events = [with_cursor(f"{epoch}:{user_log.first + i}", user_log.bodies[i])
+                  for i in range(start, len(user_log.bodies))]
+        return events, f"{epoch}:{user_log.last}"
+
+    def subscribe(self, user_id: int, wakeup: Wakeup) -> None:
+        self._wakeups.setdefault(user_id, []).append(wakeup)
+
+    def unsubscribe(self, user_id: int, wakeup: Wakeup) -> None:
+        wakeups = self._wakeups.get(user_id)
+        if wakeups and wakeup in wakeups:
+            wakeups.remove(wakeup)
+            if not wakeups:
+                del self._wakeups[user_id]
+
+    async def add_connection(self, user_id: int, conn_id: str) -> bool:
+        self._connections.setdefault(user_id, set()).add(conn_id)
+        if user_id in self._online:
+            return False
+        self._online.add(user_id)
+        return True
+
+    async def remove_connection(self, user_id: int, conn_id: str) -> int:
+        conns = self._connections.get(user_id)
+        if conns is None:
+            return 0
+        conns.discard(conn_id)
+        if not conns:
+            del self._connections[user_id]
+            return 0
+        return len(conns)
+
+    async def connection_count(self, user_id: int) -> int:
+        return len(self._connections.get(user_id, ()))
+
+    async def mark_offline(self, user_id: int) -> bool:
+        if user_id in self._connections or user_id not in self._online:
+            return False
+        self._online.discard(user_id)
+        return True
+
+    async def online(self, user_ids: Iterable[int]) -> set[int]:
+        return {uid for uid in user_ids if uid in self._online}
+
+    def stats(self) -> dict[str, int]:
+        return {"logs": len(self._logs), "online": len(self._online),
+                "connections": sum(len(c) for c in self._connections.values())}

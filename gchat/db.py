@@ -1,0 +1,208 @@
+"""Database access: a DBUtils pool over PyMySQL (or sqlite3 for the demo), used off the IOLoop.
+
+Every query runs in a bounded thread pool (``Database.run``), one unit of work per call, inside
+one transaction that is committed or rolled back before the connection returns to the pool (a
+pooled MySQL connection left inside a REPEATABLE READ transaction would keep seeing an old
+snapshot). SQL is written once, with ``%s`` parameters and ``{table}`` names; ``Database.sql``
+applies the table prefix and the driver's parameter style in this one place. Nothing from a
+client ever reaches SQL except as a parameter.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import sqlite3
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Callable, Sequence, TypeVar
+
+import pymysql
+from dbutils.pooled_db import PooledDB
+
+from gchat.config import DbUrl
+from gchat.errors import Unavailable
+
+log = logging.getLogger("gchat.db")
+T = TypeVar("T")
+
+_TABLE = re.compile(r"\{(\w+)\}")
+
+# Errors that mean "the database is not there or not answering" rather than "this query is wrong".
+_UNAVAILABLE_ERRORS: tuple[type[BaseException], ...] = (
+    pymysql.err.OperationalError,
+    pymysql.err.InterfaceError,
+    ConnectionError,
+    TimeoutError,
+    sqlite3.OperationalError,
+)
+INTEGRITY_ERRORS: tuple[type[BaseException], ...] = (pymysql.err.IntegrityError, sqlite3.IntegrityError)
+
+
+class Query:
+    """What a unit of work sees: a cursor with the prefix and parameter style applied."""
+
+    def __init__(self, db: "Database", conn: Any) -> None:
+        self._db = db
+        self._cursor = conn.cursor()
+        self.count = 0
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> int:
+        self.count += 1
+        self._cursor.execute(self._db.sql(sql), tuple(params))
+        return self._cursor.rowcount
+
+    def all(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        self.execute(sql, params)
+        return [tuple(row) for row in self._cursor.fetchall()]
+
+    def one(self, sql: str, params: Sequence[Any] = ()) -> tuple[Any, ...] | None:
+        self.execute(sql, params)
+        row = self._cursor.fetchone()
+        return tuple(row) if row is not None else None
+
+    def scalar(self, sql: str, params: Sequence[Any] = ()) -> Any:
+        row = self.one(sql, params)
+        return row[0] if row else None
+
+    @property
+    def lastrowid(self) -> int:
+        return int(self._cursor.lastrowid)
+
+    def table_exists(self, name: str) -> bool:
+        """True when ``{name}`` can be read; the check runs in a savepoint-free way per dialect."""
+        if self._db.dialect == "sqlite":
+            return self.one("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = %s",
+                            (self._db.prefix + name,)) is not None
+        return self.one("SELECT 1 FROM information_schema.tables WHERE table_schema = DATABASE() "
+                        "AND table_name = %s", (self._db.prefix + name,)) is not None
+
+    def column_exists(self, table: str, column: str) -> bool:
+        if self._db.dialect == "sqlite":
+            return any(row[1] == column for row in self.all(f"PRAGMA table_info({{{table}}})"))
+        return self.one("SELECT 1 FROM information_schema.columns WHERE table_schema = DATABASE() "
+                        "AND table_name = %s AND column_name = %s",
+                        (self._db.prefix + table, column)) is not None
+
+
+class Database:
+    """A connection pool plus the thread pool its queries run in."""
+
+    def __init__(self, url: DbUrl | None, *, prefix: str, pool_size: int, timeout: float,
+                 sqlite_path: str | None = None) -> None:
+        self.prefix = prefix
+        self.url = url
+        self.dialect = "sqlite" if url is None else "mysql"
+        self.queries = 0  # total statements run; read by metrics and query-budget tests
+        self.query_seconds = 0.0
+        self._count_lock = threading.Lock()
+        self._timeout = timeout
+        self._down_until = 0.0
+        size = pool_size
+        if url is None:
+            if sqlite_path is None:
+                raise ValueError("the demo database needs a file path")
+            self.where = sqlite_path
+            # SQLite serialises writers anyway; a small pool avoids "database is locked" storms.
+            size = min(pool_size, 4)
+            self._pool = PooledDB(sqlite3, maxconnections=size, blocking=True, ping=0,
+                                  database=sqlite_path, check_same_thread=False, timeout=timeout,
+                                  setsession=["PRAGMA journal_mode=WAL", "PRAGMA busy_timeout=5000"])
+        else:
+            self.where = url.redacted()
+            connect: dict[str, Any] = dict(user=url.user, password=url.password, database=url.database,
+                                           charset=url.charset, connect_timeout=max(1, int(timeout)),
+                                           read_timeout=max(1, int(timeout)), write_timeout=max(1, int(timeout)),
+                                           autocommit=False)
+            if url.unix_socket:
+                connect["unix_socket"] = url.unix_socket
+            else:
+                connect.update(host=url.host, port=url.port)
+            # ping=1: check a connection whenever it leaves the pool, so a MariaDB restart costs one
+            # failed unit of work per stale connection at most, and no gchat restart.
+            self._pool = PooledDB(pymysql, maxconnections=size, blocking=True, ping=1, **connect)
+        self.pool_size = size
+        self._executor = ThreadPoolExecutor(max_workers=size, thread_name_prefix="gchat-db")
+        self._in_flight = 0
+
+    def sql(self, text: str) -> str:
+        text = _TABLE.sub(lambda m: self.prefix + m.group(1), text)
+        if self.dialect == "sqlite":
+            text = text.replace("%s", "?")
+        return text
+
+    @property
+    def in_flight(self) -> int:
+        return self._in_flight
+
+    def run_sync(self, work: Callable[[Query], T]) -> T:
+        """Run one unit of work in one transaction on the calling thread."""
+        started = time.monotonic()
+        try:
+            conn = self._pool.connection()
+        except _UNAVAILABLE_ERRORS as exc:
+            self._down_until = time.monotonic() + 1.0
+            raise Unavailable(f"database {self.where} is not reachable: {exc}") from exc
+        query = Query(self, conn)
+        try:
+            result = work(query)
+            conn.commit()
+            return result
+        except _UNAVAILABLE_ERRORS as exc:
+            self._down_until = time.monotonic() + 1.0
+            _quiet_rollback(conn)
+            raise Unavailable(f"database {self.where} failed: {exc}") from exc
+        except BaseException:
+            _quiet_rollback(conn)
+            raise
+        finally:
+            _quiet_close(conn)
+            with self._count_lock:
+                self.queries += query.count
+                self.query_seconds += time.monotonic() - started
+
+    async def run(self, work: Callable[[Query], T]) -> T:
+        """Run ``work`` in the thread pool; never blocks the IOLoop.
+
+        Right after a connection failure, and while more work is queued than the pool can take
+        in a few seconds, refuse at once with Unavailable instead of letting requests hang.
+        """
+        if time.monotonic() < self._down_until:
+            raise Unavailable(f"database {self.where} is not reachable")
+        if self._in_flight >= self.pool_size * 32:
+            raise Unavailable("the database is overloaded; try again")
+        self._in_flight += 1
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self._executor, self.run_sync, work)
+        finally:
+            self._in_flight -= 1
+
+    async def ping(self) -> bool:
+        try:
+            await self.run(lambda q: q.scalar("SELECT 1"))
+            return True
+        except Unavailable:
+            return False
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=False, cancel_futures=True)
+        try:
+            self._pool.close()
+        except Exception:  # closing a pool whose server is gone must not stop a shutdown
+            log.debug("closing the pool failed", exc_info=True)
+
+
+def _quiet_rollback(conn: Any) -> None:
+    try:
+        conn.rollback()
+    except Exception:
+        pass
+
+
+def _quiet_close(conn: Any) -> None:
+    try:
+        conn.close()
+    except Exception:
+        pass

@@ -1,0 +1,177 @@
+"""Command line: ``gchat [serve|initdb|check] [--setting=value ...]``.
+
+``python gchat/main.py``, ``python -m gchat`` and the ``gchat`` console script are the same
+program. A wrong setting, an unreachable database or missing tables stop it with one line on
+stderr and exit status 2 — never a traceback.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+if __package__ in (None, ""):  # run as a script from a checkout: python gchat/main.py
+    sys.path[0] = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+import asyncio
+import logging
+import signal
+from typing import Callable, NoReturn
+
+import tornado.httpserver
+
+from gchat.app import Services, build_services, demo_db_path, make_app
+from gchat.config import ConfigError, Settings, load_settings
+from gchat.db import Database
+from gchat.demo import create_moodle_schema, seed
+from gchat.errors import Unavailable
+
+log = logging.getLogger("gchat")
+
+USAGE = """usage: gchat [serve|initdb|check] [--setting=value ...] [--config=FILE]
+
+  serve    run the chat server (the default); without --db_url, the embedded demo
+  initdb   create gchat's tables in the configured database, then exit (safe to run twice)
+  check    validate a configuration against the Moodle database and print advice
+
+Settings (also GCHAT_<NAME> in the environment, or 'name = value' in the config file):
+"""
+
+
+class Fatal(Exception):
+    """Stops the program with one line on stderr and exit status 2."""
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split())
+
+
+def open_database(settings: Settings) -> Database:
+    if settings.is_demo_db:
+        os.makedirs(settings.data_dir, exist_ok=True)
+        path = demo_db_path(settings)
+    else:
+        path = None
+    return Database(settings.db_url, prefix=settings.db_prefix, pool_size=settings.db_pool_size,
+                    timeout=settings.db_timeout, sqlite_path=path)
+
+
+def prepare(settings: Settings) -> Services:
+    """Open the database and check it can serve; create and seed it in demo mode."""
+    db = open_database(settings)
+    services = build_services(settings, db=db)
+    try:
+        if settings.is_demo_db:
+            def init_demo(q):  # type: ignore[no-untyped-def]
+                create_moodle_schema(q)
+                seed(q)
+                services.store.create_tables(q)
+            db.run_sync(init_demo)
+        missing = db.run_sync(services.moodle.missing_tables)
+        if missing:
+            raise Fatal(f"db_url: {db.where} has no Moodle tables {', '.join(settings.db_prefix + m for m in missing)} "
+                        f"(is db_prefix '{settings.db_prefix}' right?)")
+        chat_missing = db.run_sync(services.store.missing_tables)
+        if chat_missing:
+            raise Fatal(f"gchat's tables ({', '.join(settings.db_prefix + m for m in chat_missing)}) are missing in "
+                        f"{db.where}; create them with: gchat initdb (same settings)")
+    except Unavailable as exc:
+        db.close()
+        raise Fatal(f"db_url: {_one_line(exc)}") from None
+    except Fatal:
+        db.close()
+        raise
+    return services
+
+
+async def serve(settings: Settings) -> None:
+    services = prepare(settings)
+    settings = services.settings
+    app = make_app(services)
+    server = tornado.httpserver.HTTPServer(app, xheaders=settings.xheaders,
+                                           max_body_size=max(settings.max_frame_bytes * 4, 65536),
+                                           idle_connection_timeout=120)
+    try:
+        server.listen(settings.port, settings.address)
+    except OSError as exc:
+        services.db.close()
+        raise Fatal(f"port: cannot listen on {settings.address}:{settings.port}: {exc.strerror}") from None
+    services.router.start()
+    await services.broker.start()
+    mode = "demo (SQLite at %s)" % services.db.where if settings.is_demo_db else services.db.where
+    log.info("gchat listening on http://%s:%d%s — database %s, broker %s", settings.address, settings.port,
+             settings.url_prefix, mode, services.broker.name)
+    if settings.demo:
+        log.info("demo pages at http://%s:%d%s/demo — anyone can log in as anyone: never on a real site",
+                 settings.address, settings.port, settings.url_prefix)
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+
+    log.info("shutting down: no new connections; telling clients to reconnect")
+    server.stop()
+    await services.router.stop()
+    try:
+        await asyncio.wait_for(server.close_all_connections(), timeout=4)
+    except asyncio.TimeoutError:
+        log.warning("some connections did not close in time")
+    await services.close()
+    log.info("stopped")
+
+
+def initdb(settings: Settings) -> None:
+    db = open_database(settings)
+    services = build_services(settings, db=db)
+    try:
+        db.run_sync(services.store.create_tables)
+    except Unavailable as exc:
+        raise Fatal(f"db_url: {_one_line(exc)}") from None
+    finally:
+        db.close()
+    print(f"gchat tables ready in {db.where} (prefix {settings.db_prefix})")
+
+
+def check(settings: Settings) -> None:
+    from gchat.check import run_check
+
+    ok = run_check(settings, open_database(settings), print)
+    if not ok:
+        raise SystemExit(1)
+
+
+COMMANDS: dict[str, Callable[[Settings], None]] = {"initdb": initdb, "check": check}
+
+
+def main(argv: list[str] | None = None) -> NoReturn:
+    args = list(sys.argv[1:] if argv is None else argv)
+    command = "serve"
+    if args and not args[0].startswith("-"):
+        command = args.pop(0)
+    if command in ("help", "-h", "--help") or "--help" in args or "-h" in args:
+        from gchat.config import OPTIONS
+
+        print(USAGE + "\n".join(f"  --{o.name:<28} {o.help} (default: {o.default or 'empty'})" for o in OPTIONS))
+        raise SystemExit(0)
+    try:
+        if command not in ("serve", *COMMANDS):
+            raise Fatal(f"unknown command {command!r} (serve, initdb, check)")
+        settings = load_settings(args)
+        logging.basicConfig(level=settings.log_level.upper(),
+                            format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        if command == "serve":
+            asyncio.run(serve(settings))
+        else:
+            COMMANDS[command](settings)
+    except (ConfigError, Fatal) as exc:
+        print(f"gchat: {_one_line(exc)}", file=sys.stderr)
+        raise SystemExit(2) from None
+    except KeyboardInterrupt:
+        pass
+    raise SystemExit(0)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,341 @@
+"""gchat's own tables in the Moodle database (same prefix): conversations, members, messages.
+
+* ``gchat_conversations``: one row per unordered pair of users (``user_low < user_high``, unique).
+* ``gchat_members``: each member's view: window open, minimised, unread count, last message read.
+* ``gchat_messages``: text (≤ 1333 characters, utf8mb4), sender, Unix time in milliseconds and the
+  sender's ``client_id``, unique per sender, so that a retried send stores nothing twice.
+
+The tables are created by ``gchat initdb`` (the demo creates them itself); production start-up
+only checks that they are there.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from gchat.db import INTEGRITY_ERRORS, Database, Query
+
+TABLES = ("gchat_conversations", "gchat_members", "gchat_messages")
+
+_MYSQL_DDL = (
+    """CREATE TABLE IF NOT EXISTS {gchat_conversations} (
+        id BIGINT NOT NULL AUTO_INCREMENT PRIMARY KEY,
+        user_low BIGINT NOT NULL,
+        user_high BIGINT NOT NULL,
+        timecreated BIGINT NOT NULL,
+        UNIQUE KEY gchat_pair (user_low, user_high)
+    ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin""",
+    """CREATE TABLE IF NOT EXISTS {gchat_members} (
+        conversation BIGINT NOT NULL,
+        userid BIGINT NOT NULL,
+        is_open TINYINT NOT NULL DEFAULT 0,
+        minimized TINYINT NOT NULL DEFAULT 0,
+        unread INT NOT NULL DEFAULT 0,
+        last_read BIGINT NOT NULL DEFAULT 0,
+        timemodified BIGINT NOT NULL,
+        PRIMARY KEY (conversation, userid),
+        KEY gchat_user_open (userid, is_open)
+    ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin""",
+    """CREATE TABLE IF NOT EXISTS {gchat_messages} (
+        id BIGINT NOT NULL AUTO_INCREMENT PRIMARY KEY,
+        conversation BIGINT NOT NULL,
+        sender BIGINT NOT NULL,
+        text VARCHAR(1333) NOT NULL,
+        client_id VARCHAR(64) NULL,
+        time BIGINT NOT NULL,
+        UNIQUE KEY gchat_sender_client (sender, client_id),
+        KEY gchat_conversation_id (conversation, id)
+    ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin""",
+)
+
+_SQLITE_DDL = (
+    """CREATE TABLE IF NOT EXISTS {gchat_conversations} (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        user_low INTEGER NOT NULL,
+        user_high INTEGER NOT NULL,
+        timecreated INTEGER NOT NULL,
+        UNIQUE (user_low, user_high))""",
+    """CREATE TABLE IF NOT EXISTS {gchat_members} (
+        conversation INTEGER NOT NULL,
+        userid INTEGER NOT NULL,
+        is_open INTEGER NOT NULL DEFAULT 0,
+        minimized INTEGER NOT NULL DEFAULT 0,
+        unread INTEGER NOT NULL DEFAULT 0,
+        last_read INTEGER NOT NULL DEFAULT 0,
+        timemodified INTEGER NOT NULL,
+        PRIMARY KEY (conversation, userid))""",
+    "CREATE INDEX IF NOT EXISTS {gchat_members}_user_open ON {gchat_members} (userid, is_open)",
+    """CREATE TABLE IF NOT EXISTS {gchat_messages} (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        conversation INTEGER NOT NULL,
+        sender INTEGER NOT NULL,
+        text TEXT NOT NULL,
+        client_id TEXT NULL,
+        time INTEGER NOT NULL,
+        UNIQUE (sender, client_id))""",
+    "CREATE INDEX IF NOT EXISTS {gchat_messages}_conversation_id ON {gchat_messages} (conversation, id)",
+)
+
+MAX_HISTORY_LIMIT = 50
+
+
+@dataclass(frozen=True)
+class Message:
+    id: int
+    conversation: int
+    sender: int
+    text: str
+    time: int
+    client_id: str | None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"id": self.id, "conversation": self.conversation, "from": self.sender,
+                "text": self.text, "time": self.time, "client_id": self.client_id}
+
+
+@dataclass(frozen=True)
+class Pair:
+    """A conversation's identity: its id and its two members (immutable once created)."""
+
+    id: int
+    low: int
+    high: int
+
+    def has(self, user_id: int) -> bool:
+        return user_id in (self.low, self.high)
+
+    def peer_of(self, user_id: int) -> int:
+        return self.high if user_id == self.low else self.low
+
+
+@dataclass(frozen=True)
+class MemberState:
+    open: bool
+    minimized: bool
+    unread: int
+    last_read: int
+
+
+@dataclass(frozen=True)
+class Stored:
+    """The outcome of a send: the message, whether it was already stored (a retry), and the
+    peer's view when the send changed it from closed to open."""
+
+    message: Message
+    duplicate: bool
+    peer_opened: MemberState | None
+    peer_messages: list[Message] | None = None
+
+
+_MESSAGE_COLUMNS = "id, conversation, sender, text, time, client_id"
+
+
+def _message(row: tuple) -> Message:
+    return Message(id=int(row[0]), conversation=int(row[1]), sender=int(row[2]), text=row[3],
+                   time=int(row[4]), client_id=row[5])
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+class ChatStore:
+    def __init__(self, db: Database) -> None:
+        self.db = db
+        self._pairs: dict[int, Pair] = {}  # immutable rows: a plain dict cache, bounded below
+
+    # -- schema -----------------------------------------------------------------------------
+
+    def create_tables(self, q: Query) -> None:
+        for ddl in (_SQLITE_DDL if self.db.dialect == "sqlite" else _MYSQL_DDL):
+            q.execute(ddl)
+
+    def missing_tables(self, q: Query) -> list[str]:
+        return [name for name in TABLES if not q.table_exists(name)]
+
+    # -- conversations ----------------------------------------------------------------------
+
+    async def pair(self, conversation_id: int) -> Pair | None:
+        hit = self._pairs.get(conversation_id)
+        if hit is not None:
+            return hit
+        row = await self.db.run(lambda q: q.one(
+            "SELECT id, user_low, user_high FROM {gchat_conversations} WHERE id = %s", (conversation_id,)))
+        if row is None:
+            return None
+        return self._remember(Pair(int(row[0]), int(row[1]), int(row[2])))
+
+    def _remember(self, pair: Pair) -> Pair:
+        if len(self._pairs) > 200_000:
+            self._pairs.clear()
+        self._pairs[pair.id] = pair
+        return pair
+
+    async def open(self, me: int, peer: int, history: int) -> tuple[Pair, MemberState, list[Message]]:
+        """Create the conversation if new, open it for ``me``; returns my view and its last messages."""
+        def work(q: Query) -> tuple[Pair, MemberState, list[Message]]:
+            pair = self._find_or_create_pair(q, me, peer)
+            self._ensure_members(q, pair)
+            q.execute("UPDATE {gchat_members} SET is_open = 1, minimized = 0, timemodified = %s "
+                      "WHERE conversation = %s AND userid = %s", (now_ms(), pair.id, me))
+            return pair, self._state(q, pair.id, me), self._last_messages(q, pair.id, history)
+
+        pair, state, messages = await self.db.run(work)
+        self._remember(pair)
+        return pair, state, messages
+
+    def _find_or_create_pair(self, q: Query, a: int, b: int) -> Pair:
+        low, high = min(a, b), max(a, b)
+        row = q.one("SELECT id FROM {gchat_conversations} WHERE user_low = %s AND user_high = %s", (low, high))
+        if row is None:
+            try:
+                q.execute("INSERT INTO {gchat_conversations} (user_low, user_high, timecreated) VALUES (%s, %s, %s)",
+                          (low, high, now_ms()))
+                return Pair(q.lastrowid, low, high)
+            except INTEGRITY_ERRORS:
+                # Both users opened at once: the other transaction created it first.
+                row = q.one("SELECT id FROM {gchat_conversations} WHERE user_low = %s AND user_high = %s",
+                            (low, high))
+                assert row is not None
+        return Pair(int(row[0]), low, high)
+
+    def _ensure_members(self, q: Query, pair: Pair) -> None:
+        for user in (pair.low, pair.high):
+            if q.one("SELECT 1 FROM {gchat_members} WHERE conversation = %s AND userid = %s", (pair.id, user)) is None:
+                try:
+                    q.execute("INSERT INTO {gchat_members} (conversation, userid, timemodified) VALUES (%s, %s, %s)",
+                              (pair.id, user, now_ms()))
+                except INTEGRITY_ERRORS:
+                    pass
+
+    def _state(self, q: Query, conversation: int, user: int) -> MemberState:
+        row = q.one("SELECT is_open, minimized, unread, last_read FROM {gchat_members} "
+                    "WHERE conversation = %s AND userid = %s", (conversation, user))
+        if row is None:
+            return MemberState(False, False, 0, 0)
+        return MemberState(bool(row[0]), bool(row[1]), int(row[2]), int(row[3]))
+
+    async def state(self, conversation: int, user: int) -> MemberState:
+        return await self.db.run(lambda q: self._state(q, conversation, user))
+
+    async def view(self, conversation: int, user: int, history: int) -> tuple[MemberState, list[Message]]:
+        return await self.db.run(lambda q: (self._state(q, conversation, user),
+                                            self._last_messages(q, conversation, history)))
+
+    async def set_open(self, conversation: int, user: int, is_open: bool) -> MemberState:
+        def work(q: Query) -> MemberState:
+            if is_open:
+                q.execute("UPDATE {gchat_members} SET is_open = 1, timemodified = %s "
+                          "WHERE conversation = %s AND userid = %s", (now_ms(), conversation, user))
+            else:
+                # Closing a window is a deliberate act: what it showed counts as read.
+                q.execute("UPDATE {gchat_members} SET is_open = 0, minimized = 0, unread = 0, "
+                          "last_read = (SELECT COALESCE(MAX(id), 0) FROM {gchat_messages} WHERE conversation = %s), "
+                          "timemodified = %s WHERE conversation = %s AND userid = %s",
+                          (conversation, now_ms(), conversation, user))
+            return self._state(q, conversation, user)
+
+        return await self.db.run(work)
+
+    async def set_minimized(self, conversation: int, user: int, minimized: bool) -> MemberState:
+        def work(q: Query) -> MemberState:
+            q.execute("UPDATE {gchat_members} SET minimized = %s, timemodified = %s "
+                      "WHERE conversation = %s AND userid = %s", (int(minimized), now_ms(), conversation, user))
+            return self._state(q, conversation, user)
+
+        return await self.db.run(work)
+
+    async def mark_seen(self, conversation: int, user: int, message_id: int) -> tuple[MemberState, bool]:
+        """Record that ``user`` read up to ``message_id``; returns the view and whether it changed."""
+        def work(q: Query) -> tuple[MemberState, bool]:
+            before = self._state(q, conversation, user)
+            last_read = max(before.last_read, message_id)
+            unread = q.scalar("SELECT COUNT(*) FROM {gchat_messages} WHERE conversation = %s AND id > %s "
+                              "AND sender <> %s", (conversation, last_read, user))
+            q.execute("UPDATE {gchat_members} SET last_read = %s, unread = %s, timemodified = %s "
+                      "WHERE conversation = %s AND userid = %s",
+                      (last_read, int(unread or 0), now_ms(), conversation, user))
+            after = self._state(q, conversation, user)
+            return after, after != before
+
+        return await self.db.run(work)
+
+    async def open_views(self, user: int, history: int) -> list[tuple[Pair, MemberState, list[Message]]]:
+        """Every conversation whose window ``user`` has open, with its last messages (for ``ready``)."""
+        def work(q: Query) -> list[tuple[Pair, MemberState, list[Message]]]:
+            rows = q.all("SELECT c.id, c.user_low, c.user_high, m.is_open, m.minimized, m.unread, m.last_read "
+                         "FROM {gchat_members} m JOIN {gchat_conversations} c ON c.id = m.conversation "
+                         "WHERE m.userid = %s AND m.is_open = 1 ORDER BY m.timemodified, c.id", (user,))
+            views = []
+            for row in rows:
+                pair = Pair(int(row[0]), int(row[1]), int(row[2]))
+                state = MemberState(bool(row[3]), bool(row[4]), int(row[5]), int(row[6]))
+                views.append((pair, state, self._last_messages(q, pair.id, history)))
+            return views
+
+        views = await self.db.run(work)
+        for pair, _, _ in views:
+            self._remember(pair)
+        return views
+
+    # -- messages ---------------------------------------------------------------------------
+
+    async def add_message(self, pair: Pair, sender: int, text: str, client_id: str | None,
+                          history: int) -> Stored:
+        """Store a message (or find the one a retry with the same client_id stored) and count it
+        unread for the peer, opening the peer's window. One transaction: committed on return."""
+        peer = pair.peer_of(sender)
+
+        def work(q: Query) -> Stored:
+            if client_id is not None:
+                existing = self._by_client_id(q, sender, client_id)
+                if existing is not None:
+                    return Stored(existing, True, None)
+            self._ensure_members(q, pair)
+            peer_was_open = bool(q.scalar("SELECT is_open FROM {gchat_members} WHERE conversation = %s "
+                                          "AND userid = %s", (pair.id, peer)))
+            stamp = now_ms()
+            try:
+                q.execute("INSERT INTO {gchat_messages} (conversation, sender, text, client_id, time) "
+                          "VALUES (%s, %s, %s, %s, %s)", (pair.id, sender, text, client_id, stamp))
+            except INTEGRITY_ERRORS:
+                # The same client_id was stored by a concurrent retry between our check and insert.
+                existing = self._by_client_id(q, sender, client_id)
+                if existing is None:
+                    raise
+                return Stored(existing, True, None)
+            message = Message(q.lastrowid, pair.id, sender, text, stamp, client_id)
+            q.execute("UPDATE {gchat_members} SET is_open = 1, unread = unread + 1, timemodified = %s "
+                      "WHERE conversation = %s AND userid = %s", (stamp, pair.id, peer))
+            q.execute("UPDATE {gchat_members} SET is_open = 1, last_read = %s, unread = 0 "
+                      "WHERE conversation = %s AND userid = %s", (message.id, pair.id, sender))
+            if peer_was_open:
+                return Stored(message, False, None)
+            return Stored(message, False, self._state(q, pair.id, peer), self._last_messages(q, pair.id, history))
+
+        return await self.db.run(work)
+
+    def _by_client_id(self, q: Query, sender: int, client_id: str | None) -> Message | None:
+        row = q.one(f"SELECT {_MESSAGE_COLUMNS} FROM {{gchat_messages}} WHERE sender = %s AND client_id = %s",
+                    (sender, client_id))
+        return _message(row) if row else None
+
+    def _last_messages(self, q: Query, conversation: int, limit: int) -> list[Message]:
+        rows = q.all(f"SELECT {_MESSAGE_COLUMNS} FROM {{gchat_messages}} WHERE conversation = %s "
+                     "ORDER BY id DESC LIMIT %s", (conversation, limit))
+        return [_message(row) for row in reversed(rows)]
+
+    async def history(self, conversation: int, before: int | None, limit: int) -> list[Message]:
+        """Up to ``limit`` messages older than message id ``before`` (all when None), oldest first."""
+        limit = max(1, min(limit, MAX_HISTORY_LIMIT))
+
+        def work(q: Query) -> list[Message]:
+            if before is None:
+                return self._last_messages(q, conversation, limit)
+            rows = q.all(f"SELECT {_MESSAGE_COLUMNS} FROM {{gchat_messages}} WHERE conversation = %s AND id < %s "
+                         "ORDER BY id DESC LIMIT %s", (conversation, before, limit))
+            return [_message(row) for row in reversed(rows)]
+
+        return await self.db.run(work)

@@ -1,0 +1,147 @@
+"""WebSocket transport: ``GET ws?token=T[&cursor=C]``.
+
+The handshake checks ``Origin`` (403 for a page of another site). A bad or expired token gets an
+``error`` event and close code 1008. Events are pushed from the user's event log as it grows;
+each command frame gets one reply frame. A bad command never closes the connection. A client
+whose unsent output passes ``max_output_bytes`` (it stopped reading) is cut off instead of
+growing the server's memory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from typing import Any
+
+import tornado.iostream
+import tornado.websocket
+
+from gchat.auth import Identity
+from gchat.config import Settings
+from gchat.errors import (WS_CLOSE_GOING_AWAY, WS_CLOSE_POLICY, WS_CLOSE_SERVER_ERROR, WS_CLOSE_SESSION_ENDED,
+                          WS_CLOSE_TRY_AGAIN, GchatError)
+from gchat.router import Client, Router
+from gchat.transports.base import OriginPolicy
+
+log = logging.getLogger("gchat.websocket")
+
+_CLOSE_CODES = {
+    "session_ended": WS_CLOSE_SESSION_ENDED,
+    "shutting_down": WS_CLOSE_GOING_AWAY,
+    "too_many_connections": WS_CLOSE_TRY_AGAIN,
+    "unavailable": WS_CLOSE_TRY_AGAIN,
+}
+
+
+class WebSocketClient(Client):
+    transport = "websocket"
+
+    def __init__(self, handler: "WebSocketHandler", identity: Identity, address: str) -> None:
+        super().__init__(identity, address)
+        self.handler = handler
+        self.cursor: str | None = None
+        # True until start(): a wake-up before the first catch-up only marks "read again".
+        self._pumping = True
+        self._again = False
+
+    def wake(self) -> None:
+        if self._pumping:
+            self._again = True
+        else:
+            self._pumping = True
+            asyncio.get_running_loop().create_task(self._pump())
+
+    def start(self, cursor: str | None) -> None:
+        self.cursor = cursor
+        asyncio.get_running_loop().create_task(self._pump())
+
+    async def _pump(self) -> None:
+        router = self.handler.router
+        try:
+            while True:
+                self._again = False
+                events, self.cursor = await router.catch_up(self.identity, self.cursor)
+                for event in events:
+                    if not self.handler.send(event):
+                        return
+                if not self._again:
+                    return
+        except GchatError as exc:
+            self.handler.fail(exc, _CLOSE_CODES.get(exc.code, WS_CLOSE_POLICY))
+        except Exception:
+            log.exception("delivery to a WebSocket of user %s failed", self.user_id)
+            self.handler.fail(GchatError("unavailable", "internal error; reconnect"), WS_CLOSE_SERVER_ERROR)
+        finally:
+            self._pumping = False
+
+    def end(self, error: GchatError) -> None:
+        self.handler.fail(error, _CLOSE_CODES.get(error.code, WS_CLOSE_POLICY))
+
+
+class WebSocketHandler(tornado.websocket.WebSocketHandler):
+    def initialize(self, router: Router, settings: Settings, origins: OriginPolicy) -> None:
+        self.router = router
+        self.gchat_settings = settings
+        self.origins = origins
+        self.client: WebSocketClient | None = None
+
+    def check_origin(self, origin: str) -> bool:
+        return self.origins.allows(origin, self.request.host)
+
+    def get_compression_options(self) -> None:
+        return None  # chat frames are small; compression would cost CPU and memory per socket
+
+    async def open(self, *args: Any) -> None:
+        stream = self.ws_connection.stream if self.ws_connection else None  # type: ignore[attr-defined]
+        if stream is not None:
+            stream.max_write_buffer_size = self.gchat_settings.max_output_bytes
+        try:
+            identity = self.router.authenticate(self.get_query_argument("token", None))
+            client = WebSocketClient(self, identity, self.request.remote_ip or "?")
+            await self.router.attach(client)
+        except GchatError as exc:
+            self.fail(exc, _CLOSE_CODES.get(exc.code, WS_CLOSE_POLICY))
+            return
+        self.client = client
+        client.start(self.get_query_argument("cursor", None) or None)
+
+    async def on_message(self, message: str | bytes) -> None:
+        client = self.client
+        if client is None:
+            return
+        if isinstance(message, bytes):
+            reply = self.router.error_reply(None, GchatError("bad_json", "send text frames with JSON"))
+        else:
+            try:
+                command = json.loads(message)
+            except ValueError:
+                reply = self.router.error_reply(None, GchatError("bad_json", "the frame is not valid JSON"))
+            else:
+                reply = await self.router.handle(client.identity, command)
+        self.send(json.dumps(reply, ensure_ascii=False, separators=(",", ":")))
+
+    def send(self, text: str) -> bool:
+        """Write one frame; False when the connection is gone or was cut off for not reading."""
+        if self.ws_connection is None or self.ws_connection.is_closing():
+            return False
+        try:
+            self.write_message(text)
+            return True
+        except tornado.websocket.WebSocketClosedError:
+            return False
+        except tornado.iostream.StreamBufferFullError:
+            log.warning("user %s: WebSocket cut off, over %d bytes unread", self.client and self.client.user_id,
+                        self.gchat_settings.max_output_bytes)
+            self.ws_connection.stream.close()  # type: ignore[union-attr]
+            return False
+
+    def fail(self, error: GchatError, close_code: int) -> None:
+        """Tell the client why (an ``error`` event, no cursor) and close the socket."""
+        self.send(json.dumps({"type": "error", "code": error.code, "message": error.message}))
+        self.close(close_code, error.code)
+
+    def on_close(self) -> None:
+        client, self.client = self.client, None
+        if client is not None:
+            asyncio.get_running_loop().create_task(self.router.detach(client))

@@ -1,0 +1,53 @@
+"""gchat: real-time chat for Moodle sites (Tornado, WebSocket + long-poll)."""
+import os
+import shutil
+
+from setuptools import find_packages, setup
+from setuptools.command.build_py import build_py
+
+
+class BuildWithAssets(build_py):
+    """Copy the top-level static/ and templates/ into the built package as gchat/_data/."""
+
+    def run(self) -> None:
+        super().run()
+        here = os.path.dirname(os.path.abspath(__file__))
+        for name in ("static", "templates"):
+            target = os.path.join(self.build_lib, "gchat", "_data", name)
+            shutil.rmtree(target, ignore_errors=True)
+            shutil.copytree(os.path.join(here, name), target)
+
+
+setup(
+    name="gchat",
+    version="0.1.0",
+    description="Real-time chat server for Moodle sites: buddy list and docked chat windows",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    license="GPL-3.0-or-later",
+    python_requires=">=3.11",
+    packages=find_packages(include=["gchat", "gchat.*"]),
+    # static/ and templates/ live at the top of the checkout; BuildWithAssets installs them
+    # as gchat/_data/ so that `pip install .` finds them too (see gchat/paths.py).
+    cmdclass={"build_py": BuildWithAssets},
+    install_requires=[
+        "tornado>=6.4",         # HTTP, WebSocket, IOLoop
+        "PyMySQL>=1.1",         # pure-Python MySQL/MariaDB driver
+        "DBUtils>=3.0",         # PooledDB: a thread-safe connection pool
+        "itsdangerous>=2.1",    # signed, expiring tokens
+    ],
+    extras_require={
+        "redis": ["redis>=5.0"],                    # scale-out broker (redis.asyncio)
+        "metrics": ["prometheus-client>=0.19"],     # /gchat/metrics
+        "test": [
+            "pytest>=8",
+            "pytest-tornado>=0.8",
+            "hypothesis>=6",
+            "playwright>=1.40",     # drives Debian's Chromium; never downloads a browser
+            "pyjsparser>=2.7",      # ES5 syntax check of static/
+            "redis>=5.0",
+            "prometheus-client>=0.19",
+        ],
+    },
+    entry_points={"console_scripts": ["gchat=gchat.main:main"]},
+)

@@ -1,0 +1,199 @@
+"""Protocol clients for tests: one over WebSocket, one over long-poll, with the same interface.
+
+Both keep every event they receive (in order) and the last cursor; ``command`` sends one command
+and returns its reply; ``wait_for`` awaits an event matching a predicate (no sleeps).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import secrets
+from typing import Any, Callable
+from urllib.parse import quote
+
+from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
+from tornado.websocket import websocket_connect
+
+Event = dict[str, Any]
+
+
+async def bootstrap(base_url: str, sid: str | None, prefix: str = "/gchat",
+                    cookie: str = "MoodleSession") -> tuple[int, dict[str, Any]]:
+    headers = {"Cookie": f"{cookie}={sid}"} if sid else {}
+    client = AsyncHTTPClient()
+    try:
+        response = await client.fetch(f"{base_url}{prefix}/api/bootstrap", headers=headers)
+        return response.code, json.loads(response.body)
+    except HTTPClientError as exc:
+        assert exc.response is not None
+        return exc.code, json.loads(exc.response.body)
+
+
+class BaseClient:
+    transport = "?"
+
+    def __init__(self, base_url: str, token: str, prefix: str = "/gchat") -> None:
+        self.base_url = base_url
+        self.prefix = prefix
+        self.token = token
+        self.events: list[Event] = []
+        self.cursor: str | None = None
+        self._changed = asyncio.Condition()
+        self._refs = 0
+        self.closed_error: Event | None = None
+
+    async def _got(self, event: Event) -> None:
+        if "cursor" in event:
+            self.cursor = event["cursor"]
+        if event.get("type") == "error":
+            self.closed_error = event
+        self.events.append(event)
+        async with self._changed:
+            self._changed.notify_all()
+
+    async def wait_for(self, predicate: Callable[[Event], bool], timeout: float = 5.0, start: int = 0) -> Event:
+        async def find() -> Event:
+            seen = start
+            while True:
+                for event in self.events[seen:]:
+                    if predicate(event):
+                        return event
+                seen = len(self.events)
+                async with self._changed:
+                    await self._changed.wait()
+
+        return await asyncio.wait_for(find(), timeout)
+
+    async def wait_type(self, kind: str, timeout: float = 5.0, **fields: Any) -> Event:
+        return await self.wait_for(lambda e: e.get("type") == kind and all(e.get(k) == v for k, v in fields.items()),
+                                   timeout)
+
+    def of_type(self, kind: str) -> list[Event]:
+        return [e for e in self.events if e.get("type") == kind]
+
+    def messages(self) -> list[dict[str, Any]]:
+        return [e["message"] for e in self.of_type("message")]
+
+    async def command(self, kind: str, **fields: Any) -> dict[str, Any]:
+        self._refs += 1
+        return await self.raw({"type": kind, "ref": self._refs, **fields})
+
+    async def raw(self, command: Any) -> dict[str, Any]:
+        raise NotImplementedError
+
+    async def send_text(self, conversation: int, text: str, client_id: str | None = None) -> dict[str, Any]:
+        return await self.command("send", conversation=conversation, text=text,
+                                  client_id=client_id or secrets.token_hex(8))
+
+
+class WSClient(BaseClient):
+    transport = "websocket"
+
+    async def connect(self, cursor: str | None = None, origin: str | None = None) -> "WSClient":
+        url = self.base_url.replace("http", "ws", 1) + f"{self.prefix}/ws?token={quote(self.token)}"
+        if cursor:
+            url += f"&cursor={quote(cursor)}"
+        headers = {"Origin": origin} if origin else {}
+        self.conn = await websocket_connect(HTTPRequest(url, headers=headers))
+        self.close_code: int | None = None
+        self._replies: dict[Any, asyncio.Future[dict[str, Any]]] = {}
+        self._reader = asyncio.get_running_loop().create_task(self._read())
+        return self
+
+    async def _read(self) -> None:
+        while True:
+            frame = await self.conn.read_message()
+            if frame is None:
+                self.close_code = self.conn.close_code
+                async with self._changed:
+                    self._changed.notify_all()
+                return
+            data = json.loads(frame)
+            if data.get("type") == "reply":
+                future = self._replies.pop(data.get("ref"), None)
+                if future is not None and not future.done():
+                    future.set_result(data)
+            else:
+                await self._got(data)
+
+    async def raw(self, command: Any) -> dict[str, Any]:
+        ref = command.get("ref") if isinstance(command, dict) else None
+        future = asyncio.get_running_loop().create_future()
+        self._replies[ref] = future
+        await self.conn.write_message(json.dumps(command) if not isinstance(command, (str, bytes)) else command)
+        return await asyncio.wait_for(future, 10)
+
+    async def wait_closed(self, timeout: float = 5.0) -> int | None:
+        await asyncio.wait_for(self._reader, timeout)
+        return self.close_code
+
+    async def close(self) -> None:
+        self.conn.close()
+        try:
+            await asyncio.wait_for(self._reader, 5)
+        except (asyncio.TimeoutError, Exception):
+            pass
+
+
+class PollClient(BaseClient):
+    transport = "longpoll"
+
+    async def connect(self, cursor: str | None = None) -> "PollClient":
+        self.tab = secrets.token_hex(6)
+        self.cursor = cursor
+        self.http = AsyncHTTPClient(force_instance=True)
+        self.status: int | None = None
+        self.error: dict[str, Any] | None = None
+        self._stop = False
+        self._loop_task = asyncio.get_running_loop().create_task(self._poll_loop())
+        return self
+
+    async def poll_once(self) -> tuple[int, dict[str, Any]]:
+        url = f"{self.base_url}{self.prefix}/api/poll?tab={self.tab}"
+        if self.cursor:
+            url += f"&cursor={quote(self.cursor)}"
+        try:
+            response = await self.http.fetch(url, headers={"X-Gchat-Token": self.token}, request_timeout=90)
+            return response.code, json.loads(response.body)
+        except HTTPClientError as exc:
+            if exc.response is None:
+                raise
+            return exc.code, json.loads(exc.response.body)
+
+    async def _poll_loop(self) -> None:
+        while not self._stop:
+            status, body = await self.poll_once()
+            if status != 200:
+                self.status, self.error = status, body.get("error")
+                async with self._changed:
+                    self._changed.notify_all()
+                return
+            for event in body["events"]:
+                await self._got(event)
+            self.cursor = body["cursor"]
+
+    async def raw(self, command: Any) -> dict[str, Any]:
+        body = command if isinstance(command, (str, bytes)) else json.dumps(command)
+        try:
+            response = await self.http.fetch(f"{self.base_url}{self.prefix}/api/send", method="POST", body=body,
+                                             headers={"X-Gchat-Token": self.token,
+                                                      "Content-Type": "application/json"})
+            return json.loads(response.body)
+        except HTTPClientError as exc:
+            assert exc.response is not None
+            reply = json.loads(exc.response.body)
+            reply["http_status"] = exc.code
+            return reply
+
+    async def close(self) -> None:
+        self._stop = True
+        self._loop_task.cancel()
+        try:
+            await self._loop_task
+        except (asyncio.CancelledError, Exception):
+            pass
+        self.http.close()
+
+
+CLIENTS = {"websocket": WSClient, "longpoll": PollClient}

@@ -1,0 +1,105 @@
+"""A Moodle 2.2-shaped site in a real MariaDB database, and a small factory to fill it."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import time
+from typing import Any
+
+from tests.services import mysql_connect
+
+FIXTURE = os.path.join(os.path.dirname(__file__), "fixtures", "moodle22.sql")
+MOODLE_TABLES = ("config", "sessions", "user", "course", "enrol", "user_enrolments", "context",
+                 "message_contacts", "user_preferences")
+CHAT_TABLES = ("gchat_conversations", "gchat_members", "gchat_messages")
+GUEST_ID = 1
+
+
+def moodle22_statements(prefix: str) -> list[str]:
+    with open(FIXTURE, encoding="utf-8") as handle:
+        text = "\n".join(line for line in handle.read().splitlines() if not line.startswith("--"))
+    return [s.strip().replace("{prefix}", prefix) for s in text.split(";\n") if s.strip()]
+
+
+class MoodleSite:
+    """Rows in Moodle's tables, written the way Moodle writes them (for tests only: gchat itself
+    never writes Moodle's tables)."""
+
+    def __init__(self, url: str, database: str, prefix: str = "mdl_") -> None:
+        self.conn = mysql_connect(url, database)
+        self.prefix = prefix
+        self._next_user = 10
+
+    def close(self) -> None:
+        self.conn.close()
+
+    def execute(self, sql: str, params: tuple[Any, ...] = ()) -> int:
+        with self.conn.cursor() as cur:
+            cur.execute(sql.replace("{p}", self.prefix), params)
+            return cur.lastrowid
+
+    def rows(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+        with self.conn.cursor() as cur:
+            cur.execute(sql.replace("{p}", self.prefix), params)
+            return list(cur.fetchall())
+
+    def reset(self) -> None:
+        for table in MOODLE_TABLES + CHAT_TABLES:
+            self.execute(f"TRUNCATE TABLE {{p}}{table}")
+        for name, value in (("sessiontimeout", "7200"), ("siteguest", str(GUEST_ID)), ("sessioncookie", ""),
+                            ("dbsessions", "1"), ("release", "2.2.9 (Build: 20130114)")):
+            self.set_config(name, value)
+        self.execute("INSERT INTO {p}user (id, auth, confirmed, mnethostid, username, firstname, lastname) "
+                     "VALUES (%s, 'manual', 1, 1, 'guest', 'Guest user', ' ')", (GUEST_ID,))
+        self.execute("INSERT INTO {p}course (id, category, fullname, shortname) VALUES (1, 0, 'Front page', 'site')")
+
+    def set_config(self, name: str, value: str) -> None:
+        self.execute("REPLACE INTO {p}config (name, value) VALUES (%s, %s)", (name, value))
+
+    def add_user(self, first: str = "Test", last: str = "User", *, auth: str = "manual", confirmed: int = 1,
+                 deleted: int = 0, suspended: int = 0, lang: str = "en") -> int:
+        self._next_user += 1
+        uid = self._next_user
+        self.execute("INSERT INTO {p}user (id, auth, confirmed, deleted, suspended, mnethostid, username, firstname, "
+                     "lastname, email, lang) VALUES (%s, %s, %s, %s, %s, 1, %s, %s, %s, %s, %s)",
+                     (uid, auth, confirmed, deleted, suspended, f"user{uid}", first, last, f"u{uid}@example.invalid",
+                      lang))
+        return uid
+
+    def add_course(self, name: str = "Course", *, visible: int = 1, enrol_status: int = 0) -> int:
+        cid = self.execute("INSERT INTO {p}course (category, fullname, shortname, visible) VALUES (1, %s, %s, %s)",
+                           (name, name[:20], visible))
+        self.execute("INSERT INTO {p}enrol (enrol, status, courseid) VALUES ('manual', %s, %s)", (enrol_status, cid))
+        return cid
+
+    def enrol(self, user: int, course: int, *, status: int = 0, timestart: int = 0, timeend: int = 0) -> None:
+        enrolid = self.rows("SELECT id FROM {p}enrol WHERE courseid = %s ORDER BY id LIMIT 1", (course,))[0][0]
+        self.execute("INSERT INTO {p}user_enrolments (status, enrolid, userid, timestart, timeend) "
+                     "VALUES (%s, %s, %s, %s, %s)", (status, enrolid, user, timestart, timeend))
+
+    def login(self, user: int, *, state: int = 0, age: int = 0, sid: str | None = None) -> str:
+        """Insert a session row as Moodle does at login; ``age`` seconds since it was last touched."""
+        sid = sid or secrets.token_hex(13)
+        now = int(time.time())
+        self.execute("INSERT INTO {p}sessions (state, sid, userid, timecreated, timemodified, firstip, lastip) "
+                     "VALUES (%s, %s, %s, %s, %s, '127.0.0.1', '127.0.0.1')", (state, sid, user, now - age, now - age))
+        return sid
+
+    def logout(self, sid: str) -> None:
+        self.execute("DELETE FROM {p}sessions WHERE sid = %s", (sid,))
+
+    def block(self, blocker: int, blocked: int) -> None:
+        """Moodle 2.x: blocker's contact entry for blocked, with blocked = 1."""
+        self.execute("INSERT INTO {p}message_contacts (userid, contactid, blocked) VALUES (%s, %s, 1)",
+                     (blocker, blocked))
+
+    def classmates(self, *names: str) -> list[int]:
+        """Users who share one visible course (the common case)."""
+        course = self.add_course("Shared course")
+        ids = []
+        for name in names:
+            uid = self.add_user(name, "Tester")
+            self.enrol(uid, course)
+            ids.append(uid)
+        return ids
