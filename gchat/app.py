@@ -83,7 +83,7 @@ def make_app(services: Services, **app_settings: Any) -> tornado.web.Application
     prefix = settings.url_prefix
     origins = OriginPolicy(settings)
     common = dict(router=services.router, settings=settings, origins=origins)
-    tabs = PollTabs(services.router)
+    tabs = PollTabs(services.router, idle_secs=settings.longpoll_idle)
     routes: list[Any] = [
         (prefix + "/api/bootstrap", BootstrapHandler, dict(common, colors=DEFAULT_COLORS, container="body")),
         (prefix + "/api/poll", PollHandler, dict(common, tabs=tabs)),

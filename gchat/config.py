@@ -157,6 +157,7 @@ OPTIONS: Sequence[Option] = (
     Option("history_size", _positive(int), "10", "messages shown per chat window"),
     Option("max_message_length", _positive(int), "1333", "characters per message (at most 1333)"),
     Option("longpoll_timeout", _parse_range, "45-55", "seconds a long-poll waits when idle (randomised range)"),
+    Option("longpoll_idle", _positive(float), "15", "seconds after its last poll ended that a long-poll tab stops counting"),
     Option("presence_grace", _non_negative(float), "10", "seconds before a user whose last tab closed is offline"),
     Option("token_ttl", _positive(int), "3600", "seconds a bootstrap token stays valid"),
     Option("session_check_interval", _positive(float), "60", "seconds between re-checks of connected Moodle sessions"),
@@ -197,6 +198,7 @@ class Settings:
     history_size: int = 10
     max_message_length: int = 1333
     longpoll_timeout: tuple[float, float] = (45.0, 55.0)
+    longpoll_idle: float = 15.0
     presence_grace: float = 10.0
     token_ttl: int = 3600
     session_check_interval: float = 60.0

@@ -144,6 +144,9 @@ def now_ms() -> int:
 class ChatStore:
     def __init__(self, db: Database) -> None:
         self.db = db
+        # Appended to a SELECT that must see rows committed after this transaction's snapshot
+        # (MySQL/MariaDB REPEATABLE READ); SQLite has no snapshot older than its write lock.
+        self._latest = "" if db.dialect == "sqlite" else " LOCK IN SHARE MODE"
         self._pairs: dict[int, Pair] = {}  # immutable rows: a plain dict cache, bounded below
 
     # -- schema -----------------------------------------------------------------------------
@@ -195,9 +198,11 @@ class ChatStore:
                           (low, high, now_ms()))
                 return Pair(q.lastrowid, low, high)
             except INTEGRITY_ERRORS:
-                # Both users opened at once: the other transaction created it first.
-                row = q.one("SELECT id FROM {gchat_conversations} WHERE user_low = %s AND user_high = %s",
-                            (low, high))
+                # Both users opened at once: the other transaction created it first. A plain
+                # SELECT would read this transaction's REPEATABLE READ snapshot, taken before that
+                # row was committed; a locking read sees it.
+                row = q.one("SELECT id FROM {gchat_conversations} WHERE user_low = %s AND user_high = %s"
+                            + self._latest, (low, high))
                 assert row is not None
         return Pair(int(row[0]), low, high)
 
@@ -301,8 +306,9 @@ class ChatStore:
                 q.execute("INSERT INTO {gchat_messages} (conversation, sender, text, client_id, time) "
                           "VALUES (%s, %s, %s, %s, %s)", (pair.id, sender, text, client_id, stamp))
             except INTEGRITY_ERRORS:
-                # The same client_id was stored by a concurrent retry between our check and insert.
-                existing = self._by_client_id(q, sender, client_id)
+                # The same client_id was stored by a concurrent retry between our check and insert
+                # (read it with a locking read: the snapshot predates that commit).
+                existing = self._by_client_id(q, sender, client_id, latest=True)
                 if existing is None:
                     raise
                 return Stored(existing, True, None)
@@ -317,9 +323,9 @@ class ChatStore:
 
         return await self.db.run(work)
 
-    def _by_client_id(self, q: Query, sender: int, client_id: str | None) -> Message | None:
-        row = q.one(f"SELECT {_MESSAGE_COLUMNS} FROM {{gchat_messages}} WHERE sender = %s AND client_id = %s",
-                    (sender, client_id))
+    def _by_client_id(self, q: Query, sender: int, client_id: str | None, latest: bool = False) -> Message | None:
+        row = q.one(f"SELECT {_MESSAGE_COLUMNS} FROM {{gchat_messages}} WHERE sender = %s AND client_id = %s"
+                    + (self._latest if latest else ""), (sender, client_id))
         return _message(row) if row else None
 
     def _last_messages(self, q: Query, conversation: int, limit: int) -> list[Message]:

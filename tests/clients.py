@@ -10,7 +10,7 @@ import asyncio
 import json
 import secrets
 from typing import Any, Callable
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
 from tornado.websocket import websocket_connect
@@ -28,6 +28,18 @@ async def bootstrap(base_url: str, sid: str | None, prefix: str = "/gchat",
     except HTTPClientError as exc:
         assert exc.response is not None
         return exc.code, json.loads(exc.response.body)
+
+
+def _unchunk(body: bytes) -> bytes:
+    out = b""
+    while body:
+        size_line, _, rest = body.partition(b"\r\n")
+        size = int(size_line.split(b";")[0], 16)
+        if size == 0:
+            break
+        out += rest[:size]
+        body = rest[size + 2:]
+    return out
 
 
 class BaseClient:
@@ -150,16 +162,24 @@ class PollClient(BaseClient):
         return self
 
     async def poll_once(self) -> tuple[int, dict[str, Any]]:
-        url = f"{self.base_url}{self.prefix}/api/poll?tab={self.tab}"
+        """One GET api/poll on its own TCP connection, which closing the page (cancelling this
+        coroutine) really closes, as a browser does (Tornado's HTTP client would keep it)."""
+        path = f"{self.prefix}/api/poll?tab={self.tab}"
         if self.cursor:
-            url += f"&cursor={quote(self.cursor)}"
+            path += f"&cursor={quote(self.cursor)}"
+        parts = urlsplit(self.base_url)
+        reader, writer = await asyncio.open_connection(parts.hostname, parts.port)
         try:
-            response = await self.http.fetch(url, headers={"X-Gchat-Token": self.token}, request_timeout=90)
-            return response.code, json.loads(response.body)
-        except HTTPClientError as exc:
-            if exc.response is None:
-                raise
-            return exc.code, json.loads(exc.response.body)
+            writer.write((f"GET {path} HTTP/1.1\r\nHost: {parts.netloc}\r\nX-Gchat-Token: {self.token}\r\n"
+                          "Connection: close\r\n\r\n").encode())
+            raw = await reader.read()
+        finally:
+            writer.close()
+        head, _, body = raw.partition(b"\r\n\r\n")
+        status = int(head.split(b" ", 2)[1])
+        if b"chunked" in head.lower():
+            body = _unchunk(body)
+        return status, json.loads(body)
 
     async def _poll_loop(self) -> None:
         while not self._stop:

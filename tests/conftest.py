@@ -72,7 +72,7 @@ def site(test_db_url):
 @pytest.fixture
 def settings(test_db_url, tmp_path):
     return Settings(db_url=parse_db_url(test_db_url), db_prefix=PREFIX, db_pool_size=4, data_dir=str(tmp_path),
-                    secret_key="test-secret-key", presence_grace=0.3, session_check_interval=3600,
+                    secret_key="test-secret-key", presence_grace=0.3, longpoll_idle=1.0, session_check_interval=3600,
                     moodle_wwwroot="http://moodle.test", longpoll_timeout=(5.0, 5.0), demo=False)
 
 

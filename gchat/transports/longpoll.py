@@ -3,7 +3,7 @@
 
 A long-poll *tab* (the ``tab`` parameter, one random id per page) is one :class:`Client` of the
 router: it counts for presence while it polls, and for ``tab_idle`` seconds after its last poll
-ended (the client re-polls at once, so only a closed page lets it lapse). A new poll of the same
+ended (``longpoll_idle``; the client re-polls at once, so only a closed page lets it lapse). A new poll of the same
 tab answers the one still waiting (newest wins, as Zulip does); tabs poll independently.
 """
 
@@ -21,7 +21,6 @@ from gchat.router import Client, Router
 from gchat.transports.base import TOKEN_HEADER, JsonHandler
 
 TAB_SHAPE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
-TAB_IDLE_SECS = 15.0
 
 
 class LongPollTab(Client):
@@ -96,7 +95,7 @@ class LongPollTab(Client):
 class PollTabs:
     """The long-poll tabs of this process, by (user, tab id)."""
 
-    def __init__(self, router: Router, idle_secs: float = TAB_IDLE_SECS) -> None:
+    def __init__(self, router: Router, idle_secs: float) -> None:
         self.router = router
         self.idle_secs = idle_secs
         self._tabs: dict[tuple[int, str], LongPollTab] = {}

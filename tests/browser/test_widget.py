@@ -1,0 +1,304 @@
+"""The widget in real Chromium against a real gchat server (demo mode).
+
+Each test drives two or more people, each in their own browser context, through the demo pages
+(which log in the way Moodle does) with the one <script> tag of static/gchat.js on every page.
+"""
+
+from __future__ import annotations
+
+import re
+
+from playwright.sync_api import expect
+
+from gchat_browser import ANA, BEN, DAN, EVE, TEREZA, buddy, messages, send, wait_connected, window_with
+
+
+def transport(page) -> str:
+    return page.evaluate("window.gchat.transport")
+
+
+def test_invisible_when_not_logged_in(browser, server):
+    context = browser.new_context()
+    page = context.new_page()
+    page.goto(server.url("/demo"))  # a page of the site, nobody logged in
+    page.add_script_tag(url=server.url("/static/gchat.js"))
+    page.wait_for_function("window.gchat && window.gchat.state === 'hidden'")
+    expect(page.locator("#gchat-root")).to_have_count(0)
+    expect(page.locator("link[href$='gchat.css']")).to_have_count(0)
+    context.close()
+
+
+def test_two_users_chat_both_ways_and_buddy_lists_follow_logins(users):
+    ana = users(ANA)
+    a = ana.page
+    expect(a.locator(".gchat-panel")).to_be_visible()
+    expect(a.locator(".gchat-empty")).to_have_text(re.compile(r"\S"))  # "No online users." in Ana's Portuguese
+    expect(a.locator(".gchat-empty")).to_be_visible()
+
+    dan = users(DAN)
+    d = dan.page
+    # Ana sees Dan arrive (live presence event); Dan sees Ana (snapshot).
+    expect(buddy(a, DAN)).to_have_text("Dan Okafor")
+    expect(buddy(d, ANA)).to_have_text("Ana Silva")
+    expect(a.locator(".gchat-empty")).to_be_hidden()
+    expect(buddy(d, ANA).locator("img")).to_have_attribute("width", "24")
+
+    # Ana opens a chat from the keyboard: Tab to the buddy button, Enter.
+    buddy(a, DAN).focus()
+    a.keyboard.press("Enter")
+    expect(window_with(a, DAN)).to_be_visible()
+    expect(window_with(a, DAN)).to_have_attribute("role", "dialog")
+    expect(window_with(a, DAN).locator("[role=log]")).to_have_attribute("aria-live", "polite")
+    expect(window_with(a, DAN).locator("textarea")).to_be_focused()
+
+    # Shift+Enter is a new line, Enter sends.
+    box = window_with(a, DAN).locator("textarea")
+    box.type("Olá Dan,")
+    box.press("Shift+Enter")
+    box.type("tudo bem?")
+    box.press("Enter")
+    mine = messages(a, DAN).last
+    expect(mine).to_have_attribute("data-state", "sent")
+    assert mine.locator(".gchat-text").evaluate("node => node.textContent") == "Olá Dan,\ntudo bem?"
+    expect(box).to_have_value("")
+
+    # The window opens by itself on Dan's page, with the message; typing shows up at Ana's.
+    expect(window_with(d, ANA)).to_be_visible()
+    expect(messages(d, ANA).last.locator(".gchat-text")).to_contain_text("tudo bem?")
+    window_with(d, ANA).locator("textarea").type("Hi")
+    expect(window_with(a, DAN).locator(".gchat-typing")).to_contain_text("Dan Okafor")
+    window_with(d, ANA).locator("textarea").press("Enter")
+    expect(messages(a, DAN).last.locator(".gchat-text")).to_have_text("Hi")
+    expect(window_with(a, DAN).locator(".gchat-typing")).to_have_text("")
+    send(d, ANA, "All good, see https://moodle.org/ and javascript:alert(1)")
+    link = messages(a, DAN).last.locator("a")
+    expect(link).to_have_count(1)
+    expect(link).to_have_attribute("href", "https://moodle.org/")
+    expect(link).to_have_attribute("rel", "noopener noreferrer")
+    expect(link).to_have_attribute("target", "_blank")
+
+    # Both see the conversation in id order, once.
+    expect(messages(d, ANA).last).to_have_attribute("data-state", "sent")
+    ids_a = a.evaluate("window.gchat.snapshot().conversations[0].messages")
+    ids_d = d.evaluate("window.gchat.snapshot().conversations[0].messages")
+    assert ids_a == ids_d == sorted(ids_a) and len(ids_a) == 3
+
+    # Esc minimises; the header toggles it back.
+    window_with(a, DAN).locator("textarea").press("Escape")
+    expect(window_with(a, DAN)).to_have_attribute("data-minimized", "true")
+    expect(window_with(a, DAN).locator("textarea")).to_be_hidden()
+    window_with(a, DAN).locator(".gchat-win-title").click()
+    expect(window_with(a, DAN)).to_have_attribute("data-minimized", "false")
+
+    # Tereza logs in: both lists grow, sorted by name. Dan logs out: he leaves Ana's list.
+    users(TEREZA)
+    expect(a.locator(".gchat-buddy-name")).to_have_text(["Dan Okafor", "Tereza Teacher"])
+    expect(d.locator(".gchat-buddy-name")).to_have_text(["Ana Silva", "Tereza Teacher"])
+    dan.logout()
+    expect(buddy(a, DAN)).to_have_count(0)
+    expect(a.locator(".gchat-buddy-name")).to_have_text(["Tereza Teacher"])
+    # ... and back in.
+    dan.login()
+    expect(buddy(a, DAN)).to_have_count(1)
+    assert transport(a) == transport(d) == "websocket"
+
+
+def test_buddy_list_in_a_block_and_people_outside_the_course(users):
+    ana = users(ANA)
+    users(EVE)  # shares no course with Ana: never listed
+    ben = users(BEN)
+    ana.page.goto(ana.server.url("/demo/course?block=1"))
+    wait_connected(ana.page)
+    block = ana.page.locator("#gchat-block")
+    expect(block.locator(".gchat-buddy")).to_have_count(1)
+    expect(block.locator(".gchat-buddy-name")).to_have_text(["Ben Müller"])
+    expect(ana.page.locator(".gchat-panel")).to_have_count(0)  # no floating panel then
+    expect(buddy(ben.page, ANA)).to_have_count(1)
+
+
+def test_longpoll_user_chats_in_real_time_with_websocket_user(users):
+    ana = users(ANA, no_websocket=True)
+    dan = users(DAN)
+    a, d = ana.page, dan.page
+    assert a.evaluate("typeof window.WebSocket") == "undefined"
+    assert transport(a) == "longpoll"
+    assert transport(d) == "websocket"
+
+    buddy(d, ANA).click()
+    send(d, ANA, "from the WebSocket side")
+    expect(messages(a, DAN).last.locator(".gchat-text")).to_have_text("from the WebSocket side", timeout=5_000)
+    send(a, DAN, "from the long-poll side")
+    expect(messages(a, DAN).last).to_have_attribute("data-state", "sent", timeout=5_000)
+    expect(messages(d, ANA).last.locator(".gchat-text")).to_have_text("from the long-poll side", timeout=5_000)
+    # Several in a row, in order, each once.
+    for i in range(3):
+        send(a, DAN, f"poll {i}")
+    expect(messages(d, ANA).locator(".gchat-text")).to_have_text(
+        ["from the WebSocket side", "from the long-poll side", "poll 0", "poll 1", "poll 2"], timeout=5_000)
+    assert transport(a) == "longpoll" and transport(d) == "websocket"
+
+
+# A WebSocket that is there but never opens, as behind a proxy that strips the Upgrade header.
+# It counts how often a page tried it.
+_DEAD_WEBSOCKET = """
+window.__wsTries = 0;
+window.WebSocket = function () { window.__wsTries++; this.readyState = 0; };
+window.WebSocket.prototype.send = function () { throw new Error('not open'); };
+window.WebSocket.prototype.close = function () { this.readyState = 3; };
+"""
+
+
+def test_falls_back_when_websocket_never_opens_and_remembers_it(users):
+    ana = users(ANA, init_script=_DEAD_WEBSOCKET)
+    a = ana.page
+    assert transport(a) == "longpoll"
+    assert a.evaluate("window.__wsTries") >= 1
+    assert a.evaluate("sessionStorage.getItem('gchat.transport')") == "longpoll"
+    # The next page of the same browser session goes straight to long-polling.
+    a.goto(ana.server.url("/demo/course?id=2"))
+    wait_connected(a, timeout=4_000)
+    assert transport(a) == "longpoll"
+    assert a.evaluate("window.__wsTries") == 0
+    dan = users(DAN)
+    buddy(dan.page, ANA).click()
+    send(dan.page, ANA, "can you read me?")
+    expect(messages(a, DAN).last.locator(".gchat-text")).to_have_text("can you read me?")
+
+
+def test_windows_minimised_state_and_unread_survive_reload_and_navigation(users):
+    ana = users(ANA)
+    dan = users(DAN)
+    a, d = ana.page, dan.page
+    buddy(a, DAN).click()
+    send(a, DAN, "first")
+    expect(window_with(d, ANA)).to_be_visible()
+    expect(window_with(d, ANA)).to_have_attribute("data-unread", "1")  # not read until Dan is in it
+    # Dan minimises (clicking into the window reads it); two more arrive: unread 2, highlighted.
+    window_with(d, ANA).locator(".gchat-win-min").click()
+    expect(window_with(d, ANA)).to_have_attribute("data-minimized", "true")
+    expect(window_with(d, ANA)).to_have_attribute("data-unread", "0")
+    send(a, DAN, "second")
+    send(a, DAN, "third")
+    expect(window_with(d, ANA)).to_have_attribute("data-unread", "2")
+    expect(window_with(d, ANA).locator(".gchat-badge")).to_have_text("2")
+    expect(window_with(d, ANA)).to_have_class(re.compile(r"\bgchat-unread\b"))
+
+    # Reload: the window is back, still minimised, still 2 unread.
+    d.reload()
+    wait_connected(d)
+    expect(window_with(d, ANA)).to_have_attribute("data-minimized", "true")
+    expect(window_with(d, ANA)).to_have_attribute("data-unread", "2")
+    # Navigate to a course page: same.
+    d.goto(dan.server.url("/demo/course?id=3"))
+    wait_connected(d)
+    expect(window_with(d, ANA)).to_have_attribute("data-minimized", "true")
+    expect(window_with(d, ANA)).to_have_attribute("data-unread", "2")
+
+    # A second tab shows the same; expanding it there expands it in the first tab too.
+    d2 = dan.new_page()
+    d2.goto(dan.server.url("/demo/course"))
+    wait_connected(d2)
+    expect(window_with(d2, ANA)).to_have_attribute("data-minimized", "true")
+    window_with(d2, ANA).locator(".gchat-win-title").click()
+    expect(window_with(d2, ANA)).to_have_attribute("data-minimized", "false")
+    expect(window_with(d, ANA)).to_have_attribute("data-minimized", "false")
+    # Reading it (focus in the window) clears unread in every tab.
+    window_with(d2, ANA).locator("textarea").focus()
+    expect(window_with(d2, ANA)).to_have_attribute("data-unread", "0")
+    expect(window_with(d, ANA)).to_have_attribute("data-unread", "0")
+    d2.close()
+
+    # A message sent while Dan's next page is loading arrives there exactly once.
+    d.goto(dan.server.url("/demo/course?id=2"), wait_until="commit")
+    send(a, DAN, "sent while the page loads")
+    wait_connected(d)
+    send(a, DAN, "marker after")
+    expect(messages(d, ANA).last.locator(".gchat-text")).to_have_text("marker after")
+    expect(window_with(d, ANA).locator(".gchat-text", has_text="sent while the page loads")).to_have_count(1)
+    expect(messages(d, ANA).locator(".gchat-text")).to_have_text(
+        ["first", "second", "third", "sent while the page loads", "marker after"])
+
+    # Ana's own page: closed windows stay closed after navigation, open ones stay open.
+    a.goto(ana.server.url("/demo/course?id=2"))
+    wait_connected(a)
+    expect(messages(a, DAN)).to_have_count(5)
+    window_with(a, DAN).locator(".gchat-win-close").click()
+    expect(window_with(a, DAN)).to_have_count(0)
+    a.reload()
+    wait_connected(a)
+    expect(window_with(a, DAN)).to_have_count(0)
+
+
+def test_scrolling_up_loads_older_messages(users):
+    ana = users(ANA)
+    dan = users(DAN)
+    a, d = ana.page, dan.page
+    buddy(a, DAN).click()
+    for i in range(14):
+        send(a, DAN, f"message {i}")
+    expect(messages(a, DAN).last).to_have_attribute("data-state", "sent")
+    expect(messages(a, DAN)).to_have_count(14)
+    d.reload()
+    wait_connected(d)
+    expect(messages(d, ANA)).to_have_count(10)  # history_size
+    window_with(d, ANA).locator(".gchat-log").evaluate("log => { log.scrollTop = 0; }")
+    expect(messages(d, ANA)).to_have_count(14)
+    expect(messages(d, ANA).first.locator(".gchat-text")).to_have_text("message 0")
+    expect(window_with(d, ANA).locator(".gchat-older-note")).to_be_visible()
+
+
+def test_server_restart_mid_conversation(users, server):
+    ana = users(ANA)
+    dan = users(DAN, no_websocket=True)
+    a, d = ana.page, dan.page
+    buddy(a, DAN).click()
+    send(a, DAN, "before the restart")
+    expect(messages(d, ANA).last.locator(".gchat-text")).to_have_text("before the restart")
+
+    server.stop()
+    a.wait_for_function("window.gchat.state === 'reconnecting'")
+    expect(a.locator(".gchat-status")).to_be_visible()
+    # Sent while the server is down: shown at once, delivered later, once.
+    send(a, DAN, "during the gap")
+    expect(messages(a, DAN).last).not_to_have_attribute("data-state", "sent")
+    server.start()
+
+    wait_connected(a, timeout=30_000)
+    wait_connected(d, timeout=30_000)
+    expect(messages(a, DAN).last).to_have_attribute("data-state", "sent", timeout=15_000)
+    expect(messages(d, ANA).locator(".gchat-text")).to_have_text(["before the restart", "during the gap"])
+    send(d, ANA, "after the restart")
+    expect(messages(a, DAN).locator(".gchat-text")).to_have_text(
+        ["before the restart", "during the gap", "after the restart"])
+    expect(a.locator(".gchat-status")).to_be_hidden()
+    expect(buddy(a, DAN)).to_have_count(1)
+    assert transport(a) == "websocket" and transport(d) == "longpoll"
+
+
+def test_html_in_a_message_is_shown_as_text(users):
+    ana = users(ANA)
+    dan = users(DAN)
+    a, d = ana.page, dan.page
+    payload = "<img src=x onerror=alert(1)>"
+    buddy(a, DAN).click()
+    send(a, DAN, payload)
+    send(a, DAN, "<script>alert(2)</script><b>bold</b>")
+    for page, peer in ((a, DAN), (d, ANA)):
+        expect(messages(page, peer)).to_have_count(2)
+        texts = messages(page, peer).locator(".gchat-text")
+        expect(texts.first).to_have_text(payload)
+        expect(texts.last).to_have_text("<script>alert(2)</script><b>bold</b>")
+        expect(window_with(page, peer).locator(".gchat-log img, .gchat-log script, .gchat-log b")).to_have_count(0)
+    # Give a would-be onerror handler the chance to run: the image would have failed by now.
+    a.evaluate("() => new Promise(r => setTimeout(r, 300))")
+    d.evaluate("() => new Promise(r => setTimeout(r, 300))")
+    assert ana.dialogs == [] and dan.dialogs == []
+
+
+def test_phone_layout_windows_full_width(users):
+    ana = users(ANA, viewport={"width": 390, "height": 740})
+    users(DAN)
+    a = ana.page
+    buddy(a, DAN).click()
+    box = window_with(a, DAN).bounding_box()
+    assert box is not None and box["width"] >= 385
