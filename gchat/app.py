@@ -6,6 +6,7 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
+import tornado.httpserver
 import tornado.web
 
 from gchat.auth import TokenSigner, load_or_create_secret
@@ -101,7 +102,16 @@ def make_app(services: Services, **app_settings: Any) -> tornado.web.Application
         xsrf_cookies=True,
         websocket_ping_interval=settings.ws_ping_interval or None,
         websocket_ping_timeout=max(settings.ws_ping_interval, 10) if settings.ws_ping_interval else None,
-        websocket_max_message_size=settings.max_frame_bytes,
+        # Frames up to max_frame_bytes are commands; larger ones up to 4x get a too_long reply on a
+        # connection that stays open; beyond that Tornado closes with 1009 without buffering more.
+        websocket_max_message_size=settings.max_frame_bytes * 4,
         poll_tabs=tabs,
         **app_settings,
     )
+
+
+def make_server(app: tornado.web.Application, settings: Settings) -> tornado.httpserver.HTTPServer:
+    """The HTTP server gchat runs behind: bodies bounded, idle connections closed quickly."""
+    return tornado.httpserver.HTTPServer(app, xheaders=settings.xheaders,
+                                         max_body_size=max(settings.max_frame_bytes * 4, 65536),
+                                         idle_connection_timeout=settings.idle_connection_timeout)

@@ -172,6 +172,8 @@ OPTIONS: Sequence[Option] = (
     Option("max_connections_per_user", _positive(int), "20", "WebSockets and long-poll tabs per user"),
     Option("max_connections_per_address", _positive(int), "500", "WebSockets and long-poll tabs per client address"),
     Option("max_output_bytes", _positive(int), str(1024 * 1024), "pending output after which a slow client is cut off"),
+    Option("idle_connection_timeout", _positive(float), "15",
+           "seconds an HTTP connection may sit without a request before it is closed"),
     Option("demo", _parse_bool, "", "serve the /demo pages (log in as anyone!); default on without db_url"),
     Option("xheaders", _parse_bool, "false", "trust X-Real-Ip/X-Forwarded-For from a reverse proxy"),
     Option("log_level", _log_level, "info", "debug, info, warning or error"),
@@ -213,6 +215,7 @@ class Settings:
     max_connections_per_user: int = 20
     max_connections_per_address: int = 500
     max_output_bytes: int = 1024 * 1024
+    idle_connection_timeout: float = 15.0
     demo: bool = False
     xheaders: bool = False
     log_level: str = "info"

@@ -38,6 +38,14 @@ _UNAVAILABLE_ERRORS: tuple[type[BaseException], ...] = (
     TimeoutError,
     sqlite3.OperationalError,
 )
+_ER_LOCK_DEADLOCK = 1213  # MySQL/MariaDB: "Deadlock found when trying to get lock; try restarting transaction"
+_DEADLOCK_ATTEMPTS = 4
+
+
+class _Deadlock(Exception):
+    """This unit of work was rolled back as a deadlock victim and may simply be run again."""
+
+
 INTEGRITY_ERRORS: tuple[type[BaseException], ...] = (pymysql.err.IntegrityError, sqlite3.IntegrityError)
 
 
@@ -138,7 +146,22 @@ class Database:
         return self._in_flight
 
     def run_sync(self, work: Callable[[Query], T]) -> T:
-        """Run one unit of work in one transaction on the calling thread."""
+        """Run one unit of work in one transaction on the calling thread.
+
+        A transaction InnoDB picked as a deadlock victim was rolled back whole; it is run again
+        (a unit of work only touches the database, so running it again is safe). A deadlock is
+        not an outage: it must not trip the "database unreachable" fuse.
+        """
+        for attempt in range(1, _DEADLOCK_ATTEMPTS + 1):
+            try:
+                return self._run_once(work)
+            except _Deadlock as exc:
+                if attempt == _DEADLOCK_ATTEMPTS:
+                    raise Unavailable(f"database {self.where}: deadlock, try again") from exc.__cause__
+                time.sleep(0.005 * attempt)
+        raise AssertionError("unreachable")
+
+    def _run_once(self, work: Callable[[Query], T]) -> T:
         started = time.monotonic()
         try:
             conn = self._pool.connection()
@@ -151,8 +174,10 @@ class Database:
             conn.commit()
             return result
         except _UNAVAILABLE_ERRORS as exc:
-            self._down_until = time.monotonic() + 1.0
             _quiet_rollback(conn)
+            if isinstance(exc, pymysql.err.OperationalError) and exc.args and exc.args[0] == _ER_LOCK_DEADLOCK:
+                raise _Deadlock() from exc
+            self._down_until = time.monotonic() + 1.0
             raise Unavailable(f"database {self.where} failed: {exc}") from exc
         except BaseException:
             _quiet_rollback(conn)

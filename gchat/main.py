@@ -18,9 +18,7 @@ import logging
 import signal
 from typing import Callable, NoReturn
 
-import tornado.httpserver
-
-from gchat.app import Services, build_services, demo_db_path, make_app
+from gchat.app import Services, build_services, demo_db_path, make_app, make_server
 from gchat.config import ConfigError, Settings, load_settings
 from gchat.db import Database
 from gchat.demo import create_moodle_schema, seed
@@ -88,9 +86,7 @@ async def serve(settings: Settings) -> None:
     services = prepare(settings)
     settings = services.settings
     app = make_app(services)
-    server = tornado.httpserver.HTTPServer(app, xheaders=settings.xheaders,
-                                           max_body_size=max(settings.max_frame_bytes * 4, 65536),
-                                           idle_connection_timeout=120)
+    server = make_server(app, settings)
     try:
         server.listen(settings.port, settings.address)
     except OSError as exc:

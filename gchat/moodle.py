@@ -23,7 +23,7 @@ from typing import Iterable
 from gchat.cache import TTLCache
 from gchat.db import Database, Query
 
-SID_SHAPE = re.compile(r"^[A-Za-z0-9,-]{1,128}$")
+SID_SHAPE = re.compile(r"\A[A-Za-z0-9,-]{1,128}\Z")  # \Z: "$" would let a trailing newline through
 FRONT_PAGE_COURSE = 1
 REQUIRED_TABLES = ("sessions", "user", "user_enrolments", "enrol", "course", "config")
 

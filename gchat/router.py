@@ -84,6 +84,9 @@ class Router:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._session_task: asyncio.Task[None] | None = None
         self.closing = False
+        self.in_flight = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
         self.stats: dict[str, int] = {"commands": 0, "messages": 0, "events": 0, "errors": 0}
         self.errors_by_code: dict[str, int] = {}
         self._commands: dict[str, Callable[[Identity, dict[str, Any]], Awaitable[dict[str, Any]]]] = {
@@ -96,10 +99,16 @@ class Router:
     def start(self) -> None:
         self._session_task = asyncio.get_running_loop().create_task(self._session_loop())
 
-    async def stop(self) -> None:
+    async def stop(self, drain_secs: float = 3.0) -> None:
+        """Refuse new commands, let the ones in flight finish (their replies reach the clients),
+        then tell every client to reconnect."""
         self.closing = True
         if self._session_task:
             self._session_task.cancel()
+        try:
+            await asyncio.wait_for(self._idle.wait(), drain_secs)
+        except asyncio.TimeoutError:
+            log.warning("%d commands still running at shutdown", self.in_flight)
         for timer in self._grace.values():
             timer.cancel()
         for clients in list(self._clients.values()):
@@ -301,7 +310,16 @@ class Router:
             for name in _IDENTITY_FIELDS:
                 if name in command and command[name] != identity.user_id:
                     raise not_allowed("the sender is the token's user; it cannot be named in a command")
-            result = await handler(identity, command)
+            if self.closing:
+                raise GchatError("shutting_down", "the server is restarting; reconnect and retry")
+            self.in_flight += 1
+            self._idle.clear()
+            try:
+                result = await handler(identity, command)
+            finally:
+                self.in_flight -= 1
+                if not self.in_flight:
+                    self._idle.set()
             return {"type": "reply", "ref": ref, "ok": True, **result}
         except GchatError as exc:
             return self.error_reply(ref, exc)

@@ -12,7 +12,8 @@
  *
  * window.gchat exposes read-only information for tests and curious admins:
  *   transport  "websocket" | "longpoll" | null      state  see setState()
- *   cursor, user, lang, connected, reconnects, events, snapshot()
+ *   cursor, user, lang, connected, reconnects, events (received), tokens (bootstraps that
+ *   gave a token: 1 + renewals), snapshot() (conversations and message ids as shown)
  */
 (function (window, document) {
     'use strict';
@@ -242,6 +243,7 @@
         lang: null,
         reconnects: 0,
         events: 0,
+        tokens: 0,
         snapshot: function () {
             var out = [];
             forEach(conversationOrder, function (id) {
@@ -286,6 +288,7 @@
     var tabId = randomId(16);
     var renewTimer = null;
     var ended = false;
+    var unloading = false;      // the page is going away: a dropped connection is no news
     var seenReady = false;      // a ready snapshot arrived on this page
     var pageTitle = document.title;
 
@@ -370,6 +373,7 @@
 
     function applyBootstrap(body) {
         token = body.token;
+        info.tokens++;
         if (body.user) {
             me = body.user;
             info.user = me;
@@ -395,7 +399,7 @@
         renewTimer = window.setTimeout(function () {
             renewTimer = null;
             renewToken();
-        }, Math.max(5, ttl * TOKEN_RENEW_FRACTION) * 1000);
+        }, Math.max(1, ttl * TOKEN_RENEW_FRACTION) * 1000);
     }
 
     var renewing = false;
@@ -536,7 +540,7 @@
        bootstrap whether the server is there (this also renews the token): if it is, the
        WebSocket path itself is what fails, so fall back to long-polling. */
     function transportDown(kind, beforeFirstEvent, reason) {
-        if (ended) {
+        if (ended || unloading) {
             return;
         }
         connGeneration++;
@@ -924,7 +928,7 @@
             break;
         case 'conversation':
             if (event.conversation) {
-                applyConversation(event.conversation, false);
+                applyConversation(event.conversation, false, true);
             }
             break;
         case 'message':
@@ -1058,7 +1062,9 @@
         return count;
     }
 
-    function applyConversation(data, replaceMessages) {
+    /* Apply a conversation's state. live: it comes from a conversation event (not a snapshot or
+       a reply), so a peer's message it brings along is news to announce. */
+    function applyConversation(data, replaceMessages, live) {
         if (!data || data.id === undefined) {
             return null;
         }
@@ -1086,6 +1092,7 @@
         if (replaceMessages && !isNew) {
             clearMessages(conv);
         }
+        var knownBefore = maxMessageId(conv);
         if (data.messages) {
             forEach(data.messages, function (m) {
                 addMessage(m, 'snapshot');
@@ -1099,6 +1106,13 @@
         // but whose ids are below the event's are part of that count, so the base is the
         // highest id this client knows *now* (including the event's own messages).
         conv.unreadBase = maxMessageId(conv);
+        var newest = conv.items.length ? conv.items[conv.items.length - 1].message : null;
+        if (live && conv.unread > 0 && newest && newest.id !== undefined && Number(newest.id) > knownBefore &&
+                !sameId(newest.from, me && me.id)) {
+            // The peer's message that opened this window (its message event will be a repeat).
+            announce(conv, newest);
+            noteIncoming(conv);
+        }
         renderWindowState(conv);
         renderHeader(conv);
         renderOlderControl(conv);
@@ -1535,6 +1549,17 @@
         containerElement().appendChild(ui.root);
         on(document, 'visibilitychange', onVisibility);
         on(window, 'focus', onVisibility);
+        on(window, 'pagehide', function () {
+            unloading = true;
+        });
+        on(window, 'pageshow', function (event) {
+            if (event.persisted && unloading) {
+                // restored from the back/forward cache: the old connection is gone
+                unloading = false;
+                reconnectAttempt = 0;
+                connect();
+            }
+        });
         on(window, 'online', function () {
             if (reconnectTimer) {
                 reconnectAttempt = 0;
@@ -1794,6 +1819,7 @@
         if (!dom) {
             return;
         }
+        var wasMinimized = dom.root.getAttribute('data-minimized') !== 'false';
         toggleClass(dom.root, 'gchat-minimized', conv.minimized);
         dom.title.setAttribute('aria-expanded', conv.minimized ? 'false' : 'true');
         var label = conv.minimized ? t('maximise') : t('minimise');
@@ -1801,8 +1827,8 @@
         dom.minimise.setAttribute('title', label);
         setText(dom.minimise.firstChild, conv.minimized ? '\u25a1' : '\u2013');
         dom.root.setAttribute('data-minimized', conv.minimized ? 'true' : 'false');
-        if (!conv.minimized) {
-            dom.log.scrollTop = dom.log.scrollHeight;
+        if (wasMinimized && !conv.minimized) {
+            dom.log.scrollTop = dom.log.scrollHeight; // just shown: start at the newest message
         }
     }
 

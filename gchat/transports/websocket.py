@@ -112,6 +112,9 @@ class WebSocketHandler(tornado.websocket.WebSocketHandler):
             return
         if isinstance(message, bytes):
             reply = self.router.error_reply(None, GchatError("bad_json", "send text frames with JSON"))
+        elif len(message) > self.gchat_settings.max_frame_bytes:
+            reply = self.router.error_reply(None, GchatError(
+                "too_long", f"a frame may have at most {self.gchat_settings.max_frame_bytes} bytes"))
         else:
             try:
                 command = json.loads(message)

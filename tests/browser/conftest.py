@@ -21,9 +21,14 @@ from gchat_browser import CHROMIUM, CHROMIUM_ARGS, GchatServer, User, running_se
 SERVER_ARGS = ["--presence_grace=1", "--session_check_interval=2", "--log_level=warning"]
 
 
+def pytest_configure(config):
+    config.addinivalue_line("markers", "server_args(*args): extra command-line settings for this test's server")
+
+
 @pytest.fixture
-def server() -> Iterator[GchatServer]:
-    yield from running_server(SERVER_ARGS)
+def server(request) -> Iterator[GchatServer]:
+    marker = request.node.get_closest_marker("server_args")
+    yield from running_server(SERVER_ARGS + list(marker.args if marker else ()))
 
 
 @pytest.fixture(scope="session")

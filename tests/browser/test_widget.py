@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 
+import pytest
 from playwright.sync_api import expect
 
 from gchat_browser import ANA, BEN, DAN, EVE, TEREZA, buddy, messages, send, wait_connected, window_with
@@ -302,3 +303,63 @@ def test_phone_layout_windows_full_width(users):
     buddy(a, DAN).click()
     box = window_with(a, DAN).bounding_box()
     assert box is not None and box["width"] >= 385
+
+
+@pytest.mark.server_args("--token_ttl=4", "--longpoll_timeout=1-2")
+def test_tokens_are_renewed_before_they_expire(users):
+    ana = users(ANA, no_websocket=True)  # long-poll: every request carries the token
+    dan = users(DAN)
+    a, d = ana.page, dan.page
+    # Renewed at 80 % of 4 s: after two renewals the first token has expired for a while.
+    a.wait_for_function("window.gchat.tokens >= 3", timeout=15_000)
+    d.wait_for_function("window.gchat.tokens >= 3", timeout=15_000)
+    buddy(a, DAN).click()
+    send(a, DAN, "still here")
+    expect(messages(a, DAN).last).to_have_attribute("data-state", "sent")
+    expect(messages(d, ANA).last.locator(".gchat-text")).to_have_text("still here")
+    send(d, ANA, "me too")
+    expect(messages(a, DAN).last.locator(".gchat-text")).to_have_text("me too")
+    assert a.evaluate("window.gchat.state") == "connected"
+
+
+def test_logging_out_in_one_tab_removes_the_widget_from_the_others(users):
+    ana = users(ANA)
+    dan = users(DAN)
+    other_tab = dan.new_page()
+    other_tab.goto(dan.server.url("/demo/course?id=2"))
+    wait_connected(other_tab)
+    expect(buddy(ana.page, DAN)).to_have_count(1)
+    dan.logout()  # in the first tab
+    other_tab.wait_for_function("window.gchat.state === 'ended'")
+    expect(other_tab.locator("#gchat-root")).to_have_count(0)
+    expect(buddy(ana.page, DAN)).to_have_count(0)
+
+
+# Lets a test hide "the tab": document.hidden and hasFocus() follow window.__hidden.
+_HIDEABLE_TAB = """
+window.__hidden = false;
+Object.defineProperty(Document.prototype, 'hidden', {configurable: true, get: function () { return window.__hidden; }});
+Document.prototype.hasFocus = function () { return !window.__hidden; };
+window.__setHidden = function (hidden) { window.__hidden = hidden; document.dispatchEvent(new Event('visibilitychange')); };
+"""
+
+
+def test_hidden_tab_flashes_its_title_and_screen_readers_hear_new_messages(users):
+    ana = users(ANA)
+    dan = users(DAN, init_script=_HIDEABLE_TAB)
+    a, d = ana.page, dan.page
+    title = d.title()
+    buddy(a, DAN).click()
+    d.evaluate("window.__setHidden(true)")
+    send(a, DAN, "are you there?")
+    d.wait_for_function("document.title.indexOf('Ana Silva') >= 0")
+    d.wait_for_function(f"document.title === {title!r}")  # it flashes: back and forth
+    expect(d.locator("#gchat-root [role=status][aria-live=polite]")).to_have_text(
+        "New message from Ana Silva: are you there?")
+    expect(window_with(d, ANA)).to_have_attribute("data-unread", "1")
+    d.evaluate("window.__setHidden(false)")
+    d.wait_for_function(f"document.title === {title!r}")
+    # Back in front, the message is read once Dan is in the window.
+    window_with(d, ANA).locator("textarea").focus()
+    expect(window_with(d, ANA)).to_have_attribute("data-unread", "0")
+    d.wait_for_function(f"document.title === {title!r}")
