@@ -26,6 +26,7 @@
 
     var WS_FIRST_EVENT_TIMEOUT_MS = 5000;   // WebSocket must open and deliver within this
     var LONGPOLL_CLIENT_TIMEOUT_MS = 90000; // server answers idle polls after 45-55 s
+    var LONGPOLL_HELD_MS = 1500;            // a poll held this long reached a live server
     var REPLY_TIMEOUT_MS = 15000;           // a command with no reply by then has failed
     var WS_PING_INTERVAL_MS = 25000;        // app-level ping detects silently dead sockets
     var BACKOFF_BASE_MS = 800;
@@ -709,10 +710,23 @@
         var generation = connGeneration;
         var current = null;
         var gotAnswer = false;
+        var up = false;
+        var heldTimer = null;
         var stopped = false;
+
+        // Connected once the server answered, or holds a poll open: resuming from a cursor
+        // with nothing new, the answer only comes with the next event or after 45-55 s.
+        function reportUp() {
+            window.clearTimeout(heldTimer);
+            if (!up && !stopped && generation === connGeneration) {
+                up = true;
+                transportUp('longpoll');
+            }
+        }
 
         function stop() {
             stopped = true;
+            window.clearTimeout(heldTimer);
             if (current) {
                 current.onreadystatechange = null;
                 try {
@@ -762,14 +776,17 @@
             }
             var path = '/api/poll?tab=' + encodeURIComponent(tabId) +
                 (lastCursor ? '&cursor=' + encodeURIComponent(lastCursor) : '');
+            if (!up) {
+                heldTimer = window.setTimeout(reportUp, LONGPOLL_HELD_MS);
+            }
             current = request('GET', path, {token: token, timeout: LONGPOLL_CLIENT_TIMEOUT_MS},
                 function (status, body) {
                     current = null;
+                    window.clearTimeout(heldTimer);
                     if (stopped || generation !== connGeneration) {
                         return;
                     }
                     if (status === 200 && body && body.events) {
-                        var first = !gotAnswer;
                         gotAnswer = true;
                         forEach(body.events, function (event) {
                             if (generation === connGeneration) {
@@ -783,9 +800,7 @@
                             lastCursor = body.cursor;
                             info.cursor = lastCursor;
                         }
-                        if (first) {
-                            transportUp('longpoll');
-                        }
+                        reportUp();
                         poll();
                         return;
                     }
