@@ -14,6 +14,7 @@ from gchat.broker import Broker, MemoryBroker
 from gchat.config import Settings
 from gchat.db import Database
 from gchat.demo import demo_routes
+from gchat.metrics import MetricsHandler, build_metrics
 from gchat.moodle import Moodle
 from gchat.paths import static_dir, template_dir
 from gchat.router import Router
@@ -91,6 +92,7 @@ def make_app(services: Services, **app_settings: Any) -> tornado.web.Application
         (prefix + "/api/send", SendHandler, common),
         (prefix + "/ws", WebSocketHandler, common),
         (prefix + "/health", HealthHandler, common),
+        (prefix + "/metrics", MetricsHandler, {"metrics": build_metrics(services)}),
         (prefix + "/static/(.*)", tornado.web.StaticFileHandler, {"path": static_dir()}),
     ]
     if settings.demo:

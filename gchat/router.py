@@ -89,6 +89,9 @@ class Router:
         self._idle.set()
         self.stats: dict[str, int] = {"commands": 0, "messages": 0, "events": 0, "errors": 0}
         self.errors_by_code: dict[str, int] = {}
+        # gchat.metrics sets this when metrics are on: command_done(command, seconds) and
+        # message_published(stored_ms). None costs one test per command.
+        self.observer: Any = None
         self._commands: dict[str, Callable[[Identity, dict[str, Any]], Awaitable[dict[str, Any]]]] = {
             "open": self._open, "send": self._send, "seen": self._seen, "close": self._close,
             "minimize": self._minimize, "history": self._history, "typing": self._typing, "ping": self._ping,
@@ -298,6 +301,7 @@ class Router:
         if not isinstance(ref, _SCALAR) or (isinstance(ref, str) and len(ref) > 128):
             ref = None
         self.stats["commands"] += 1
+        started = time.perf_counter()
         try:
             if not isinstance(command, dict):
                 raise bad_command("a command is a JSON object")
@@ -326,6 +330,9 @@ class Router:
         except Exception:
             log.exception("command failed: %r", command if len(repr(command)) < 500 else "(large)")
             return self.error_reply(ref, GchatError("unavailable", "internal error; the command was not applied"))
+        finally:
+            if self.observer is not None:
+                self.observer.command_done(command, time.perf_counter() - started)
 
     def error_reply(self, ref: Any, error: GchatError) -> dict[str, Any]:
         self.stats["errors"] += 1
@@ -395,10 +402,14 @@ class Router:
             stored = await self.store.add_message(pair, me, text, client_id, self.settings.history_size)
             if not stored.duplicate:
                 self.stats["messages"] += 1
-                if stored.peer_opened is not None:
-                    await self._publish([peer], await self._conversation_event(
-                        peer, pair, stored.peer_opened, stored.peer_messages))
-                await self._publish([me, peer], {"type": "message", "message": stored.message.as_dict()})
+            if stored.peer_opened is not None:
+                await self._publish([peer], await self._conversation_event(
+                    peer, pair, stored.peer_opened, stored.peer_messages))
+            # A retry publishes the stored message again: the first attempt may have committed
+            # and then failed before it published. Clients drop the repeat by message id.
+            await self._publish([me, peer], {"type": "message", "message": stored.message.as_dict()})
+            if self.observer is not None and not stored.duplicate:
+                self.observer.message_published(stored.message.time)
         return {"message": stored.message.as_dict()}
 
     async def _seen(self, identity: Identity, cmd: dict[str, Any]) -> dict[str, Any]:

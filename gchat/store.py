@@ -290,35 +290,32 @@ class ChatStore:
     async def add_message(self, pair: Pair, sender: int, text: str, client_id: str | None,
                           history: int) -> Stored:
         """Store a message (or find the one a retry with the same client_id stored) and count it
-        unread for the peer, opening the peer's window. One transaction: committed on return."""
+        unread for the peer, opening the peer's window. One transaction, committed on return.
+
+        The common case costs two statements and the commit: the insert (a repeated client_id
+        fails on the unique key and returns the stored message) and the peer's unread count,
+        updated only where the window is open; a closed window is opened with a second update.
+        Both member rows exist: ``open`` creates them with the conversation.
+        """
         peer = pair.peer_of(sender)
 
         def work(q: Query) -> Stored:
-            if client_id is not None:
-                existing = self._by_client_id(q, sender, client_id)
-                if existing is not None:
-                    return Stored(existing, True, None)
-            self._ensure_members(q, pair)
-            peer_was_open = bool(q.scalar("SELECT is_open FROM {gchat_members} WHERE conversation = %s "
-                                          "AND userid = %s", (pair.id, peer)))
             stamp = now_ms()
             try:
                 q.execute("INSERT INTO {gchat_messages} (conversation, sender, text, client_id, time) "
                           "VALUES (%s, %s, %s, %s, %s)", (pair.id, sender, text, client_id, stamp))
             except INTEGRITY_ERRORS:
-                # The same client_id was stored by a concurrent retry between our check and insert
-                # (read it with a locking read: the snapshot predates that commit).
-                existing = self._by_client_id(q, sender, client_id, latest=True)
+                existing = self._by_client_id(q, sender, client_id) if client_id is not None else None
                 if existing is None:
                     raise
                 return Stored(existing, True, None)
             message = Message(q.lastrowid, pair.id, sender, text, stamp, client_id)
+            if q.execute("UPDATE {gchat_members} SET unread = unread + 1, timemodified = %s "
+                         "WHERE conversation = %s AND userid = %s AND is_open = 1", (stamp, pair.id, peer)):
+                return Stored(message, False, None)
+            self._ensure_members(q, pair)
             q.execute("UPDATE {gchat_members} SET is_open = 1, unread = unread + 1, timemodified = %s "
                       "WHERE conversation = %s AND userid = %s", (stamp, pair.id, peer))
-            q.execute("UPDATE {gchat_members} SET is_open = 1, last_read = %s, unread = 0 "
-                      "WHERE conversation = %s AND userid = %s", (message.id, pair.id, sender))
-            if peer_was_open:
-                return Stored(message, False, None)
             return Stored(message, False, self._state(q, pair.id, peer), self._last_messages(q, pair.id, history))
 
         return await self.db.run(work)

@@ -1575,6 +1575,14 @@
                 connect();
             }
         });
+        on(window, 'offline', function () {
+            // The browser knows the network is gone: do not wait for TCP to find out.
+            if (conn && !ended) {
+                var kind = conn.kind;
+                disconnect();
+                transportDown(kind, false, 'offline');
+            }
+        });
         on(window, 'online', function () {
             if (reconnectTimer) {
                 reconnectAttempt = 0;

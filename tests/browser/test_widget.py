@@ -363,3 +363,34 @@ def test_hidden_tab_flashes_its_title_and_screen_readers_hear_new_messages(users
     window_with(d, ANA).locator("textarea").focus()
     expect(window_with(d, ANA)).to_have_attribute("data-unread", "0")
     d.wait_for_function(f"document.title === {title!r}")
+
+
+def test_longpoll_user_rides_out_a_network_drop(users):
+    ana = users(ANA, no_websocket=True)
+    dan = users(DAN)
+    a, d = ana.page, dan.page
+    buddy(a, DAN).click()
+    send(a, DAN, "one")
+    expect(messages(d, ANA)).to_have_count(1)
+    ana.context.set_offline(True)
+    a.wait_for_function("window.gchat.state === 'reconnecting'")
+    send(a, DAN, "typed offline")  # shown at once, sent when back (same client_id on every try)
+    expect(messages(a, DAN).last).to_have_attribute("data-state", re.compile("pending|failed"))
+    send(d, ANA, "while Ana was away")
+    ana.context.set_offline(False)
+    # Resuming from its cursor: the missed message arrives, the failed one is delivered once.
+    # (sorted by id: the message typed offline was stored last)
+    expect(messages(a, DAN).locator(".gchat-text")).to_have_text(["one", "while Ana was away", "typed offline"])
+    expect(messages(a, DAN).last).to_have_attribute("data-state", "sent")
+    expect(messages(d, ANA).locator(".gchat-text")).to_have_text(["one", "while Ana was away", "typed offline"])
+    wait_connected(a)
+    # A drop during which nothing happened: the resumed poll has nothing to answer and is held
+    # by the server (45-55 s); the widget must count that as connected, not as still lost.
+    ana.context.set_offline(True)
+    a.wait_for_function("window.gchat.state === 'reconnecting'")
+    ana.context.set_offline(False)
+    wait_connected(a, timeout=5_000)
+    expect(a.locator(".gchat-status")).to_be_hidden()
+    send(d, ANA, "and now?")
+    expect(messages(a, DAN).last.locator(".gchat-text")).to_have_text("and now?")
+    assert a.evaluate("window.gchat.transport") == "longpoll"

@@ -1,0 +1,202 @@
+"""Prometheus metrics: ``GET {prefix}/metrics`` in the text (or OpenMetrics) exposition format.
+
+Each application gets its own :class:`prometheus_client.CollectorRegistry`; nothing is registered
+in the library's global default registry, so several applications in one process (tests, a
+restart in place) never collide and never see each other's numbers.
+
+Most numbers are counters the router and the database already keep (``Router.stats``,
+``Router.errors_by_code``, ``Router.count_by_transport()``, ``Database.queries``,
+``Database.query_seconds``, ``Database.in_flight``): a custom collector reads them when
+Prometheus scrapes, so serving chat costs nothing extra for them. Two things are observed as they
+happen, through the router's ``observer`` hook (one ``is not None`` test when metrics are off):
+
+* ``gchat_command_seconds{type}``: how long the router took to handle a command, from the moment
+  it was handed over by a transport to its reply (database work included). Its ``_count`` is the
+  number of commands of each type; ``gchat_commands_total{type}`` says the same as a counter.
+* ``gchat_message_delivery_seconds``: from the moment a message was stored (its ``time``, taken
+  just before the INSERT) to the moment its ``message`` event was appended to the sender's and
+  the recipient's event logs and their connections were woken (commit and fan-out included).
+  What remains after that is one write on an open WebSocket, or the answer to a waiting
+  long-poll: the event loop's next turns, not measured per event because that would put a
+  clock read and a JSON parse on every frame.
+
+prometheus-client is optional (``pip install gchat[metrics]``). Without it the server runs as
+usual and ``/metrics`` answers 501 with one line saying how to enable it.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import TYPE_CHECKING, Any, Iterator
+
+import tornado.web
+
+try:  # optional dependency: gchat[metrics]
+    import prometheus_client
+    from prometheus_client import CollectorRegistry, Counter, Histogram
+    from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily
+    from prometheus_client.exposition import choose_encoder
+    from prometheus_client.registry import Collector
+except ImportError:  # pragma: no cover - exercised by a test that hides the module
+    prometheus_client = None  # type: ignore[assignment]
+    Collector = object  # type: ignore[assignment,misc]
+
+if TYPE_CHECKING:
+    from gchat.app import Services
+
+log = logging.getLogger("gchat.metrics")
+
+NOT_INSTALLED = ("metrics are off: the prometheus-client package is not installed "
+                 "(pip install 'gchat[metrics]' or pip install prometheus-client, then restart gchat)\n")
+
+# The protocol's command types (docs/protocol.md). Anything else a client sends is counted as
+# "other": a label value never comes from a client, so a client cannot grow the series count.
+COMMAND_TYPES = ("open", "send", "seen", "close", "minimize", "history", "typing", "ping")
+TRANSPORTS = ("websocket", "longpoll")
+
+# Seconds. Commands are mostly one or two short transactions; delivery adds the commit.
+COMMAND_BUCKETS_SECS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+DELIVERY_BUCKETS_SECS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+
+
+def available() -> bool:
+    """True when prometheus-client can be imported."""
+    return prometheus_client is not None
+
+
+class _StateCollector(Collector):  # type: ignore[misc,valid-type]
+    """Reads, at scrape time, what the router, the database and the broker already count."""
+
+    def __init__(self, services: "Services") -> None:
+        self._services = services
+
+    def describe(self) -> list[Any]:
+        # Reading the counters is cheap: describing by collecting lets the registry refuse a
+        # duplicate name at registration.
+        return list(self.collect())
+
+    def collect(self) -> Iterator[Any]:
+        router = self._services.router
+        db = self._services.db
+        broker = self._services.broker
+
+        connections = GaugeMetricFamily("gchat_connections", "Live client connections by transport "
+                                        "(WebSockets, and long-poll tabs that polled recently)",
+                                        labels=["transport"])
+        by_transport = dict.fromkeys(TRANSPORTS, 0)
+        by_transport.update(router.count_by_transport())
+        for transport, count in sorted(by_transport.items()):
+            connections.add_metric([transport], count)
+        yield connections
+
+        stats = router.stats
+        yield CounterMetricFamily("gchat_events_published", "Events published to users' event logs "
+                                  "(one per event, however many users receive it)", value=stats.get("events", 0))
+        yield CounterMetricFamily("gchat_messages", "Chat messages stored (a retried send is not counted twice)",
+                                  value=stats.get("messages", 0))
+        errors = CounterMetricFamily("gchat_errors", "Commands refused, by protocol error code", labels=["code"])
+        for code, count in sorted(router.errors_by_code.items()):
+            errors.add_metric([code], count)
+        yield errors
+
+        online = self._online_users()
+        if online is not None:
+            yield GaugeMetricFamily("gchat_online_users", "Users online (at least one live connection, "
+                                    "or within the presence grace period)", value=online)
+        yield GaugeMetricFamily("gchat_shutting_down", "1 while the server is stopping", value=int(router.closing))
+
+        in_flight = db.in_flight
+        yield GaugeMetricFamily("gchat_db_pool_size", "Database connections (and worker threads) available",
+                                value=db.pool_size)
+        yield GaugeMetricFamily("gchat_db_pool_in_use", "Database units of work running now",
+                                value=min(in_flight, db.pool_size))
+        yield GaugeMetricFamily("gchat_db_waiting", "Database units of work queued for a free connection",
+                                value=max(0, in_flight - db.pool_size))
+        yield CounterMetricFamily("gchat_db_queries", "SQL statements run", value=db.queries)
+        yield CounterMetricFamily("gchat_db_query_seconds", "Seconds spent in database units of work "
+                                  "(waiting for a connection, queries, commit)", value=db.query_seconds)
+
+        yield InfoMetricFamily("gchat_broker", "Which broker keeps the event logs and presence",
+                               value={"kind": str(getattr(broker, "name", "?"))})
+
+    def _online_users(self) -> int | None:
+        """Online users as the broker counts them; this process's connected users otherwise."""
+        broker = self._services.broker
+        stats = getattr(broker, "stats", None)
+        if callable(stats):
+            try:
+                value = stats()
+                if isinstance(value, dict) and isinstance(value.get("online"), int):
+                    return int(value["online"])
+            except Exception:  # a broker's bookkeeping must never break a scrape
+                log.debug("broker stats failed", exc_info=True)
+        clients = getattr(self._services.router, "_clients", None)
+        return len(clients) if isinstance(clients, dict) else None
+
+
+class Metrics:
+    """One application's registry, and the observer the router calls."""
+
+    def __init__(self, services: "Services") -> None:
+        assert prometheus_client is not None
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.registry.register(_StateCollector(services))
+        # The usual process_* and python_* series (memory, CPU, open files) of this process.
+        prometheus_client.ProcessCollector(registry=self.registry)
+        prometheus_client.PlatformCollector(registry=self.registry)
+        prometheus_client.GCCollector(registry=self.registry)
+        commands = Counter("gchat_commands", "Commands handled, by type", ["type"], registry=self.registry)
+        seconds = Histogram("gchat_command_seconds", "Time to handle a command, from its arrival at the router "
+                            "to its reply", ["type"], buckets=COMMAND_BUCKETS_SECS, registry=self.registry)
+        # Children bound once: an observation is a dict lookup, an increment and a bucket search.
+        self._by_type = {kind: (commands.labels(kind), seconds.labels(kind)) for kind in COMMAND_TYPES + ("other",)}
+        self._delivery = Histogram("gchat_message_delivery_seconds", "Time from a message being stored to its "
+                                   "event being in the event logs of both users, their connections woken",
+                                   buckets=DELIVERY_BUCKETS_SECS, registry=self.registry)
+
+    # -- the router's observer interface ---------------------------------------------------
+
+    def command_done(self, command: Any, seconds: float) -> None:
+        kind = command.get("type") if isinstance(command, dict) else None
+        counter, histogram = self._by_type.get(kind, self._by_type["other"])  # type: ignore[arg-type]
+        counter.inc()
+        histogram.observe(seconds)
+
+    def message_published(self, stored_ms: int) -> None:
+        self._delivery.observe(max(0.0, time.time() - stored_ms / 1000.0))
+
+    # -- exposition -------------------------------------------------------------------------
+
+    def render(self, accept: str | None) -> tuple[bytes, str]:
+        encoder, content_type = choose_encoder(accept or "")
+        return encoder(self.registry), content_type
+
+
+def build_metrics(services: "Services") -> Metrics | None:
+    """This application's metrics, hooked into its router; None without prometheus-client."""
+    if prometheus_client is None:
+        log.info("prometheus-client is not installed: %s/metrics answers 501", services.settings.url_prefix)
+        return None
+    metrics = Metrics(services)
+    services.router.observer = metrics
+    return metrics
+
+
+class MetricsHandler(tornado.web.RequestHandler):
+    """``GET {prefix}/metrics``. No authentication: restrict it where gchat listens or in the
+    reverse proxy (conf/nginx-gchat.conf allows it from the proxy host only)."""
+
+    def initialize(self, metrics: Metrics | None) -> None:
+        self.metrics = metrics
+
+    def get(self) -> None:
+        self.set_header("Cache-Control", "no-store")
+        if self.metrics is None:
+            self.set_status(501)
+            self.set_header("Content-Type", "text/plain; charset=utf-8")
+            self.finish(NOT_INSTALLED)
+            return
+        body, content_type = self.metrics.render(self.request.headers.get("Accept"))
+        self.set_header("Content-Type", content_type)
+        self.finish(body)
