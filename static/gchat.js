@@ -1053,14 +1053,20 @@
         };
     }
 
-    function maxMessageId(conv) {
+    // The stored message with the highest id (pending local copies have none), or null.
+    function newestMessage(conv) {
         for (var i = conv.items.length - 1; i >= 0; i--) {
-            var id = conv.items[i].message.id;
-            if (id !== undefined && id !== null) {
-                return Number(id);
+            var m = conv.items[i].message;
+            if (m.id !== undefined && m.id !== null) {
+                return m;
             }
         }
-        return 0;
+        return null;
+    }
+
+    function maxMessageId(conv) {
+        var m = newestMessage(conv);
+        return m ? Number(m.id) : 0;
     }
 
     /* Unread = the server's count at the last conversation event, plus the peer's messages that
@@ -1121,8 +1127,8 @@
         // but whose ids are below the event's are part of that count, so the base is the
         // highest id this client knows *now* (including the event's own messages).
         conv.unreadBase = maxMessageId(conv);
-        var newest = conv.items.length ? conv.items[conv.items.length - 1].message : null;
-        if (live && conv.unread > 0 && newest && newest.id !== undefined && Number(newest.id) > knownBefore &&
+        var newest = newestMessage(conv);
+        if (live && conv.unread > 0 && newest && Number(newest.id) > knownBefore &&
                 !sameId(newest.from, me && me.id)) {
             // The peer's message that opened this window (its message event will be a repeat).
             announce(conv, newest);

@@ -390,3 +390,17 @@ async def test_moodle_logout_ends_the_chat(http_server, base_url, site, services
     assert (await poll.command("ping"))["error"]["code"] == "session_ended"
     assert (await other.command("ping"))["ok"]  # everyone else goes on
     await close_all(poll, other)
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_shutdown_tells_clients_to_reconnect(http_server, base_url, site, services):
+    ana, ben = site.classmates("Ana", "Ben")
+    ws = await connect(base_url, site, ana)
+    poll = await connect(base_url, site, ben, "longpoll")
+    await services.router.stop()
+    assert await ws.wait_closed() == 1001
+    assert ws.closed_error["code"] == "shutting_down"
+    await asyncio.wait_for(poll._loop_task, 5)
+    assert poll.status == 503 and poll.error["code"] == "shutting_down"
+    assert (await poll.command("ping"))["error"]["code"] == "shutting_down"
+    await poll.close()
