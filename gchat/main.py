@@ -26,11 +26,13 @@ from gchat.errors import Unavailable
 
 log = logging.getLogger("gchat")
 
-USAGE = """usage: gchat [serve|initdb|check] [--setting=value ...] [--config=FILE]
+USAGE = """usage: gchat [serve|initdb|check|import-block-gchat] [--setting=value ...] [--config=FILE]
 
   serve    run the chat server (the default); without --db_url, the embedded demo
   initdb   create gchat's tables in the configured database, then exit (safe to run twice)
   check    validate a configuration against the Moodle database and print advice
+  import-block-gchat
+           import the chat history of the old block_gchat plugin (safe to run twice)
 
 Settings (also GCHAT_<NAME> in the environment, or 'name = value' in the config file):
 """
@@ -138,7 +140,17 @@ def check(settings: Settings) -> None:
         raise SystemExit(1)
 
 
-COMMANDS: dict[str, Callable[[Settings], None]] = {"initdb": initdb, "check": check}
+def import_block_gchat(settings: Settings) -> None:
+    from gchat.import_block_gchat import ImportFailed, run_command
+
+    try:
+        run_command(open_database(settings))
+    except ImportFailed as exc:
+        raise Fatal(str(exc)) from None
+
+
+COMMANDS: dict[str, Callable[[Settings], None]] = {"initdb": initdb, "check": check,
+                                                   "import-block-gchat": import_block_gchat}
 
 
 def main(argv: list[str] | None = None) -> NoReturn:
@@ -153,7 +165,7 @@ def main(argv: list[str] | None = None) -> NoReturn:
         raise SystemExit(0)
     try:
         if command not in ("serve", *COMMANDS):
-            raise Fatal(f"unknown command {command!r} (serve, initdb, check)")
+            raise Fatal(f"unknown command {command!r} ({', '.join(('serve', *COMMANDS))})")
         settings = load_settings(args)
         logging.basicConfig(level=settings.log_level.upper(),
                             format="%(asctime)s %(levelname)s %(name)s: %(message)s")

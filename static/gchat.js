@@ -1186,14 +1186,15 @@
             return null; // the protocol sends a conversation event first; nothing to show otherwise
         }
         var key = source === 'local' ? 'c:' + m.client_id : 'm:' + m.id;
-        if (conv.byKey[key]) {
-            return conv.byKey[key];
-        }
         if (source !== 'local' && m.client_id && conv.byKey['c:' + m.client_id]) {
+            // the stored copy of a message shown as pending: it takes the pending one's place
             var pendingItem = conv.byKey['c:' + m.client_id];
             delete conv.byKey['c:' + m.client_id];
             removeItem(conv, pendingItem);
             dropFromOutbox(m.client_id);
+        }
+        if (conv.byKey[key]) {
+            return conv.byKey[key];
         }
         var item = {key: key, message: m, el: null, state: source === 'local' ? 'pending' : 'sent'};
         var index = conv.items.length;
@@ -1293,10 +1294,18 @@
             return;
         }
         forEach(saved, function (p) {
-            if (p && p.client_id && p.text && !has(pendingSends, p.client_id) && convs[p.conversation]) {
-                queueMessage(convs[p.conversation], p.text, p.client_id, p.time);
+            var conv = p && convs[p.conversation];
+            if (!conv || !p.client_id || !p.text || has(pendingSends, p.client_id)) {
+                return;
             }
+            for (var i = 0; i < conv.items.length; i++) {
+                if (conv.items[i].message.client_id === p.client_id) {
+                    return; // stored after all (the answer was lost with the old page)
+                }
+            }
+            queueMessage(conv, p.text, p.client_id, p.time);
         });
+        saveOutbox();
     }
 
     function sendText(conv, text) {

@@ -394,3 +394,26 @@ def test_longpoll_user_rides_out_a_network_drop(users):
     send(d, ANA, "and now?")
     expect(messages(a, DAN).last.locator(".gchat-text")).to_have_text("and now?")
     assert a.evaluate("window.gchat.transport") == "longpoll"
+
+
+def test_unsent_message_survives_a_reload_and_is_stored_once(users):
+    ana = users(ANA, no_websocket=True)  # commands go over HTTP, where the test can block them
+    dan = users(DAN)
+    a, d = ana.page, dan.page
+    buddy(a, DAN).click()
+    expect(window_with(a, DAN)).to_be_visible()
+    a.route("**/api/send", lambda route: route.abort())
+    send(a, DAN, "kept across pages")
+    expect(messages(a, DAN).last).to_have_attribute("data-state", "failed")
+    expect(messages(a, DAN).last.locator(".gchat-retry")).to_be_visible()
+    a.reload()  # still blocked: the new page shows it again, from the browser session's outbox
+    wait_connected(a)
+    expect(messages(a, DAN).locator(".gchat-text")).to_have_text(["kept across pages"])
+    expect(messages(a, DAN).last).to_have_attribute("data-state", re.compile("pending|failed"))
+    a.unroute("**/api/send")
+    expect(messages(a, DAN).last).to_have_attribute("data-state", "sent", timeout=15_000)
+    expect(messages(d, ANA).locator(".gchat-text")).to_have_text(["kept across pages"])
+    a.reload()
+    wait_connected(a)
+    expect(messages(a, DAN).locator(".gchat-text")).to_have_text(["kept across pages"])
+    assert a.evaluate("sessionStorage.getItem('gchat.outbox')") is None

@@ -1,0 +1,291 @@
+"""gchat's own tables (conversations, members, messages) on a real MariaDB."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+
+from gchat.config import parse_db_url
+from gchat.db import Database
+from gchat.store import MAX_HISTORY_LIMIT, ChatStore, MemberState
+from tests.conftest import PREFIX
+
+A, B, C = 101, 202, 303
+
+
+@pytest.fixture
+def db(test_db_url, site):  # site: empties the chat tables before each test
+    database = Database(parse_db_url(test_db_url), prefix=PREFIX, pool_size=6, timeout=5)
+    yield database
+    database.close()
+
+
+@pytest.fixture
+def store(db):
+    return ChatStore(db)
+
+
+def count(site, sql: str, params: tuple = ()) -> int:
+    return site.rows(sql, params)[0][0]
+
+
+async def send(store: ChatStore, pair, sender: int, text: str, client_id: str | None = None):
+    return await store.add_message(pair, sender, text, client_id, history=10)
+
+
+# -- conversations -----------------------------------------------------------------------------------
+
+
+@pytest.mark.gen_test
+async def test_conversation_of_an_unordered_pair_is_unique(store, site):
+    ab, _, _ = await store.open(A, B, 10)
+    ba, _, _ = await store.open(B, A, 10)
+    assert ab.id == ba.id
+    assert (ab.low, ab.high) == (A, B)
+    assert ab.has(A) and ab.has(B) and not ab.has(C)
+    assert ab.peer_of(A) == B and ab.peer_of(B) == A
+    ac, _, _ = await store.open(C, A, 10)
+    assert ac.id != ab.id
+    assert count(site, "SELECT COUNT(*) FROM {p}gchat_conversations") == 2
+    assert await store.pair(ab.id) == ab
+    assert await store.pair(ab.id + 1000) is None
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_concurrent_opens_of_one_pair_give_one_conversation(store, site):
+    # Both users click each other's name at the same moment, for many pairs at once.
+    pairs = [(1000 + 2 * i, 1001 + 2 * i) for i in range(12)]
+    results = await asyncio.gather(*(store.open(a, b, 10) for a, b in pairs),
+                                   *(store.open(b, a, 10) for a, b in pairs))
+    by_pair: dict[tuple[int, int], set[int]] = {}
+    for pair, _, _ in results:
+        by_pair.setdefault((pair.low, pair.high), set()).add(pair.id)
+    assert all(len(ids) == 1 for ids in by_pair.values()), by_pair
+    assert count(site, "SELECT COUNT(*) FROM {p}gchat_conversations") == len(pairs)
+    assert count(site, "SELECT COUNT(*) FROM {p}gchat_members") == 2 * len(pairs)
+    for pair, state, _ in results:
+        assert state.open
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_many_concurrent_opens_of_one_pair(store, site):
+    results = await asyncio.gather(*(store.open(A, B, 10) if i % 2 else store.open(B, A, 10) for i in range(8)))
+    assert len({pair.id for pair, _, _ in results}) == 1
+    assert count(site, "SELECT COUNT(*) FROM {p}gchat_conversations") == 1
+
+
+# -- member state --------------------------------------------------------------------------------------
+
+
+@pytest.mark.gen_test
+async def test_member_state_is_stored_and_returned(store):
+    pair, mine, messages = await store.open(A, B, 10)
+    assert mine == MemberState(open=True, minimized=False, unread=0, last_read=0)
+    assert messages == []
+    assert await store.state(pair.id, B) == MemberState(False, False, 0, 0)  # B has not opened it
+    assert await store.set_minimized(pair.id, A, True) == MemberState(True, True, 0, 0)
+    assert await store.state(pair.id, A) == MemberState(True, True, 0, 0)
+    assert await store.set_minimized(pair.id, A, False) == MemberState(True, False, 0, 0)
+    assert await store.set_open(pair.id, A, False) == MemberState(False, False, 0, 0)
+    assert await store.set_open(pair.id, A, True) == MemberState(True, False, 0, 0)
+    # Opening again un-minimises.
+    await store.set_minimized(pair.id, A, True)
+    _, again, _ = await store.open(A, B, 10)
+    assert again == MemberState(True, False, 0, 0)
+
+
+@pytest.mark.gen_test
+async def test_open_views_lists_the_open_windows_with_their_messages(store):
+    ab, _, _ = await store.open(A, B, 10)
+    ac, _, _ = await store.open(A, C, 10)
+    first = await send(store, ab, A, "to B")
+    views = await store.open_views(A, 10)
+    assert [pair.id for pair, _, _ in views] == [ab.id, ac.id]
+    assert views[0][2] == [first.message]
+    await store.set_open(ac.id, A, False)
+    assert [pair.id for pair, _, _ in await store.open_views(A, 10)] == [ab.id]
+    # The peer's window was opened by the message.
+    assert [pair.id for pair, _, _ in await store.open_views(B, 10)] == [ab.id]
+    assert await store.open_views(C, 10) == []
+
+
+# -- messages ----------------------------------------------------------------------------------------
+
+
+@pytest.mark.gen_test
+async def test_message_fields_and_millisecond_time(store):
+    pair, _, _ = await store.open(A, B, 10)
+    before = int(time.time() * 1000)
+    stored = await send(store, pair, A, "hello", "c-1")
+    after = int(time.time() * 1000)
+    message = stored.message
+    assert not stored.duplicate
+    assert (message.conversation, message.sender, message.text, message.client_id) == (pair.id, A, "hello", "c-1")
+    assert before <= message.time <= after, "time is Unix milliseconds"
+    assert message.as_dict() == {"id": message.id, "conversation": pair.id, "from": A, "text": "hello",
+                                 "time": message.time, "client_id": "c-1"}
+    assert await store.history(pair.id, None, 10) == [message]
+
+
+@pytest.mark.gen_test
+async def test_same_client_id_twice_stores_one_message(store, site):
+    pair, _, _ = await store.open(A, B, 10)
+    first = await send(store, pair, A, "once", "retry-me")
+    second = await send(store, pair, A, "once (retried)", "retry-me")
+    assert not first.duplicate
+    assert second.duplicate
+    assert second.message == first.message
+    assert count(site, "SELECT COUNT(*) FROM {p}gchat_messages") == 1
+    assert (await store.state(pair.id, B)).unread == 1, "a retry does not count twice"
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_concurrent_sends_with_one_client_id_store_one_message(store, site):
+    pair, _, _ = await store.open(A, B, 10)
+    for round_ in range(8):
+        client_id = f"race-{round_}"
+        results = await asyncio.gather(*(send(store, pair, A, f"try {i}", client_id) for i in range(2)))
+        assert len({r.message.id for r in results}) == 1
+        assert sorted(r.duplicate for r in results) == [False, True]
+        assert count(site, "SELECT COUNT(*) FROM {p}gchat_messages WHERE client_id = %s", (client_id,)) == 1
+    assert (await store.state(pair.id, B)).unread == 8
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_both_members_sending_at_once_store_every_message(store, site):
+    pair, _, _ = await store.open(A, B, 10)
+    await store.open(B, A, 10)
+    await asyncio.gather(*(send(store, pair, A if i % 2 else B, f"m{i}", f"x{i}") for i in range(20)))
+    assert count(site, "SELECT COUNT(*) FROM {p}gchat_messages") == 20
+
+
+@pytest.mark.gen_test
+async def test_different_senders_may_reuse_a_client_id(store, site):
+    pair, _, _ = await store.open(A, B, 10)
+    from_a = await send(store, pair, A, "from A", "same")
+    from_b = await send(store, pair, B, "from B", "same")
+    assert not from_a.duplicate and not from_b.duplicate
+    assert from_a.message.id != from_b.message.id
+    # Also in another conversation, by the same sender: client_id is unique per sender.
+    other, _, _ = await store.open(A, C, 10)
+    again = await send(store, other, A, "elsewhere", "same")
+    assert again.duplicate and again.message == from_a.message
+    # No client_id: every send is stored.
+    await send(store, pair, A, "no id")
+    await send(store, pair, A, "no id")
+    assert count(site, "SELECT COUNT(*) FROM {p}gchat_messages") == 4
+
+
+@pytest.mark.gen_test
+@pytest.mark.parametrize("text", [
+    "😀 emoji",
+    "𝄞 musical symbol, 𠜎 CJK extension B",
+    "👩‍👩‍👧 family (ZWJ sequence) 🇵🇹",
+    "Ünïcödé — “quotes” ½ 漢字",
+])
+async def test_four_byte_characters_round_trip(store, site, text):
+    pair, _, _ = await store.open(A, B, 10)
+    stored = await send(store, pair, A, text)
+    assert stored.message.text == text
+    assert [m.text for m in await store.history(pair.id, None, 10)] == [text]
+    raw = site.rows("SELECT text FROM {p}gchat_messages WHERE id = %s", (stored.message.id,))[0][0]
+    assert raw == text
+
+
+@pytest.mark.gen_test
+@pytest.mark.parametrize("char", ["x", "é", "😀"])
+async def test_1333_characters_store_whole(store, char):
+    pair, _, _ = await store.open(A, B, 10)
+    text = char * 1333
+    stored = await send(store, pair, A, text)
+    [back] = await store.history(pair.id, None, 10)
+    assert back.text == text
+    assert len(back.text) == 1333
+    assert back == stored.message
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_history_pages_backwards_oldest_first_capped_at_50(store):
+    pair, _, _ = await store.open(A, B, 10)
+    ids = []
+    for i in range(60):
+        ids.append((await send(store, pair, A if i % 2 else B, f"message {i}")).message.id)
+    assert ids == sorted(ids)
+
+    latest = await store.history(pair.id, None, 1000)
+    assert len(latest) == MAX_HISTORY_LIMIT == 50
+    assert [m.id for m in latest] == ids[-50:]
+
+    page = await store.history(pair.id, ids[30], 5)
+    assert [m.id for m in page] == ids[25:30]
+    assert [m.text for m in page] == [f"message {i}" for i in range(25, 30)]
+    older = await store.history(pair.id, page[0].id, 5)
+    assert [m.id for m in older] == ids[20:25]
+
+    assert [m.id for m in await store.history(pair.id, ids[55], 500)] == ids[5:55]
+    assert [m.id for m in await store.history(pair.id, ids[3], 50)] == ids[:3]
+    assert await store.history(pair.id, ids[0], 10) == []
+    assert [m.id for m in await store.history(pair.id, ids[10], 0)] == [ids[9]]  # at least one
+
+
+@pytest.mark.gen_test
+async def test_history_belongs_to_its_conversation(store):
+    ab, _, _ = await store.open(A, B, 10)
+    ac, _, _ = await store.open(A, C, 10)
+    await send(store, ab, A, "for B")
+    await send(store, ac, A, "for C")
+    assert [m.text for m in await store.history(ab.id, None, 10)] == ["for B"]
+    assert [m.text for m in await store.history(ac.id, None, 10)] == ["for C"]
+
+
+@pytest.mark.gen_test
+async def test_open_returns_the_last_messages_up_to_history(store):
+    pair, _, _ = await store.open(A, B, 10)
+    sent = [(await send(store, pair, A, f"m{i}")).message for i in range(5)]
+    _, _, messages = await store.open(B, A, 3)
+    assert messages == sent[-3:]
+
+
+# -- unread ----------------------------------------------------------------------------------------
+
+
+@pytest.mark.gen_test
+async def test_unread_counts_go_up_for_the_peer_and_mark_seen_brings_them_down(store):
+    pair, _, _ = await store.open(A, B, 10)
+    first = await send(store, pair, A, "one")
+    assert first.peer_opened == MemberState(True, False, 1, 0), "the peer's window opens with the first message"
+    assert first.peer_messages == [first.message]
+    second = await send(store, pair, A, "two")
+    assert second.peer_opened is None, "already open for the peer"
+    third = await send(store, pair, A, "three")
+    assert (await store.state(pair.id, B)).unread == 3
+    assert (await store.state(pair.id, A)).unread == 0, "one's own messages are never unread"
+
+    state, changed = await store.mark_seen(pair.id, B, second.message.id)
+    assert changed and state.unread == 1 and state.last_read == second.message.id
+    state, changed = await store.mark_seen(pair.id, B, second.message.id)
+    assert not changed and state.unread == 1
+    state, changed = await store.mark_seen(pair.id, B, first.message.id)  # older: last_read never goes back
+    assert not changed and state.last_read == second.message.id
+    state, changed = await store.mark_seen(pair.id, B, third.message.id)
+    assert changed and state == MemberState(True, False, 0, third.message.id)
+
+    # B answers: A's unread goes up, B's stays 0.
+    await send(store, pair, B, "hi")
+    assert (await store.state(pair.id, A)).unread == 1
+    assert (await store.state(pair.id, B)).unread == 0
+
+
+@pytest.mark.gen_test
+async def test_closing_a_window_clears_unread(store):
+    pair, _, _ = await store.open(A, B, 10)
+    for i in range(4):
+        last = await send(store, pair, A, f"m{i}")
+    assert (await store.state(pair.id, B)).unread == 4
+    state = await store.set_open(pair.id, B, False)
+    assert state == MemberState(False, False, 0, last.message.id)
+    # The next message opens it again with one unread.
+    again = await send(store, pair, A, "are you there?")
+    assert again.peer_opened == MemberState(True, False, 1, last.message.id)
