@@ -50,6 +50,9 @@ class Broker(abc.ABC):
     """Per-user event logs, wake-ups and presence counts."""
 
     name = "broker"
+    # Called with a user id whose last connection vanished without a detach on this process
+    # (another process crashed or stopped); the router then runs its grace-period check.
+    on_orphan: Callable[[int], None] | None = None
 
     async def start(self) -> None:
         """Connect and start background work (nothing for the memory broker)."""

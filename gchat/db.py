@@ -193,6 +193,13 @@ class Database:
 
         Right after a connection failure, and while more work is queued than the pool can take
         in a few seconds, refuse at once with Unavailable instead of letting requests hang.
+
+        The caller waits at most ``timeout`` seconds in all (queueing included): a server that
+        accepts connections but answers nothing (hung, frozen, lost on the network) would
+        otherwise hold a request for several timeouts in a row (DBUtils pings, then reconnects,
+        then reconnects again for the query), and every request queued behind it as long. A
+        unit of work still running then is not stopped and may yet commit: callers that must
+        not apply a command twice make it idempotent (``send`` does, by ``client_id``).
         """
         if time.monotonic() < self._down_until:
             raise Unavailable(f"database {self.where} is not reachable")
@@ -200,7 +207,12 @@ class Database:
             raise Unavailable("the database is overloaded; try again")
         self._in_flight += 1
         try:
-            return await asyncio.get_running_loop().run_in_executor(self._executor, self.run_sync, work)
+            future = asyncio.get_running_loop().run_in_executor(self._executor, self.run_sync, work)
+            try:
+                return await asyncio.wait_for(future, self._timeout)
+            except asyncio.TimeoutError:
+                self._down_until = time.monotonic() + 1.0
+                raise Unavailable(f"database {self.where} did not answer within {self._timeout:g}s") from None
         finally:
             self._in_flight -= 1
 

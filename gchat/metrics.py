@@ -20,6 +20,28 @@ happen, through the router's ``observer`` hook (one ``is not None`` test when me
   long-poll: the event loop's next turns, not measured per event because that would put a
   clock read and a JSON parse on every frame.
 
+The series (rates such as messages per second come from PromQL's ``rate()`` over the counters):
+
+=====================================  ==========================================================
+``gchat_connections{transport}``       live WebSockets and long-poll tabs on this process
+``gchat_online_users``                 users online (memory broker: the whole site)
+``gchat_connected_users``              users with a live connection to this process
+``gchat_broker_<count>``               the broker's own counts (logs, connections, health, ...)
+``gchat_broker_info{kind}``            ``memory`` or ``redis``
+``gchat_events_published_total``       events appended to users' logs
+``gchat_messages_total``               messages stored
+``gchat_commands_total{type}``         commands handled, by type (``other`` for unknown types)
+``gchat_errors_total{code}``           commands refused, by protocol error code
+``gchat_command_seconds{type}``        histogram: command handling time
+``gchat_message_delivery_seconds``     histogram: message stored → event in both users' logs
+``gchat_db_pool_size``                 database connections (and worker threads)
+``gchat_db_pool_in_use``               units of work running; ``gchat_db_waiting``: queued
+``gchat_db_queries_total``             SQL statements run
+``gchat_db_query_seconds_total``       seconds spent in units of work
+``gchat_shutting_down``                1 while stopping
+``process_*``, ``python_*``            memory, CPU, open files, garbage collection
+=====================================  ==========================================================
+
 prometheus-client is optional (``pip install gchat[metrics]``). Without it the server runs as
 usual and ``/metrics`` answers 501 with one line saying how to enable it.
 """
@@ -27,6 +49,7 @@ usual and ``/metrics`` answers 501 with one line saying how to enable it.
 from __future__ import annotations
 
 import logging
+import re
 import time
 from typing import TYPE_CHECKING, Any, Iterator
 
@@ -54,15 +77,11 @@ NOT_INSTALLED = ("metrics are off: the prometheus-client package is not installe
 # "other": a label value never comes from a client, so a client cannot grow the series count.
 COMMAND_TYPES = ("open", "send", "seen", "close", "minimize", "history", "typing", "ping")
 TRANSPORTS = ("websocket", "longpoll")
+_METRIC_WORD = re.compile(r"^[a-z][a-z0-9_]*$")
 
 # Seconds. Commands are mostly one or two short transactions; delivery adds the commit.
 COMMAND_BUCKETS_SECS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 DELIVERY_BUCKETS_SECS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
-
-
-def available() -> bool:
-    """True when prometheus-client can be imported."""
-    return prometheus_client is not None
 
 
 class _StateCollector(Collector):  # type: ignore[misc,valid-type]
@@ -100,10 +119,18 @@ class _StateCollector(Collector):  # type: ignore[misc,valid-type]
             errors.add_metric([code], count)
         yield errors
 
-        online = self._online_users()
-        if online is not None:
+        broker_stats = self._broker_stats()
+        if "online" in broker_stats:  # the memory broker knows every online user (one process)
             yield GaugeMetricFamily("gchat_online_users", "Users online (at least one live connection, "
-                                    "or within the presence grace period)", value=online)
+                                    "or within the presence grace period)", value=broker_stats.pop("online"))
+        # Read-only look at the router's user → connections map: its size is the number of users.
+        clients = getattr(router, "_clients", None)
+        if isinstance(clients, dict):
+            yield GaugeMetricFamily("gchat_connected_users", "Users with at least one live connection "
+                                    "to this process", value=len(clients))
+        for key, number in sorted(broker_stats.items()):
+            yield GaugeMetricFamily(f"gchat_broker_{key}", f"The broker's own count: {key.replace('_', ' ')}",
+                                    value=number)
         yield GaugeMetricFamily("gchat_shutting_down", "1 while the server is stopping", value=int(router.closing))
 
         in_flight = db.in_flight
@@ -120,19 +147,21 @@ class _StateCollector(Collector):  # type: ignore[misc,valid-type]
         yield InfoMetricFamily("gchat_broker", "Which broker keeps the event logs and presence",
                                value={"kind": str(getattr(broker, "name", "?"))})
 
-    def _online_users(self) -> int | None:
-        """Online users as the broker counts them; this process's connected users otherwise."""
-        broker = self._services.broker
-        stats = getattr(broker, "stats", None)
-        if callable(stats):
-            try:
-                value = stats()
-                if isinstance(value, dict) and isinstance(value.get("online"), int):
-                    return int(value["online"])
-            except Exception:  # a broker's bookkeeping must never break a scrape
-                log.debug("broker stats failed", exc_info=True)
-        clients = getattr(self._services.router, "_clients", None)
-        return len(clients) if isinstance(clients, dict) else None
+    def _broker_stats(self) -> dict[str, int]:
+        """The integer counts a broker offers through ``stats()`` (memory: logs, online users,
+        connections; Redis: this process's subscriptions and connections, health)."""
+        stats = getattr(self._services.broker, "stats", None)
+        if not callable(stats):
+            return {}
+        try:
+            found = stats()
+        except Exception:  # a broker's bookkeeping must never break a scrape
+            log.debug("broker stats failed", exc_info=True)
+            return {}
+        if not isinstance(found, dict):
+            return {}
+        return {str(k): int(v) for k, v in found.items()
+                if isinstance(v, (int, bool)) and _METRIC_WORD.match(str(k)) and k != "info"}
 
 
 class Metrics:

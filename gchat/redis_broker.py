@@ -12,7 +12,8 @@ Keys, all under the key prefix (``gchat:`` unless the URL says ``?key_prefix=…
     conns:<uid>     set of "<process id>|<connection id>", the user's connections everywhere
     procs           sorted set: process id → its last heartbeat (Redis clock, ms)
     proc:<pid>      set of user ids a process has had connections for (to clean up after it)
-    wake            pub/sub channel: "<process id>|<uid>,<uid>,…" after every publish
+    wake            pub/sub channel: "<process id>|<uid>,<uid>,…" after every batch of publishes
+                    (every process hears every wake-up and wakes its own clients of those users)
 
 Each log has a random **epoch**: a flushed or restarted Redis, or a dropped log, means a new
 epoch, so an old cursor is never trusted (``CursorGone`` → ``ready`` with ``reset: true``). Every
@@ -29,6 +30,11 @@ when Redis is lost and an info line when it is back. While Redis is down, :meth:
 raises (the message is committed already); it remembers whose events were lost and, when Redis
 answers again, drops those logs and wakes their clients, who then get a ``reset`` instead of a
 silent gap. Other calls raise :class:`~gchat.errors.Unavailable` at once.
+
+Running Redis for gchat: no persistence is needed, and none is better (``save ""``,
+``appendonly no``): a restart is then a clean reset, while a restore from an older snapshot could
+hand out again sequence numbers that clients have already seen. Presence keys must not be
+evicted: ``maxmemory-policy noeviction`` or ``volatile-lru`` (only event logs carry a TTL).
 """
 
 from __future__ import annotations
@@ -40,7 +46,7 @@ import secrets
 import socket
 import time
 import urllib.parse
-from typing import Any, Awaitable, Callable, Iterable
+from typing import Any, Callable, Iterable
 
 from gchat.broker import Broker, CursorGone, Wakeup, parse_cursor, with_cursor
 from gchat.config import ConfigError
@@ -290,7 +296,8 @@ class RedisBroker(Broker):
             raise ConfigError("broker_url: the Redis broker needs the redis package (pip install gchat[redis])")
         clean, own, self.where = _split_url(url)
         try:
-            ttl = float(presence_ttl if presence_ttl is not None else own.get("presence_ttl", DEFAULT_PRESENCE_TTL_SECS))
+            ttl = float(presence_ttl if presence_ttl is not None
+                        else own.get("presence_ttl", DEFAULT_PRESENCE_TTL_SECS))
         except ValueError:
             raise ConfigError("broker_url: presence_ttl must be a number of seconds") from None
         if ttl <= 0:
@@ -331,6 +338,7 @@ class RedisBroker(Broker):
         self._probe = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._last_loss_log = 0.0
+        self._counts = {"published": 0, "lost": 0, "outages": 0}
         #: Called with a user id left online with no live connection (its process crashed or
         #: shut down, or its connection could not be removed while Redis was down). The router
         #: should treat it like a last connection closing: grace period, then ``mark_offline``.
@@ -412,6 +420,7 @@ class RedisBroker(Broker):
         if self._healthy:
             log.warning("Redis at %s lost (%s); reconnecting with backoff up to %.0fs", self.where,
                         _why(exc), BACKOFF_MAX_SECS)
+            self._counts["outages"] += 1
         self._healthy = False
 
     def _set_up(self) -> None:
@@ -549,8 +558,8 @@ class RedisBroker(Broker):
             finally:
                 try:
                     await asyncio.wait_for(pubsub.aclose(), 1.0)
-                except BaseException:
-                    pass
+                except (Exception, asyncio.CancelledError):
+                    pass  # the connection is being dropped anyway
 
     def _dispatch(self, data: Any) -> None:
         try:
@@ -594,8 +603,9 @@ class RedisBroker(Broker):
 
     async def publish(self, user_ids: Iterable[int], body: str) -> None:
         """Append to the live logs and wake every process. Never raises for Redis trouble and
-        never waits longer than ``publish_timeout``: the event is then lost and its users get a
-        reset when Redis is back (the message itself is in the database already).
+        never waits for Redis much longer than ``publish_timeout`` (at most the batch on the wire,
+        then its own): the event is then lost and its users get a reset when Redis is back (the
+        message itself is in the database already).
 
         Publishes are queued and written by one task, as pipelines: whatever arrived while the
         previous batch was on the wire goes in the next one, in order, with one wake-up message
@@ -612,11 +622,9 @@ class RedisBroker(Broker):
         if self._writer is None or self._writer.done():
             self._writer = asyncio.get_running_loop().create_task(self._write())
         try:
-            await asyncio.wait_for(asyncio.shield(done), self._publish_timeout)
-        except asyncio.TimeoutError:
-            self._probe.set()
-            self._lose(uids, f"no answer in {self._publish_timeout}s")
-            return
+            # Bounded by the writer: a batch answers within publish_timeout or fails, and then
+            # everything queued behind it fails at once.
+            await done
         except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
             self._probe.set()
             self._lose(uids, exc)
@@ -625,6 +633,7 @@ class RedisBroker(Broker):
             log.error("Redis publish failed: %s", exc)
             self._lose(uids, exc)
             return
+        self._counts["published"] += 1
         for uid in uids:
             self._wake(uid)
 
@@ -641,24 +650,35 @@ class RedisBroker(Broker):
                                                    client=pipe)
                     woken.update(dict.fromkeys(uids))
                 pipe.publish(self._channel, f"{self.process_id}|{','.join(map(str, woken))}")
-                results = await pipe.execute(raise_on_error=False)
-            except Exception as exc:  # the connection failed: the whole batch is lost
-                for _, _, done in batch:
-                    if not done.done():
-                        done.set_exception(exc)
-                        done.exception()  # retrieved: a caller that timed out is not told twice
+                results = await asyncio.wait_for(pipe.execute(raise_on_error=False), self._publish_timeout)
+            except asyncio.CancelledError:
+                self._fail(batch, RedisConnectionError("the broker is closing"))
+                raise
+            except Exception as exc:
+                # Redis is gone or too slow: fail this batch and everything queued behind it now
+                # rather than one timeout after another.
+                if isinstance(exc, asyncio.TimeoutError):
+                    exc = RedisTimeoutError(f"no answer in {self._publish_timeout}s")
+                self._fail(batch, exc)
                 continue
             for (_, _, done), result in zip(batch, results):
                 if done.done():
                     continue
                 if isinstance(result, Exception):
                     done.set_exception(result)
-                    done.exception()
                 else:
                     done.set_result(None)
 
+    def _fail(self, batch: list[tuple[list[int], str, asyncio.Future[None]]], error: Exception) -> None:
+        failed = batch + self._outbox
+        self._outbox = []
+        for _, _, done in failed:
+            if not done.done():
+                done.set_exception(error)
+
     def _lose(self, uids: list[int], why: object) -> None:
         self._lost.update(uids)
+        self._counts["lost"] += 1
         now = time.monotonic()
         if now - self._last_loss_log > 5:
             self._last_loss_log = now
@@ -728,5 +748,9 @@ class RedisBroker(Broker):
         return {uid for uid, flag in zip(uids, flags) if flag}
 
     def stats(self) -> dict[str, int]:
-        return {"subscribed_users": len(self._wakeups), "connections": sum(len(c) for c in self._local.values()),
-                "lost_pending": len(self._lost), "healthy": int(self._healthy)}
+        """This process's side (for /metrics): events published and lost, Redis outages seen,
+        users awaiting a reset, local connections and subscribed users, and health."""
+        return {"events_published": self._counts["published"], "events_lost": self._counts["lost"],
+                "outages": self._counts["outages"], "resets_pending": len(self._lost),
+                "connections": sum(len(c) for c in self._local.values()),
+                "subscribed_users": len(self._wakeups), "healthy": int(self._healthy)}

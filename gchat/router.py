@@ -101,6 +101,19 @@ class Router:
 
     def start(self) -> None:
         self._session_task = asyncio.get_running_loop().create_task(self._session_loop())
+        self.broker.on_orphan = self._orphaned
+
+    def _orphaned(self, uid: int) -> None:
+        if self.closing or uid in self._clients or uid in self._grace:
+            return
+        self._start_grace(uid)
+
+    def _start_grace(self, uid: int) -> None:
+        old = self._grace.pop(uid, None)
+        if old is not None:
+            old.cancel()
+        self._grace[uid] = asyncio.get_running_loop().call_later(
+            self.settings.presence_grace, lambda: self._spawn(self._maybe_offline(uid)))
 
     async def stop(self, drain_secs: float = 3.0) -> None:
         """Refuse new commands, let the ones in flight finish (their replies reach the clients),
@@ -182,9 +195,14 @@ class Router:
         timer = self._grace.pop(uid, None)
         if timer is not None:
             timer.cancel()
-        await self.broker.ensure_log(uid)
-        self.broker.subscribe(uid, client.wake)
-        if await self.broker.add_connection(uid, client.key):
+        try:
+            await self.broker.ensure_log(uid)
+            self.broker.subscribe(uid, client.wake)
+            became_online = await self.broker.add_connection(uid, client.key)
+        except Exception:
+            await self.detach(client)
+            raise
+        if became_online:
             self._spawn(self._announce(uid, "online"))
 
     async def detach(self, client: Client) -> None:
@@ -201,21 +219,28 @@ class Router:
         else:
             self._per_address.pop(client.address, None)
         self.broker.unsubscribe(uid, client.wake)
-        if await self.broker.remove_connection(uid, client.key) == 0 and not self.closing:
-            loop = asyncio.get_running_loop()
-            old = self._grace.pop(uid, None)
-            if old is not None:
-                old.cancel()
-            self._grace[uid] = loop.call_later(self.settings.presence_grace,
-                                               lambda: self._spawn(self._maybe_offline(uid)))
+        try:
+            remaining = await self.broker.remove_connection(uid, client.key)
+        except Unavailable:
+            remaining = 0  # the broker forgets a lost process's connections by itself
+        if remaining == 0 and not self.closing:
+            self._start_grace(uid)
 
     async def _maybe_offline(self, uid: int) -> None:
         self._grace.pop(uid, None)
-        if uid in self._clients:
+        if uid in self._clients or self.closing:
             return
-        if await self.broker.connection_count(uid) == 0 and await self.broker.mark_offline(uid):
+        try:
+            if await self.broker.connection_count(uid) or not await self.broker.mark_offline(uid):
+                return
+        except Unavailable:
+            self._start_grace(uid)  # try again once the broker is back
+            return
+        try:
             await self.broker.drop_log(uid)
-            await self._announce(uid, "offline")
+        except Unavailable:
+            log.warning("log of user %s not dropped: broker unavailable", uid)
+        await self._announce(uid, "offline")
 
     async def _announce(self, uid: int, status: str) -> None:
         """Tell the online course-mates of ``uid`` that it came online or went offline."""
@@ -223,12 +248,14 @@ class Router:
             user = await self.moodle.user(uid)
             mates = await self.moodle.coursemates(uid)
             targets = await self.broker.online(mates)
+            if user is None or not targets:
+                return
+            # With several processes a late "offline" must not overtake a newer "online".
+            if (uid in await self.broker.online([uid])) != (status == "online"):
+                return
+            await self._publish(targets, {"type": "presence", "user": user.as_dict(), "status": status})
         except Unavailable:
-            log.warning("presence of user %s (%s) not announced: database unavailable", uid, status)
-            return
-        if user is None or not targets:
-            return
-        await self._publish(targets, {"type": "presence", "user": user.as_dict(), "status": status})
+            log.warning("presence of user %s (%s) not announced: database or broker unavailable", uid, status)
 
     async def _publish(self, user_ids: Any, event: dict[str, Any]) -> None:
         self.stats["events"] += 1

@@ -183,6 +183,8 @@ class Tab:
         # What the tab shows: messages by id (first copy), and the order ids first arrived in.
         self.seen: dict[int, Message] = {}
         self.arrival: list[int] = []
+        self.first_source: dict[int, str] = {}
+        self.arrived_at: dict[int, float] = {}
         self.by_sender_client_id: dict[tuple[int, str | None], int] = {}
         self.app_duplicates = 0  # a second id for one (sender, client_id): shown twice
         self.raw_arrivals = 0
@@ -304,6 +306,8 @@ class Tab:
             return
         self.seen[mid] = message
         self.arrival.append(mid)
+        self.first_source[mid] = source
+        self.arrived_at[mid] = now()
         key = (message["from"], message.get("client_id"))
         if key[1] is not None:
             if key in self.by_sender_client_id:

@@ -17,10 +17,12 @@ from tests.services import RedisInstance, shared_redis_url
 
 
 def with_params(url: str, **params: object) -> str:
-    """``redis://h:6379/0`` + ``key_prefix=…`` → ``redis://h:6379/0?key_prefix=…``."""
-    parts = urllib.parse.urlsplit(url)
-    query = urllib.parse.parse_qsl(parts.query) + [(k, str(v)) for k, v in params.items()]
-    return urllib.parse.urlunsplit((parts.scheme, parts.netloc, parts.path, urllib.parse.urlencode(query), ""))
+    """``redis://h:6379/0`` + ``key_prefix=…`` → ``redis://h:6379/0?key_prefix=…`` (also for
+    ``unix:///path?db=0``, which urlunsplit would shorten to ``unix:/path``)."""
+    if not params:
+        return url
+    extra = urllib.parse.urlencode([(k, str(v)) for k, v in params.items()])
+    return url + ("&" if "?" in url else "?") + extra
 
 
 def delete_prefix(url: str, prefix: str) -> int:

@@ -3,6 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
 
 import prometheus_client
 import pytest
@@ -13,7 +19,9 @@ from tornado.httpclient import AsyncHTTPClient, HTTPClientError
 
 import gchat.metrics
 from gchat.app import build_services, make_app
+from tests.browser.gchat_browser import REPO, free_port
 from tests.clients import CLIENTS, bootstrap
+from tests.redis_fixtures import redis_prefix, redis_url, with_params  # noqa: F401
 
 
 async def connect(base_url, site, user, transport):
@@ -70,6 +78,8 @@ async def test_scrape_during_load_shows_counters_and_a_latency_histogram(http_se
     assert value(found, "gchat_connections", transport="websocket") == 2
     assert value(found, "gchat_connections", transport="longpoll") == 2
     assert value(found, "gchat_online_users") == 3
+    assert value(found, "gchat_connected_users") == 3
+    assert value(found, "gchat_broker_connections") == 4
     assert value(found, "gchat_messages_total") == 15
     assert value(found, "gchat_events_published_total") >= 15
     assert value(found, "gchat_commands_total", type="send") == 15
@@ -168,3 +178,54 @@ async def test_each_application_has_its_own_registry(site, settings):
         for server, services in ((server1, first), (server2, second)):
             server.stop()
             services.db.close()
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_with_the_redis_broker(site, settings, redis_url, redis_prefix):  # noqa: F811
+    services = build_services(settings.replace(broker_url=with_params(redis_url, key_prefix=redis_prefix)))
+    await services.broker.start()
+    server, base = serve(make_app(services))
+    try:
+        (ana,) = site.classmates("Ana")
+        client = await connect(base, site, ana, "websocket")
+        assert (await client.command("ping"))["ok"]
+        found = samples((await scrape(base)).body.decode())
+        await client.close()
+        assert value(found, "gchat_broker_info", kind="redis") == 1
+        assert value(found, "gchat_connected_users") == 1  # on this process; Redis knows the rest
+        assert value(found, "gchat_connections", transport="websocket") == 1
+        assert value(found, "gchat_commands_total", type="ping") == 1
+        assert not [key for key in found if key[0] == "gchat_online_users"]
+    finally:
+        server.stop()
+        await services.broker.close()
+        services.db.close()
+
+
+def test_server_without_prometheus_client_installed(tmp_path):
+    """A real process in which ``import prometheus_client`` fails, as when it is not installed."""
+    port = free_port()
+    code = ("import sys; sys.modules['prometheus_client'] = None; from gchat.main import main; "
+            f"main(['--port={port}', '--data_dir={tmp_path}', '--log_level=warning'])")
+    process = subprocess.Popen([sys.executable, "-c", code], cwd=str(REPO), stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    base = f"http://127.0.0.1:{port}/gchat"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            assert process.poll() is None, process.stdout.read().decode()
+            try:
+                with urllib.request.urlopen(base + "/health", timeout=2) as response:
+                    assert response.status == 200
+                    break
+            except (urllib.error.URLError, OSError):
+                assert time.monotonic() < deadline, "gchat did not start"
+                time.sleep(0.05)  # polling for the server to listen, not waiting for behaviour
+        with pytest.raises(urllib.error.HTTPError) as caught:
+            urllib.request.urlopen(base + "/metrics", timeout=5)
+        assert caught.value.code == 501
+        body = caught.value.read().decode()
+        assert body.count("\n") == 1 and "prometheus-client" in body
+    finally:
+        process.terminate()
+        assert process.wait(timeout=15) == 0

@@ -170,6 +170,13 @@ def nginx_no_upgrade(demo_gchat) -> Iterator[Nginx]:
     yield from running_nginx("no-upgrade", adapted_snippet(demo_gchat.port, port, upgrade=False), port)
 
 
+@pytest.fixture(scope="module")
+def nginx_demo(demo_gchat) -> Iterator[Nginx]:
+    """The shipped snippet in front of the demo server: the browser's control case."""
+    port = free_port()
+    yield from running_nginx("demo", adapted_snippet(demo_gchat.port, port), port)
+
+
 @pytest.fixture
 def gchat_behind(io_loop, app, upstream_port):
     """This test's gchat (production's make_app over the test database) on the upstream port,
@@ -347,3 +354,14 @@ def test_widget_without_upgrade_headers_falls_back_to_longpoll_and_chats_live(ch
     finally:
         ana.close()
         dan.close()
+
+
+def test_widget_through_the_shipped_snippet_uses_websocket(chromium, nginx_demo):
+    """The control case of the test above: the same browser and server, the snippet as shipped
+    (the browser's Origin and Host reach gchat intact, so its WebSocket is accepted)."""
+    ana = Person(chromium, nginx_demo, ANA)
+    try:
+        assert ana.page.evaluate("window.gchat.transport") == "websocket"
+        assert not ana.errors, ana.errors
+    finally:
+        ana.close()

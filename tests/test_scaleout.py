@@ -99,13 +99,14 @@ class GchatProcess:
 
 
 @pytest.fixture
-def cluster(test_db_url, site, tmp_path):
-    """``cluster(broker_url)`` starts two gchat processes; all are stopped after the test."""
+def cluster(test_db_url, site, tmp_path, redis_url, redis_prefix):
+    """``cluster()`` starts two gchat processes on the shared Redis under this test's key prefix
+    (``cluster(url)``: on another Redis); all are stopped after the test, before its keys go."""
     started: list[GchatProcess] = []
 
-    def start(broker_url: str, count: int = 2) -> list[GchatProcess]:
-        procs = [GchatProcess(test_db_url, broker_url, str(tmp_path), f"gchat{len(started) + i + 1}")
-                 for i in range(count)]
+    def start(broker_url: str | None = None, count: int = 2, **params: object) -> list[GchatProcess]:
+        url = with_params(broker_url or with_params(redis_url, key_prefix=redis_prefix), **params)
+        procs = [GchatProcess(test_db_url, url, str(tmp_path), f"gchat{len(started) + i + 1}") for i in range(count)]
         started.extend(procs)
         for proc in procs:
             proc.wait_healthy()
@@ -115,11 +116,6 @@ def cluster(test_db_url, site, tmp_path):
     for proc in started:
         proc.stop()
         print(f"--- {proc.log_path}\n{proc.log()}")  # shown by pytest when the test failed
-
-
-@pytest.fixture
-def shared_broker_url(redis_url, redis_prefix):
-    return with_params(redis_url, key_prefix=redis_prefix)
 
 
 def seq(cursor: str) -> tuple[str, int]:
@@ -273,8 +269,8 @@ async def tokens(base: str, site: Any, *users: int) -> list[str]:
 
 
 @pytest.mark.gen_test(timeout=30)
-async def test_websocket_on_one_process_longpoll_on_the_other(io_loop, cluster, site, shared_broker_url):
-    p1, p2 = cluster(shared_broker_url)
+async def test_websocket_on_one_process_longpoll_on_the_other(io_loop, cluster, site):
+    p1, p2 = cluster()
     ana, ben = site.classmates("Ana", "Ben")
     token_a, token_b = await tokens(p1.base, site, ana, ben)
     a = await WSClient(p1.base, token_a).connect()
@@ -296,8 +292,8 @@ async def test_websocket_on_one_process_longpoll_on_the_other(io_loop, cluster, 
 
 
 @pytest.mark.gen_test(timeout=30)
-async def test_longpoll_alternating_between_processes_misses_nothing(io_loop, cluster, site, shared_broker_url):
-    p1, p2 = cluster(shared_broker_url)
+async def test_longpoll_alternating_between_processes_misses_nothing(io_loop, cluster, site):
+    p1, p2 = cluster()
     ana, ben = site.classmates("Ana", "Ben")
     token_a, token_b = await tokens(p2.base, site, ana, ben)
     a = await WSClient(p1.base, token_a).connect()
@@ -335,31 +331,33 @@ async def test_longpoll_alternating_between_processes_misses_nothing(io_loop, cl
 
 
 @pytest.mark.gen_test(timeout=40)
-async def test_killed_process_users_resume_on_the_other(io_loop, cluster, site, shared_broker_url):
-    p1, p2 = cluster(shared_broker_url)
-    ana, ben, carl = site.classmates("Ana", "Ben", "Carl")
-    token_a, token_b, token_c = await tokens(p1.base, site, ana, ben, carl)
+async def test_killed_process_users_resume_on_the_other(io_loop, cluster, site):
+    p1, p2 = cluster(presence_ttl=1.5)
+    ana, ben, carl, dora = site.classmates("Ana", "Ben", "Carl", "Dora")
+    token_a, token_b, token_c, token_d = await tokens(p1.base, site, ana, ben, carl, dora)
     a = await WSClient(p1.base, token_a).connect()  # WebSocket on p1
     await a.wait_type("ready")
+    d = await WSClient(p1.base, token_d).connect()  # on p1 too, and she will not come back
+    await d.wait_type("ready")
     c = Poller(token_c, [p1.base, p2.base])  # long-poll on p1
     await c.poll(p1.base)
     b = await WSClient(p2.base, token_b).connect()  # the survivor's user, on p2
-    await b.wait_type("ready")
+    ready = await b.wait_type("ready")
+    assert {u["id"] for u in ready["online"]} == {ana, carl, dora}
     with_a = (await b.command("open", user=ana))["conversation"]["id"]
     with_c = (await b.command("open", user=carl))["conversation"]["id"]
     assert (await b.send_text(with_a, "before, Ana"))["ok"]
     assert (await b.send_text(with_c, "before, Carl"))["ok"]
     await a.wait_for(is_message("before, Ana"))
     await c.until(lambda: any(m["text"] == "before, Carl" for m in c.messages()), alternate=False)
-    a_before, c_before = len(a.events), len(c.events)
-    a_cursor = a.cursor
 
     waiting = asyncio.get_running_loop().create_task(c.poll(p1.base))  # Carl's poll parked on p1
     await asyncio.sleep(0.2)
     p1.kill()
     await a.wait_closed()
     with pytest.raises(Exception):
-        await waiting
+        await waiting  # the connection died with the process
+    a_before, c_before, a_cursor = len(a.events), len(c.events), a.cursor
     after = [f"while away {n}" for n in range(3)]
     for text in after:
         assert (await b.send_text(with_a, text + " Ana"))["ok"]
@@ -372,12 +370,22 @@ async def test_killed_process_users_resume_on_the_other(io_loop, cluster, site, 
     await c.until(lambda: any(m["text"] == after[-1] + " Carl" for m in c.messages()))
     await asyncio.sleep(0.3)  # anything repeated would arrive now
 
-    for resumed, before, name in ((a.events[:a_before] + a2.events, a_before, "Ana"),
+    for resumed, before, name in ((a.events + a2.events, a_before, "Ana"),
                                   (c.events, c_before, "Carl")):
         assert [e["type"] for e in resumed].count("ready") == 1, name  # the first connection's only
         assert_in_order(resumed)
         texts = [e["message"]["text"] for e in resumed[before:] if e["type"] == "message"]
         assert texts == [t + " " + name for t in after], (name, texts)
+    # Dora's only connection died with p1: within the presence TTL she no longer counts.
+    deadline = time.monotonic() + 5
+    while True:
+        fresh = await PollClient(p2.base, token_b).connect()
+        online = {u["id"] for u in (await fresh.wait_type("ready"))["online"]}
+        await fresh.close()
+        if online == {ana, carl}:
+            break
+        assert time.monotonic() < deadline, online
+        await asyncio.sleep(0.3)
     await a2.close()
     await b.close()
     c.close()

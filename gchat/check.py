@@ -1,0 +1,231 @@
+"""``gchat check``: test a configuration against the Moodle database and print specific advice.
+
+One line per check: ``OK``, ``WARN`` (works, but probably not as intended) or ``FAIL`` (gchat
+cannot serve this site until it is fixed), each with what to do about it. Read-only, like the
+rest of gchat: it never writes Moodle's tables and never creates gchat's.
+"""
+
+from __future__ import annotations
+
+import re
+import urllib.parse
+from typing import Callable
+
+from gchat.db import Database, Query
+from gchat.config import Settings
+from gchat.errors import Unavailable
+from gchat.moodle import REQUIRED_TABLES, Moodle
+from gchat.store import ChatStore
+
+SESSION_SETTINGS = "Site administration › Server › Session handling"
+
+
+class _Report:
+    def __init__(self, out: Callable[[str], object]) -> None:
+        self.out = out
+        self.failed = False
+
+    def ok(self, topic: str, text: str) -> None:
+        self.out(f"OK    {topic}: {text}")
+
+    def warn(self, topic: str, text: str) -> None:
+        self.out(f"WARN  {topic}: {text}")
+
+    def fail(self, topic: str, text: str) -> None:
+        self.failed = True
+        self.out(f"FAIL  {topic}: {text}")
+
+
+def run_check(settings: Settings, db: Database, out: Callable[[str], object] = print) -> bool:
+    """Print one line per check to ``out``; False when any check FAILs."""
+    report = _Report(out)
+    try:
+        _run(settings, db, report)
+    except Unavailable as exc:
+        report.fail("database", f"{' '.join(str(exc).split())} — check db_url and that the database server is up")
+    return not report.failed
+
+
+def _run(settings: Settings, db: Database, report: _Report) -> None:
+    prefix = settings.db_prefix
+    if settings.is_demo_db:
+        report.warn("db_url", "empty, so gchat runs the embedded demo (SQLite in data_dir) — to serve a Moodle "
+                              "site set db_url = mysql://user:password@host:3306/moodle and run gchat check again")
+        return
+
+    # -- the database --------------------------------------------------------------------------------
+    try:
+        version = db.run_sync(lambda q: q.scalar("SELECT VERSION()"))
+    except Unavailable as exc:
+        report.fail("database", f"cannot connect to {db.where}: {_one_line(exc)} — check the host, port, user, "
+                                "password and database name in db_url, and that this host may connect")
+        return
+    report.ok("database", f"{db.where} answers (server {version})")
+
+    # -- Moodle's tables -----------------------------------------------------------------------------
+    moodle = Moodle(db, wwwroot=settings.moodle_wwwroot or "http://localhost", session_timeout=settings.session_timeout)
+    missing = db.run_sync(moodle.missing_tables)
+    if missing:
+        found = db.run_sync(lambda q: _moodle_prefixes(q, db.dialect))
+        others = [p for p in found if p != prefix]
+        if len(missing) < len(REQUIRED_TABLES):
+            report.fail("moodle tables", f"{', '.join(prefix + m for m in missing)} missing with db_prefix "
+                                         f"'{prefix}' — is this a complete Moodle database?")
+        elif others:
+            also = f" (also found: {', '.join(others[1:])})" if len(others) > 1 else ""
+            report.fail("moodle tables", f"db_prefix is '{prefix}' but the database has tables like "
+                                         f"'{others[0]}user' — set db_prefix = {others[0]}{also}")
+        else:
+            report.fail("moodle tables", f"no Moodle tables with db_prefix '{prefix}' ({prefix}user, "
+                                         f"{prefix}sessions, …) in {db.where} — is db_url the Moodle database, and "
+                                         "db_prefix its $CFG->prefix from config.php?")
+        return
+    report.ok("moodle tables", f"found with db_prefix '{prefix}'")
+
+    # -- Moodle's version and settings -----------------------------------------------------------------
+    config = db.run_sync(lambda q: dict(q.all(
+        "SELECT name, value FROM {config} WHERE name IN (%s, %s, %s, %s, %s, %s, %s)",
+        ("release", "version", "dbsessions", "sessioncookie", "sessioncookiepath", "sessiontimeout", "siteguest"))))
+    release = (config.get("release") or "").strip()
+    major_minor = _major_minor(release)
+    if release:
+        text = f"Moodle {release}" + (f" (version {config['version']})" if config.get("version") else "")
+        if major_minor is not None and major_minor < (2, 2):
+            report.warn("moodle version", text + " — gchat is made for Moodle 2.2 and later")
+        else:
+            report.ok("moodle version", text)
+    else:
+        report.warn("moodle version", f"no 'release' in {prefix}config, so the version is unknown — "
+                                      "is this a Moodle database?")
+
+    mode = db.run_sync(moodle._detect_block_mode)  # the very detection the server uses
+    if mode == "users_blocked":
+        report.ok("blocks", f"read from {prefix}message_users_blocked (Moodle 3.6+)")
+    elif mode == "contacts":
+        report.ok("blocks", f"read from {prefix}message_contacts.blocked (Moodle 2.x–3.5)")
+    else:
+        report.warn("blocks", f"neither {prefix}message_users_blocked nor {prefix}message_contacts.blocked exists: "
+                              "users who blocked each other can still chat")
+
+    _check_sessions(settings, db, report, config, major_minor)
+    _check_cookie(settings, report, config)
+
+    # -- gchat's own tables ----------------------------------------------------------------------------
+    chat_missing = db.run_sync(ChatStore(db).missing_tables)
+    if chat_missing:
+        report.fail("gchat tables", f"{', '.join(prefix + t for t in chat_missing)} missing — create them with: "
+                                    "gchat initdb (same settings as the server)")
+    else:
+        report.ok("gchat tables", f"present ({prefix}gchat_conversations, {prefix}gchat_members, "
+                                  f"{prefix}gchat_messages)")
+
+    _check_origins(settings, report)
+
+
+def _check_sessions(settings: Settings, db: Database, report: _Report, config: dict[str, str],
+                    major_minor: tuple[int, int] | None) -> None:
+    prefix = settings.db_prefix
+    dbsessions = (config.get("dbsessions") or "").strip()
+    if major_minor is not None and major_minor >= (2, 6):
+        report.ok("dbsessions", f"Moodle 2.6+ keeps a {prefix}sessions row for every session handler")
+    elif dbsessions == "0":
+        report.fail("dbsessions", f"dbsessions = 0 in {prefix}config: Moodle 2.2–2.5 then keeps sessions in "
+                                  f"files (dataroot/sessions) and never writes {prefix}sessions, so gchat cannot "
+                                  "see who is logged in — set dbsessions = 1 (Use database for session "
+                                  f"information) in {SESSION_SETTINGS}; everyone logs in again once")
+        return
+    else:
+        report.ok("dbsessions", f"sessions are kept in {prefix}sessions (dbsessions = {dbsessions or 'unset, so 1'})")
+
+    logged_in = db.run_sync(lambda q: q.scalar("SELECT COUNT(*) FROM {sessions} WHERE userid > 0 AND state = 0"))
+    if not logged_in:
+        report.warn("sessions", f"no logged-in sessions in {prefix}sessions yet — log in to Moodle and run gchat "
+                                "check again; if there are still none, Moodle's config.php may set "
+                                "$CFG->dbsessions = false, or db_url names another copy of the database")
+    else:
+        report.ok("sessions", f"{logged_in} logged-in session(s) in {prefix}sessions")
+
+
+def _check_cookie(settings: Settings, report: _Report, config: dict[str, str]) -> None:
+    suffix = (config.get("sessioncookie") or "").strip()
+    moodle_name = "MoodleSession" + suffix
+    if settings.session_cookie and settings.session_cookie != moodle_name:
+        report.warn("session cookie", f"session_cookie is '{settings.session_cookie}' but Moodle's sessioncookie "
+                                      f"setting makes it '{moodle_name}' — remove session_cookie unless Moodle's "
+                                      "config.php sets $CFG->sessioncookie")
+    elif settings.session_cookie:
+        report.ok("session cookie", f"{moodle_name} (session_cookie, agrees with Moodle)")
+    else:
+        source = f"MoodleSession + Moodle's sessioncookie '{suffix}'" if suffix else "Moodle's sessioncookie is empty"
+        report.ok("session cookie", f"{moodle_name} ({source})")
+
+    configured = config.get("sessioncookiepath") or ""
+    if not settings.moodle_wwwroot:
+        report.warn("moodle_wwwroot", "not set: avatars point at http://localhost, only pages on http://localhost "
+                                      "may open a WebSocket, and the cookie path cannot be checked — set "
+                                      "moodle_wwwroot = Moodle's $CFG->wwwroot")
+        return
+    www_path = urllib.parse.urlsplit(settings.moodle_wwwroot).path.rstrip("/") + "/"
+    path = moodle_cookie_path(settings.moodle_wwwroot, configured)
+    ignored = ""
+    if configured.strip() and configured.strip().rstrip("/") + "/" != path:
+        ignored = f" (sessioncookiepath = {configured} is ignored: it is not a prefix of the wwwroot path {www_path})"
+    prefix = settings.url_prefix
+    if (prefix + "/").startswith(path):
+        report.ok("cookie path", f"Moodle's cookie has path {path}, which covers url_prefix {prefix}{ignored}")
+        return
+    under = www_path.rstrip("/") + "/gchat"
+    report.fail("cookie path", f"Moodle lives under {www_path} and its session cookie has path {path}, so browsers "
+                               f"do not send it to {prefix}{ignored} — proxy gchat under {under} "
+                               f"(url_prefix = {under}) or set sessioncookiepath = / in {SESSION_SETTINGS}")
+
+
+def moodle_cookie_path(wwwroot: str, configured: str) -> str:
+    """The path Moodle (2.2+, MDL-28630) gives its session cookie: ``sessioncookiepath`` when it
+    is ``/`` or a prefix of the wwwroot path, otherwise the wwwroot path itself (always ending in /)."""
+    www_path = urllib.parse.urlsplit(wwwroot).path.rstrip("/") + "/"
+    wanted = configured.strip()
+    if wanted and wanted != "/":
+        wanted = wanted.rstrip("/") + "/"
+    if not wanted or not www_path.startswith(wanted):
+        return www_path
+    return wanted
+
+
+def _check_origins(settings: Settings, report: _Report) -> None:
+    if not settings.moodle_wwwroot:
+        return
+    parts = urllib.parse.urlsplit(settings.moodle_wwwroot)
+    origin = f"{parts.scheme}://{parts.netloc}".lower()
+    allowed = [o.lower() for o in settings.allowed_origins]
+    if not allowed:
+        report.ok("allowed_origins", f"WebSockets may be opened from {origin} (the wwwroot's origin)")
+    elif origin in allowed:
+        report.ok("allowed_origins", f"{', '.join(allowed)} (includes the wwwroot's origin)")
+    else:
+        report.warn("allowed_origins", f"{', '.join(allowed)} does not include {origin}, the origin of "
+                                       "moodle_wwwroot: the widget on Moodle's pages cannot open a WebSocket and "
+                                       f"falls back to long-poll — add {origin} to allowed_origins or remove the "
+                                       "setting")
+
+
+def _moodle_prefixes(q: Query, dialect: str) -> list[str]:
+    """Table prefixes under which every table gchat reads exists, Moodle's default ``mdl_`` first."""
+    if dialect == "sqlite":
+        names = {row[0] for row in q.all("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    else:
+        names = {row[0] for row in q.all("SELECT table_name FROM information_schema.tables "
+                                         "WHERE table_schema = DATABASE()")}
+    marker = "user_enrolments"
+    candidates = {name[:-len(marker)] for name in names if name.endswith(marker)}
+    found = [p for p in candidates if all(p + table in names for table in REQUIRED_TABLES)]
+    return sorted(found, key=lambda p: (p != "mdl_", p))
+
+
+def _major_minor(release: str) -> tuple[int, int] | None:
+    match = re.match(r"\s*(\d+)\.(\d+)", release)
+    return (int(match.group(1)), int(match.group(2))) if match else None
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split())

@@ -1,0 +1,281 @@
+"""The operator's commands as real processes: exit status, the one-line errors, start and stop,
+initdb, the console script and a real ``pip install .``."""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import os
+import shutil
+import signal
+import site as site_module
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+
+import pytest
+
+from tests.moodle_site import moodle22_statements
+from tests.services import mysql_connect
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+MAIN = os.path.join(ROOT, "gchat", "main.py")
+PYTHON = sys.executable
+START_SECONDS = 15  # generous for a loaded CI machine; a healthy start takes well under a second
+STOP_SECONDS = 5
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GCHAT_") and k != "PYTHONPATH"}
+    env.update(extra)
+    return env
+
+
+def run(args: list[str], cwd: str, timeout: float = 30, **env: str) -> subprocess.CompletedProcess:
+    return subprocess.run(args, cwd=cwd, env=clean_env(**env), capture_output=True, text=True, timeout=timeout)
+
+
+def assert_one_line_error(result: subprocess.CompletedProcess, *words: str) -> str:
+    assert result.returncode == 2, (result.returncode, result.stdout, result.stderr)
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, result.stderr
+    for word in words:
+        assert word in lines[0], f"{word!r} not in {lines[0]!r}"
+    return lines[0]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def get(url: str, timeout: float = 2) -> tuple[int, bytes]:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+            return response.status, response.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
+
+
+class Server:
+    """A gchat process; ``start`` returns once /gchat/health answers 200 (polled, no fixed sleep)."""
+
+    def __init__(self, args: list[str], cwd: str, logdir, **env: str) -> None:
+        self.port = free_port()
+        self.args = args + [f"--port={self.port}"]
+        self.cwd = cwd
+        self.env = clean_env(**env)
+        self.log = logdir / f"server-{self.port}.log"
+        self.process: subprocess.Popen | None = None
+
+    @property
+    def base(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> "Server":
+        self.handle = open(self.log, "w")
+        self.process = subprocess.Popen(self.args, cwd=self.cwd, env=self.env, stdout=self.handle,
+                                        stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + START_SECONDS
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                pytest.fail(f"gchat exited with {self.process.returncode}: {self.output()}")
+            try:
+                if get(self.base + "/gchat/health", timeout=1)[0] == 200:
+                    return self
+            except OSError:
+                pass  # not listening yet
+            time.sleep(0.05)
+        pytest.fail(f"/gchat/health did not answer 200 within {START_SECONDS}s: {self.output()}")
+
+    def output(self) -> str:
+        with open(self.log) as handle:
+            return handle.read()
+
+    def terminate(self) -> int:
+        assert self.process is not None
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            return self.process.wait(STOP_SECONDS)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"gchat did not stop within {STOP_SECONDS}s of SIGTERM: {self.output()}")
+
+    def cleanup(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(5)
+        if getattr(self, "handle", None):
+            self.handle.close()
+
+
+@pytest.fixture
+def servers(tmp_path):
+    started: list[Server] = []
+
+    def start(args: list[str], cwd: str | None = None, **env: str) -> Server:
+        server = Server(args, cwd or str(tmp_path), tmp_path, **env)
+        started.append(server)
+        return server.start()
+
+    yield start
+    for server in started:
+        server.cleanup()
+
+
+def serves_and_stops(server: Server) -> None:
+    status, body = get(server.base + "/gchat/health")
+    assert status == 200, body
+    assert get(server.base + "/gchat/demo")[0] == 200
+    assert server.terminate() == 0, server.output()
+    assert "Traceback" not in server.output()
+
+
+# -- one-line errors ---------------------------------------------------------------------------------
+
+
+def test_unreachable_database_exits_2_with_one_line(tmp_path):
+    result = run([PYTHON, MAIN, "--db_url=mysql://nobody@127.0.0.1:1/x"], cwd=str(tmp_path))
+    assert_one_line_error(result, "db_url")
+    assert result.stdout == ""
+
+
+def test_unknown_setting_exits_2_with_one_line(tmp_path):
+    assert_one_line_error(run([PYTHON, MAIN, "--colour=red"], cwd=str(tmp_path)), "colour")
+    assert_one_line_error(run([PYTHON, MAIN], cwd=str(tmp_path), GCHAT_COLOUR="red"), "GCHAT_COLOUR")
+    assert_one_line_error(run([PYTHON, MAIN, "--port=http"], cwd=str(tmp_path)), "port")
+    assert_one_line_error(run([PYTHON, MAIN, "frobnicate"], cwd=str(tmp_path)), "frobnicate")
+
+
+def test_wrong_prefix_names_the_missing_moodle_tables(tmp_path, test_db_url):
+    result = run([PYTHON, MAIN, f"--db_url={test_db_url}", "--db_prefix=zz_", f"--data_dir={tmp_path}"],
+                 cwd=str(tmp_path))
+    assert_one_line_error(result, "zz_sessions", "zz_user", "db_prefix")
+
+
+CLI = "cli_"
+
+
+@pytest.fixture(scope="module")
+def moodle_without_chat_tables(test_db_url):
+    """Moodle's tables under prefix cli_ in the run's database, and none of gchat's."""
+    database = test_db_url.split("?")[0].rsplit("/", 1)[1]
+    conn = mysql_connect(test_db_url, database)
+    with conn.cursor() as cur:
+        for statement in moodle22_statements(CLI):
+            cur.execute(statement)
+        cur.execute(f"INSERT INTO {CLI}config (name, value) VALUES ('siteguest', '1'), ('sessiontimeout', '7200')")
+    yield conn
+    conn.close()
+
+
+def chat_tables(conn) -> set[str]:
+    with conn.cursor() as cur:
+        cur.execute("SELECT table_name FROM information_schema.tables WHERE table_schema = DATABASE() "
+                    "AND table_name LIKE %s", (CLI.replace("_", "\\_") + "gchat\\_%",))
+        return {row[0] for row in cur.fetchall()}
+
+
+def test_missing_gchat_tables_then_initdb_twice_then_it_serves(tmp_path, test_db_url, moodle_without_chat_tables,
+                                                               servers):
+    settings = [f"--db_url={test_db_url}", f"--db_prefix={CLI}", f"--data_dir={tmp_path}"]
+    assert chat_tables(moodle_without_chat_tables) == set()
+    line = assert_one_line_error(run([PYTHON, MAIN, *settings], cwd=str(tmp_path)), "gchat initdb")
+    assert f"{CLI}gchat_messages" in line
+
+    for _ in range(2):  # safe to run twice
+        result = run([PYTHON, MAIN, "initdb", *settings], cwd=str(tmp_path))
+        assert result.returncode == 0, result.stderr
+        assert "Traceback" not in result.stderr
+        assert chat_tables(moodle_without_chat_tables) == {f"{CLI}gchat_conversations", f"{CLI}gchat_members",
+                                                           f"{CLI}gchat_messages"}
+
+    server = servers([PYTHON, MAIN, *settings])
+    assert get(server.base + "/gchat/demo")[0] == 404, "no demo pages on a real database"
+    assert server.terminate() == 0
+
+
+# -- the demo starts and stops -------------------------------------------------------------------------
+
+
+def test_demo_from_the_script(tmp_path, servers):
+    serves_and_stops(servers([PYTHON, MAIN, f"--data_dir={tmp_path / 'data'}"]))
+
+
+def test_demo_as_a_module_from_the_checkout(tmp_path, servers):
+    serves_and_stops(servers([PYTHON, "-m", "gchat", f"--data_dir={tmp_path / 'data'}"], PYTHONPATH=ROOT))
+
+
+def test_demo_from_the_console_script(tmp_path, servers):
+    script = os.path.join(os.path.dirname(PYTHON), "gchat")
+    assert os.access(script, os.X_OK), f"{script} is missing: tools/bootstrap-venv installs it"
+    serves_and_stops(servers([script, "serve", f"--data_dir={tmp_path / 'data'}"]))
+    result = run([script, "--help"], cwd=str(tmp_path))
+    assert result.returncode == 0 and "initdb" in result.stdout
+
+
+# -- pip install . ---------------------------------------------------------------------------------------
+
+MARKER = "installed-copy-8f3c"
+
+
+def _can_build_offline() -> bool:
+    """Whether this environment can build a wheel without fetching build tools."""
+    if importlib.util.find_spec("wheel") is not None:
+        return True
+    import setuptools
+
+    return tuple(int(p) for p in setuptools.__version__.split(".")[:2]) >= (70, 1)
+
+
+def test_pip_install_serves_static_and_templates_from_the_installed_package(tmp_path, servers):
+    # Install from a copy, so that the build's droppings never land in the shared checkout.
+    source = tmp_path / "src"
+    shutil.copytree(ROOT, source, ignore=shutil.ignore_patterns(
+        ".git", ".venv", "build", "dist", "*.egg-info", "__pycache__", ".pytest_cache", ".hypothesis", "_data",
+        "data", "node_modules"))
+    venv = tmp_path / "venv"
+    subprocess.run([PYTHON, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=60)
+    purelib = subprocess.run([str(venv / "bin" / "python"), "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"],
+                             check=True, capture_output=True, text=True, timeout=30).stdout.strip()
+    # The runtime dependencies (and pip) come from the test environment, like --system-site-packages
+    # would give them; gchat itself only from the new venv (its site-packages comes first).
+    with open(os.path.join(purelib, "_gchat_test_deps.pth"), "w") as handle:
+        handle.write("\n".join(site_module.getsitepackages()) + "\n")
+    pip = [str(venv / "bin" / "python"), "-m", "pip", "install", "--no-deps", "--quiet"]
+    if _can_build_offline():
+        pip.append("--no-build-isolation")
+    result = subprocess.run(pip + [str(source)], capture_output=True, text=True, timeout=180, env=clean_env())
+    assert result.returncode == 0, result.stderr
+
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    where = subprocess.run([str(venv / "bin" / "python"), "-c",
+                            "import gchat, gchat.paths; print(gchat.__file__); print(gchat.paths.static_dir()); "
+                            "print(gchat.paths.template_dir())"],
+                           cwd=elsewhere, env=clean_env(), capture_output=True, text=True, timeout=30, check=True)
+    for path in where.stdout.split():
+        assert path.startswith(purelib), f"{path} is not in the installed package"
+        assert not path.startswith(ROOT)
+
+    # Mark the installed copies: what is served must be them, not the checkout's files.
+    data = os.path.join(purelib, "gchat", "_data")
+    with open(os.path.join(data, "static", "gchat.js"), "a") as handle:
+        handle.write(f"\n/* {MARKER} */\n")
+    with open(os.path.join(data, "templates", "demo_login.html"), "a") as handle:
+        handle.write(f"\n<!-- {MARKER} -->\n")
+
+    server = servers([str(venv / "bin" / "gchat"), f"--data_dir={tmp_path / 'data'}"], cwd=str(elsewhere))
+    status, script = get(server.base + "/gchat/static/gchat.js")
+    assert status == 200
+    assert MARKER.encode() in script
+    with open(os.path.join(ROOT, "static", "gchat.js"), "rb") as handle:
+        assert script.startswith(handle.read()[:200])
+    status, page = get(server.base + "/gchat/demo")
+    assert status == 200
+    assert MARKER.encode() in page
+    assert server.terminate() == 0

@@ -1,0 +1,70 @@
+"""Start gchat for the benchmark: ``python tools/bench/serve_gchat.py serve --setting=value ...``.
+
+The same program as ``python gchat/main.py`` with two additions, none of which touches a
+request path of gchat:
+
+* the open-files limit is raised first (10,000 idle connections need more than the usual 1,024);
+* one extra route, ``GET /bench/stats[?gc=1]``, reports the database statement counter
+  (``Database.queries``), the router's counters and client count, and collects garbage on
+  request so that RSS is read after ``gc.collect()``.
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+import resource
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, ROOT)
+
+
+def raise_nofile() -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (200_000, 200_000))
+    except (ValueError, OSError):
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+def install_stats_route() -> None:
+    import tornado.web
+
+    import gchat.main as gchat_main
+
+    original = gchat_main.make_app
+
+    class StatsHandler(tornado.web.RequestHandler):
+        def initialize(self, services) -> None:  # type: ignore[no-untyped-def]
+            self.services = services
+
+        def get(self) -> None:
+            if self.get_query_argument("gc", None):
+                gc.collect()
+            services = self.services
+            db = getattr(services, "db", None)
+            router = getattr(services, "router", None)
+            body = {
+                "queries": getattr(db, "queries", None),
+                "query_seconds": getattr(db, "query_seconds", None),
+                "stats": dict(getattr(router, "stats", {}) or {}),
+                "errors_by_code": dict(getattr(router, "errors_by_code", {}) or {}),
+                "clients": getattr(router, "client_count", None),
+            }
+            self.finish(body)
+
+    def make_app(services, **app_settings):  # type: ignore[no-untyped-def]
+        app = original(services, **app_settings)
+        app.add_handlers(r".*", [(r"/bench/stats", StatsHandler, {"services": services})])
+        return app
+
+    gchat_main.make_app = make_app
+
+
+if __name__ == "__main__":
+    raise_nofile()
+    install_stats_route()
+    from gchat.main import main
+
+    main(sys.argv[1:])
