@@ -11,6 +11,7 @@ from gchat.config import parse_db_url
 from gchat.db import Database
 from gchat.store import MAX_HISTORY_LIMIT, ChatStore, MemberState
 from tests.conftest import PREFIX
+from tests.services import mysql_connect
 
 A, B, C = 101, 202, 303
 
@@ -51,6 +52,65 @@ async def test_conversation_of_an_unordered_pair_is_unique(store, site):
     assert count(site, "SELECT COUNT(*) FROM {p}gchat_conversations") == 2
     assert await store.pair(ab.id) == ab
     assert await store.pair(ab.id + 1000) is None
+
+
+class Gate:
+    """Makes a race certain instead of likely: a transaction on a side connection holds an InnoDB
+    gap lock where the racing rows would go, so every racer gets past its reads and then waits on
+    its INSERT; the gate opens once all of them are waiting."""
+
+    def __init__(self, site, sql: str, params: tuple) -> None:
+        self.site = site
+        self.conn = mysql_connect(site_url(site), site_database(site))
+        self.conn.begin()
+        with self.conn.cursor() as cur:
+            cur.execute(sql.replace("{p}", PREFIX), params)
+
+    def waiting(self) -> int:
+        return count(self.site, "SELECT COUNT(*) FROM information_schema.innodb_trx t "
+                                "JOIN information_schema.processlist p ON p.id = t.trx_mysql_thread_id "
+                                "WHERE t.trx_state = 'LOCK WAIT' AND p.db = DATABASE()")
+
+    async def race(self, *coroutines):
+        racing = asyncio.gather(*coroutines)
+        try:
+            deadline = time.monotonic() + 10
+            while self.waiting() < len(coroutines):
+                assert time.monotonic() < deadline, "the racers never all waited on the gate"
+                assert not racing.done(), racing
+                await asyncio.sleep(0.01)
+        finally:
+            self.conn.commit()
+            self.conn.close()
+        return await racing
+
+
+def site_url(site) -> str:
+    return SITE_URL[0]
+
+
+def site_database(site) -> str:
+    return SITE_URL[0].split("?")[0].rsplit("/", 1)[1]
+
+
+SITE_URL: list[str] = []
+
+
+@pytest.fixture(autouse=True)
+def _remember_url(test_db_url):
+    SITE_URL[:] = [test_db_url]
+
+
+@pytest.mark.gen_test(timeout=30)
+@pytest.mark.parametrize("racers", [2, 4])
+async def test_racing_opens_of_one_pair_give_one_conversation(store, site, racers):
+    gate = Gate(site, "SELECT id FROM {p}gchat_conversations WHERE user_low = %s AND user_high = %s FOR UPDATE",
+                (A, B))
+    results = await gate.race(*(store.open(A, B, 10) if i % 2 else store.open(B, A, 10) for i in range(racers)))
+    assert len({pair.id for pair, _, _ in results}) == 1
+    assert all(state.open for _, state, _ in results)
+    assert count(site, "SELECT COUNT(*) FROM {p}gchat_conversations") == 1
+    assert count(site, "SELECT COUNT(*) FROM {p}gchat_members") == 2
 
 
 @pytest.mark.gen_test(timeout=30)
@@ -139,6 +199,18 @@ async def test_same_client_id_twice_stores_one_message(store, site):
     assert second.message == first.message
     assert count(site, "SELECT COUNT(*) FROM {p}gchat_messages") == 1
     assert (await store.state(pair.id, B)).unread == 1, "a retry does not count twice"
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_racing_sends_with_one_client_id_store_one_message(store, site):
+    pair, _, _ = await store.open(A, B, 10)
+    gate = Gate(site, "SELECT id FROM {p}gchat_messages WHERE sender = %s AND client_id = %s FOR UPDATE",
+                (A, "raced"))
+    results = await gate.race(*(send(store, pair, A, f"try {i}", "raced") for i in range(2)))
+    assert len({r.message.id for r in results}) == 1
+    assert sorted(r.duplicate for r in results) == [False, True]
+    assert count(site, "SELECT COUNT(*) FROM {p}gchat_messages") == 1
+    assert (await store.state(pair.id, B)).unread == 1
 
 
 @pytest.mark.gen_test(timeout=30)
