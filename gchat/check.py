@@ -11,8 +11,8 @@ import re
 import urllib.parse
 from typing import Callable
 
-from gchat.db import Database, Query
 from gchat.config import Settings
+from gchat.db import Database, Query
 from gchat.errors import Unavailable
 from gchat.moodle import REQUIRED_TABLES, Moodle
 from gchat.store import ChatStore

@@ -13,7 +13,7 @@ from gchat.main import main
 from tests.moodle_site import moodle22_statements
 from tests.services import mysql_connect, with_database
 
-OTHER = "chk_"  # Moodle's tables without gchat's, beside the run's mdl_ site
+OTHER = "zchk_"  # Moodle's tables without gchat's, beside the run's mdl_ site
 
 
 def check(settings: Settings) -> tuple[bool, list[str]]:
@@ -152,6 +152,13 @@ def test_wrong_prefix_names_the_right_one(clean):
     line = line_of(lines, "moodle tables")
     assert line.startswith("FAIL")
     assert "db_prefix is 'x_' but the database has tables like 'mdl_user' — set db_prefix = mdl_" in line
+
+
+def test_wrong_prefix_prefers_mdl_and_names_the_others(clean, moodle_without_chat_tables):
+    ok, lines = check(clean.replace(db_prefix="x_"))
+    line = line_of(lines, "moodle tables")
+    assert "— set db_prefix = mdl_ (also found: " in line
+    assert OTHER in line
 
 
 @pytest.fixture(scope="module")

@@ -3,7 +3,6 @@ initdb, the console script and a real ``pip install .``."""
 
 from __future__ import annotations
 
-import contextlib
 import importlib.util
 import os
 import shutil
@@ -24,7 +23,7 @@ from tests.services import mysql_connect
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MAIN = os.path.join(ROOT, "gchat", "main.py")
 PYTHON = sys.executable
-START_SECONDS = 15  # generous for a loaded CI machine; a healthy start takes well under a second
+START_SECONDS = 10  # a healthy start takes well under a second; room for a loaded CI machine
 STOP_SECONDS = 5
 
 
@@ -240,7 +239,8 @@ def test_pip_install_serves_static_and_templates_from_the_installed_package(tmp_
         "data", "node_modules"))
     venv = tmp_path / "venv"
     subprocess.run([PYTHON, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=60)
-    purelib = subprocess.run([str(venv / "bin" / "python"), "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"],
+    purelib = subprocess.run([str(venv / "bin" / "python"), "-c",
+                              "import sysconfig; print(sysconfig.get_path('purelib'))"],
                              check=True, capture_output=True, text=True, timeout=30).stdout.strip()
     # The runtime dependencies (and pip) come from the test environment, like --system-site-packages
     # would give them; gchat itself only from the new venv (its site-packages comes first).

@@ -53,7 +53,8 @@ async def test_seeded_users_share_courses_one_shares_none_one_pair_is_blocked(de
 
     sharing = [uid for uid in users if await moodle.coursemates(uid)]
     assert len(sharing) >= 2, "some users share a course"
-    alone = [uid for uid, courses in users.items() if not any(courses & theirs for o, theirs in users.items() if o != uid)]
+    alone = [uid for uid, courses in users.items()
+             if not any(courses & theirs for other, theirs in users.items() if other != uid)]
     assert alone, "one user shares no course"
     for uid in alone:
         assert await moodle.coursemates(uid) == frozenset()

@@ -202,7 +202,7 @@ async def test_well_formed_sids_are_accepted(site, moodle, sid):
 
 @pytest.mark.gen_test
 async def test_logged_out_session_is_served_within_the_cache_ttl_but_not_beyond(site, db):
-    ttl = 0.2
+    ttl = 0.5
     moodle = make_moodle(db, session_cache_ttl=ttl)
     uid = site.add_user()
     sid = site.login(uid)
@@ -581,7 +581,7 @@ async def test_second_coursemates_call_within_the_ttl_costs_no_query(site, moodl
 
 @pytest.mark.gen_test
 async def test_coursemates_are_reloaded_after_the_ttl(site, db):
-    ttl = 0.2
+    ttl = 0.5
     moodle = make_moodle(db, cache_ttl=ttl)
     me, mate = shared_course(site)
     assert await moodle.coursemates(me) == frozenset({mate})

@@ -5,10 +5,12 @@ from __future__ import annotations
 import asyncio
 import time
 
+import pymysql
 import pytest
 
 from gchat.config import parse_db_url
 from gchat.db import Database
+from gchat.errors import Unavailable
 from gchat.store import MAX_HISTORY_LIMIT, ChatStore, MemberState
 from tests.conftest import PREFIX
 from tests.services import mysql_connect
@@ -59,9 +61,9 @@ class Gate:
     gap lock where the racing rows would go, so every racer gets past its reads and then waits on
     its INSERT; the gate opens once all of them are waiting."""
 
-    def __init__(self, site, sql: str, params: tuple) -> None:
+    def __init__(self, url: str, site, sql: str, params: tuple) -> None:
         self.site = site
-        self.conn = mysql_connect(site_url(site), site_database(site))
+        self.conn = mysql_connect(url, url.split("?")[0].rsplit("/", 1)[1])
         self.conn.begin()
         with self.conn.cursor() as cur:
             cur.execute(sql.replace("{p}", PREFIX), params)
@@ -78,33 +80,24 @@ class Gate:
             while self.waiting() < len(coroutines):
                 assert time.monotonic() < deadline, "the racers never all waited on the gate"
                 assert not racing.done(), racing
-                await asyncio.sleep(0.01)
+                # InnoDB refreshes information_schema.innodb_trx only when it was not read in the
+                # last 100 ms: polling faster would see the same stale rows for ever.
+                await asyncio.sleep(0.15)
         finally:
             self.conn.commit()
             self.conn.close()
         return await racing
 
 
-def site_url(site) -> str:
-    return SITE_URL[0]
-
-
-def site_database(site) -> str:
-    return SITE_URL[0].split("?")[0].rsplit("/", 1)[1]
-
-
-SITE_URL: list[str] = []
-
-
-@pytest.fixture(autouse=True)
-def _remember_url(test_db_url):
-    SITE_URL[:] = [test_db_url]
+@pytest.fixture
+def gate(test_db_url, site):
+    return lambda sql, params: Gate(test_db_url, site, sql, params)
 
 
 @pytest.mark.gen_test(timeout=30)
 @pytest.mark.parametrize("racers", [2, 4])
-async def test_racing_opens_of_one_pair_give_one_conversation(store, site, racers):
-    gate = Gate(site, "SELECT id FROM {p}gchat_conversations WHERE user_low = %s AND user_high = %s FOR UPDATE",
+async def test_racing_opens_of_one_pair_give_one_conversation(store, site, gate, racers):
+    gate = gate("SELECT id FROM {p}gchat_conversations WHERE user_low = %s AND user_high = %s FOR UPDATE",
                 (A, B))
     results = await gate.race(*(store.open(A, B, 10) if i % 2 else store.open(B, A, 10) for i in range(racers)))
     assert len({pair.id for pair, _, _ in results}) == 1
@@ -202,9 +195,9 @@ async def test_same_client_id_twice_stores_one_message(store, site):
 
 
 @pytest.mark.gen_test(timeout=30)
-async def test_racing_sends_with_one_client_id_store_one_message(store, site):
+async def test_racing_sends_with_one_client_id_store_one_message(store, site, gate):
     pair, _, _ = await store.open(A, B, 10)
-    gate = Gate(site, "SELECT id FROM {p}gchat_messages WHERE sender = %s AND client_id = %s FOR UPDATE",
+    gate = gate("SELECT id FROM {p}gchat_messages WHERE sender = %s AND client_id = %s FOR UPDATE",
                 (A, "raced"))
     results = await gate.race(*(send(store, pair, A, f"try {i}", "raced") for i in range(2)))
     assert len({r.message.id for r in results}) == 1
@@ -361,3 +354,36 @@ async def test_closing_a_window_clears_unread(store):
     # The next message opens it again with one unread.
     again = await send(store, pair, A, "are you there?")
     assert again.peer_opened == MemberState(True, False, 1, last.message.id)
+
+
+# -- deadlocks -----------------------------------------------------------------------------------------
+
+
+DEADLOCK = "Deadlock found when trying to get lock; try restarting transaction"
+
+
+@pytest.mark.gen_test
+async def test_a_deadlock_victim_is_run_again_and_is_no_outage(db):
+    """Racing member updates can make InnoDB pick a transaction as deadlock victim (1213): the
+    whole unit of work is rolled back and must simply run again, without the 'unreachable' fuse."""
+    calls = []
+
+    def work(q):
+        calls.append(1)
+        q.execute("INSERT INTO {gchat_conversations} (user_low, user_high, timecreated) VALUES (%s, %s, 0)",
+                  (len(calls), 999))
+        if len(calls) == 1:
+            raise pymysql.err.OperationalError(1213, DEADLOCK)
+        return "done"
+
+    assert await db.run(work) == "done"
+    assert len(calls) == 2
+    rows = await db.run(lambda q: q.all("SELECT user_low FROM {gchat_conversations} WHERE user_high = 999"))
+    assert rows == [(2,)], "the victim's first attempt was rolled back"
+
+    def always(q):
+        raise pymysql.err.OperationalError(1213, DEADLOCK)
+
+    with pytest.raises(Unavailable):
+        await db.run(always)
+    assert await db.run(lambda q: q.scalar("SELECT 1")) == 1, "a deadlock is not an outage"
