@@ -31,7 +31,9 @@ def server(request) -> Iterator[GchatServer]:
     yield from running_server(SERVER_ARGS + list(marker.args if marker else ()))
 
 
-@pytest.fixture(scope="session")
+# Module scope, not session: Playwright's sync API keeps an asyncio loop running in this thread
+# while it is started, which would break the pytest-tornado tests collected after this folder.
+@pytest.fixture(scope="module")
 def browser():
     if not os.path.exists(CHROMIUM):
         pytest.fail(f"{CHROMIUM} is missing: apt-get install -y chromium")
