@@ -140,6 +140,7 @@ class Outgoing:
     conversation: int
     text: str
     tab: str
+    queued_at: float = field(default_factory=lambda: now())
     outcomes: list[str] = field(default_factory=list)
 
 
@@ -207,7 +208,8 @@ class Tab:
         self.connected = asyncio.Event()
         self.give_up_at = float("inf")
         self._tasks: set[asyncio.Task[Any]] = set()
-        self._counter = 0
+        self._counter = 0  # messages written
+        self._refs = 0  # commands sent
 
     # -- life cycle --------------------------------------------------------------------------
 
@@ -489,8 +491,8 @@ class WSTab(Tab):
         conn = self.conn
         if conn is None:
             raise Failed("not_connected")
-        self._counter += 1
-        ref = f"{self.name}-r{self._counter}"
+        self._refs += 1
+        ref = f"{self.name}-r{self._refs}"
         future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
         self._replies[ref] = future
         try:
@@ -549,8 +551,8 @@ class PollTab(Tab):
             await asyncio.sleep(backoff.next())
 
     async def command(self, command: dict[str, Any], timeout: float) -> dict[str, Any]:
-        self._counter += 1
-        body = json.dumps(dict(command, ref=f"{self.name}-r{self._counter}"))
+        self._refs += 1
+        body = json.dumps(dict(command, ref=f"{self.name}-r{self._refs}"))
         status, reply = await http_request(self.base_url, "POST", f"{self.prefix}/api/send",
                                            headers={"X-Gchat-Token": self.token or "",
                                                     "Content-Type": "application/json"},

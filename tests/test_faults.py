@@ -19,8 +19,11 @@ messages at a modest rate to its peer while the test
 5. stops gchat with SIGTERM (graceful: it must exit 0 within a few seconds) and starts it again.
 
 The tabs behave like the widget (tests/fault_clients.py): retries with the same client_id,
-reconnects with the last cursor, snapshots on reset, history to fill a gap, dedupe by id. When
-everything is back and settled, the test prints and checks the counts: every acknowledged
+reconnects with the last cursor, snapshots on reset, history to fill a gap, dedupe by id.
+After each fault, before the next, every message queued so far must be acknowledged and shown
+by every tab of both members (so that a message missed by a running process cannot hide behind
+the snapshot a later restart sends). When everything is back and settled, the test prints and
+checks the counts (one ``COUNTS`` line, then details): every acknowledged
 message stored exactly once, no client_id stored twice, every acknowledged message shown by
 every tab of both members exactly once and in order, sends refused with ``unavailable`` and
 retried stored once.
@@ -458,6 +461,11 @@ def check(report: dict[str, Any], instance: MariaDBInstance) -> None:
     lines.append(f"duplicates (shown twice after dedupe by id): {dup_total}   raw repeats (same id again): "
                  f"{raw_repeat_total}   lost (acked but not stored, or not shown by a member's tab): {lost_total}   "
                  f"tabs whose arrival order was not increasing: {non_monotone_arrival}")
+    delivered = sum(len(ledger.acked_in(t.conversation) & t.seen.keys()) for t in tabs)
+    lines.insert(4, f"COUNTS sent (attempts)={len(ledger.attempts)} acknowledged={len(acked)} stored={len(rows)} "
+                    f"delivered={delivered}/{sum(len(ledger.acked_in(t.conversation)) for t in tabs)} (tab x message) "
+                    f"duplicates={dup_total} raw_repeats={raw_repeat_total} lost={lost_total} "
+                    f"refused_unavailable_then_stored_once={len(refused_then_stored)}")
     if order_notes:
         # e.g. a send whose unit of work outlived its timeout and committed late: it is published
         # when its retry finds it stored, after newer messages (a widget sorts by id).
