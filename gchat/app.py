@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass
 from typing import Any
 
 import tornado.httpserver
 import tornado.web
+from tornado.log import access_log
 
 from gchat.auth import TokenSigner, load_or_create_secret
 from gchat.broker import Broker, MemoryBroker
@@ -80,6 +82,21 @@ def build_services(settings: Settings, db: Database | None = None, broker: Broke
     return Services(settings, db, moodle, store, broker, router)
 
 
+def log_request(handler: tornado.web.RequestHandler) -> None:
+    """Tornado's access log, except that refusals the protocol expects (429 rate limits, 503
+    while the database is down) are warnings, not errors: one outage must not flood the log
+    with stack-less "errors" (the database's own warning says what happened)."""
+    status = handler.get_status()
+    if status < 400:
+        level = logging.INFO
+    elif status < 500 or status == 503:
+        level = logging.WARNING
+    else:
+        level = logging.ERROR
+    request = handler.request
+    access_log.log(level, "%d %s %.2fms", status, handler._request_summary(), 1000.0 * request.request_time())
+
+
 def make_app(services: Services, **app_settings: Any) -> tornado.web.Application:
     settings = services.settings
     prefix = settings.url_prefix
@@ -108,6 +125,7 @@ def make_app(services: Services, **app_settings: Any) -> tornado.web.Application
         # connection that stays open; beyond that Tornado closes with 1009 without buffering more.
         websocket_max_message_size=settings.max_frame_bytes * 4,
         poll_tabs=tabs,
+        log_function=log_request,
         **app_settings,
     )
 

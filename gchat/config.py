@@ -95,8 +95,10 @@ class DbUrl:
     charset: str
 
     def redacted(self) -> str:
-        where = self.unix_socket or f"{self.host}:{self.port}"
-        return f"mysql://{self.user}@{where}/{self.database}"
+        """The URL without the password, for log lines and error messages."""
+        if self.unix_socket:
+            return f"mysql://{self.user}@localhost/{self.database} (socket {self.unix_socket})"
+        return f"mysql://{self.user}@{self.host}:{self.port}/{self.database}"
 
 
 def parse_db_url(text: str) -> DbUrl | None:

@@ -108,6 +108,10 @@ class Database:
         self._count_lock = threading.Lock()
         self._timeout = timeout
         self._down_until = 0.0
+        # One log line when the database goes away and one when it is back. Before it ever
+        # answered there is nothing to say: start-up reports an unreachable database itself.
+        self._down = False
+        self._answered = False
         size = pool_size
         if url is None:
             if sqlite_path is None:
@@ -166,18 +170,22 @@ class Database:
         try:
             conn = self._pool.connection()
         except _UNAVAILABLE_ERRORS as exc:
-            self._down_until = time.monotonic() + 1.0
+            self._mark_down(exc)
             raise Unavailable(f"database {self.where} is not reachable: {exc}") from exc
         query = Query(self, conn)
         try:
             result = work(query)
             conn.commit()
+            self._answered = True
+            if self._down:
+                self._down = False
+                log.info("database %s is back", self.where)
             return result
         except _UNAVAILABLE_ERRORS as exc:
             _quiet_rollback(conn)
             if isinstance(exc, pymysql.err.OperationalError) and exc.args and exc.args[0] == _ER_LOCK_DEADLOCK:
                 raise _Deadlock() from exc
-            self._down_until = time.monotonic() + 1.0
+            self._mark_down(exc)
             raise Unavailable(f"database {self.where} failed: {exc}") from exc
         except BaseException:
             _quiet_rollback(conn)
@@ -211,10 +219,18 @@ class Database:
             try:
                 return await asyncio.wait_for(future, self._timeout)
             except asyncio.TimeoutError:
-                self._down_until = time.monotonic() + 1.0
+                self._mark_down(f"no answer within {self._timeout:g}s")
                 raise Unavailable(f"database {self.where} did not answer within {self._timeout:g}s") from None
         finally:
             self._in_flight -= 1
+
+    def _mark_down(self, reason: object) -> None:
+        """Refuse new work at once for a second (no request hangs on a dead database)."""
+        self._down_until = time.monotonic() + 1.0
+        if not self._down and self._answered:
+            self._down = True
+            log.warning("database %s unavailable (%s); commands get 'unavailable' until it is back",
+                        self.where, " ".join(str(reason).split()))
 
     async def ping(self) -> bool:
         try:
