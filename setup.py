@@ -48,6 +48,9 @@ setup(
             "redis>=5.0",
             "prometheus-client>=0.19",
         ],
+        # tools/bench.py: the python-socketio baseline server, a faster loop for the load
+        # generator (optional: plain asyncio without it), and py-spy for --profile.
+        "bench": ["python-socketio>=5.10", "uvloop>=0.19", "py-spy>=0.3.14"],
     },
     entry_points={"console_scripts": ["gchat=gchat.main:main"]},
 )

@@ -55,6 +55,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
+from tools.bench import profile  # noqa: E402
 from tools.bench.gen import worker_main  # noqa: E402
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -86,15 +87,15 @@ class Config:
     factor: float = 1.5
     max_steps: int = 12
     refine: int = 1                # bisection steps between the last pass and the first failure
-    warmup: float = 1.0
-    measure: float = 4.0
-    half_measure: float = 8.0
+    warmup: float = 0.7
+    measure: float = 3.0
+    half_measure: float = 6.0
     drain: float = 2.0
     idle_levels: tuple[int, ...] = (1000, 5000, 10000)
     idle_group: int = 25           # users per course among the idle users (presence fan-out)
     idle_settle: float = 2.0
-    idle_window: float = 6.0       # seconds of CPU measurement per idle level
-    hb_scale_ws: float = 10.0      # heartbeats this many times more frequent while measuring idle CPU
+    idle_window: float = 5.0       # seconds of CPU measurement per idle level (twice that at the top one)
+    hb_scale_ws: float = 5.0       # heartbeats this many times more frequent while measuring idle CPU
     hb_scale_poll: float = 5.0
     quiet_wait: float = 120.0      # seconds to wait, before each target, for the machine to calm down
 
@@ -102,7 +103,7 @@ class Config:
     def quick(cls) -> "Config":
         return cls(ws_pairs=10, poll_pairs=10, mixed_pairs=4, start_rate=100.0, factor=2.0, max_steps=4, refine=0,
                    warmup=0.4, measure=1.5, half_measure=2.0, drain=1.5, idle_levels=(200, 500), idle_settle=0.5,
-                   idle_window=2.5, hb_scale_ws=25.0, hb_scale_poll=25.0, quiet_wait=0.0)
+                   idle_window=1.5, hb_scale_ws=25.0, hb_scale_poll=25.0, quiet_wait=0.0)
 
 
 # -- /proc ---------------------------------------------------------------------------------
@@ -251,6 +252,7 @@ class Server:
         elif self.target == "tornado":
             cmd = [py, os.path.join(ROOT, "tools", "bench_baselines", "tornado_relay.py"), f"--port={self.port}",
                    f"--ping-interval={25.0 / scale:g}", f"--poll-timeout={45.0 / scale:g}-{55.0 / scale:g}"]
+            cmd += self.args.relay_arg or []
         else:
             cmd = [py, os.path.join(ROOT, "tools", "bench_baselines", "socketio_relay.py"), f"--port={self.port}",
                    f"--ping-interval={25.0 / scale:g}", "--ping-timeout=20"]
@@ -263,6 +265,8 @@ class Server:
         self.log_path = os.path.join(self.run_dir, f"server-{self.target}-{self.port}.log")
         env = dict(os.environ, PYTHONUNBUFFERED="1")
         env.pop("GCHAT_CONFIG", None)
+        if self.args.tracemalloc and self.target == "gchat":
+            env["BENCH_TRACEMALLOC"] = "1"
         with open(self.log_path, "wb") as out:
             self.proc = subprocess.Popen(self.command(), stdout=out, stderr=subprocess.STDOUT, env=env, cwd=ROOT,
                                          start_new_session=True)
@@ -447,6 +451,7 @@ class Bench:
 
             name = f"gchat_bench_{os.getpid()}"
             self.site = BenchSite(self.args.mysql, name)
+            self.results["database"] = name
             started = time.monotonic()
             self.site.create(ROOT, self.args.python)
             sets = {key: self.site.add_groups([2] * len(pairs)) for key, pairs in pair_sets.items()}
@@ -677,10 +682,41 @@ class Bench:
         if last_pass is not None:
             log(f"{target}: {key} at half the knee ({last_pass['rate'] / 2:.0f} msgs/s)")
             half = self.step(last_pass["rate"] / 2, cfg.half_measure)
+        prof = None
+        if self.args.profile and last_pass is not None:
+            rate = last_pass["rate"] * 0.8
+            log(f"{target}: profiling {key} at {rate:.0f} msgs/s (80% of the knee) for {self.args.profile:g} s")
+            prof = self.profiled(f"{target}-{key}-load", lambda: self.step(rate, self.args.profile))
         self.close_group(key)
-        return {"steps": steps, "knee": last_pass, "first_fail": first_fail, "half": half,
+        return {"steps": steps, "knee": last_pass, "first_fail": first_fail, "half": half, "profile": prof,
                 "generator_bound": bool(last_pass and last_pass["gen_bound"]) or
                 bool(first_fail and first_fail["gen_bound"])}
+
+    def profiled(self, name: str, work: Any, seconds: float | None = None) -> dict[str, Any] | None:
+        """Run ``work()`` while py-spy samples the server; summary and raw stacks in the run folder."""
+        assert self.server is not None
+        path = os.path.join(self.run_dir, f"profile-{name}.txt")
+        spy = profile.record(self.server.pid, (seconds or self.args.profile) + self.cfg.warmup + 0.3, path,
+                             self.args.gen_cpu)
+        if spy is None:
+            self.warn("py-spy is not installed: no profile (pip install py-spy)")
+            work()
+            return None
+        step = work()
+        try:
+            _, err = spy.communicate(timeout=120)
+        except subprocess.TimeoutExpired:
+            spy.kill()
+            err = b"timeout"
+        if not os.path.exists(path):
+            self.warn(f"py-spy wrote no profile: {err.decode(errors='replace')[-300:]}")
+            return None
+        summary = profile.summarise(path)
+        text = profile.render(summary, name)
+        with open(os.path.join(self.run_dir, f"profile-{name}.md"), "w") as handle:
+            handle.write(text + "\n")
+        log(f"profile {name}: {path} ({summary['samples']} samples)")
+        return {"summary": summary, "step": step, "raw": path}
 
     def mixed(self, target: str, rate: float) -> dict[str, Any]:
         log(f"{target}: mixed pairings at {rate:.0f} msgs/s")
@@ -706,6 +742,9 @@ class Bench:
             time.sleep(cfg.idle_settle)
             server.stats(collect=True)
             base_rss = proc_rss_kb(server.pid)
+            tracing = self.args.tracemalloc and target == "gchat"
+            if tracing:
+                http_get_json(server.port, "/bench/stats?tm=baseline", timeout=120)
             levels = []
             connected = 0
             for level in cfg.idle_levels:
@@ -719,11 +758,30 @@ class Bench:
                 time.sleep(cfg.idle_settle)
                 server.stats(collect=True)
                 rss = proc_rss_kb(server.pid)
+                traced = None
+                if tracing:
+                    traced = {"by_line": http_get_json(server.port, "/bench/stats?tm=diff&top=40", timeout=300),
+                              "by_file": http_get_json(server.port, "/bench/stats?tm=diff&top=25&key=filename",
+                                                       timeout=300)}
+                    with open(os.path.join(self.run_dir, f"tracemalloc-{target}-{transport}-{level}.json"), "w") as fh:
+                        json.dump(traced, fh, indent=1)
                 hb0 = sum(c["heartbeats"] for c in self.gens.call_all("counters", group="idle"))
-                before = self.sample()
                 window = cfg.idle_window * (2 if level == max(cfg.idle_levels) else 1)
+                spy = None
+                if self.args.profile and level == max(cfg.idle_levels):
+                    spy = profile.record(server.pid, window, os.path.join(
+                        self.run_dir, f"profile-{target}-idle-{transport}.txt"), self.args.gen_cpu)
+                before = self.sample()
                 time.sleep(window)
                 after = self.sample()
+                prof = None
+                if spy is not None:
+                    spy.communicate(timeout=120)
+                    path = os.path.join(self.run_dir, f"profile-{target}-idle-{transport}.txt")
+                    if os.path.exists(path):
+                        prof = profile.summarise(path)
+                        with open(path[:-4] + ".md", "w") as handle:
+                            handle.write(profile.render(prof, f"{target} idle {transport}") + "\n")
                 counters = self.gens.call_all("counters", group="idle")
                 hb = sum(c["heartbeats"] for c in counters) - hb0
                 still_open = sum(c["open"] for c in counters)
@@ -740,6 +798,10 @@ class Bench:
                     "gen_cpu": (after.gen_cpu - before.gen_cpu) / elapsed * 100,
                     "open": still_open,
                 }
+                if traced is not None:
+                    entry["tracemalloc"] = traced
+                if prof is not None:
+                    entry["profile"] = prof
                 if before.queries is not None and after.queries is not None:
                     entry["queries"] = after.queries - before.queries
                     entry["queries_per_hb"] = entry["queries"] / max(1, hb)
@@ -760,18 +822,19 @@ class Bench:
         started = time.monotonic()
         out: dict[str, Any] = {}
         self.wait_quiet()
-        server = self.start_server(target)
-        try:
-            out["start_rss_kb"] = proc_rss_kb(server.pid)
-            out["ws"] = self.knee(target, "ws")
-            out["poll"] = self.knee(target, "poll")
-            knees = [k["knee"]["rate"] for k in (out["ws"], out["poll"]) if k["knee"]]
-            if knees:
-                out["mixed"] = self.mixed(target, min(knees) / 2)
-            out["after_load_rss_kb"] = proc_rss_kb(server.pid)
-        finally:
-            self.stop_server()
-        if not self.args.no_idle:
+        if "load" in self.args.phases:
+            server = self.start_server(target)
+            try:
+                out["start_rss_kb"] = proc_rss_kb(server.pid)
+                out["ws"] = self.knee(target, "ws")
+                out["poll"] = self.knee(target, "poll")
+                knees = [k["knee"]["rate"] for k in (out["ws"], out["poll"]) if k["knee"]]
+                if knees:
+                    out["mixed"] = self.mixed(target, min(knees) / 2)
+                out["after_load_rss_kb"] = proc_rss_kb(server.pid)
+            finally:
+                self.stop_server()
+        if "idle" in self.args.phases:
             out["idle_ws"] = self.idle(target, "ws")
             out["idle_poll"] = self.idle(target, "poll")
         out["seconds"] = time.monotonic() - started
@@ -806,7 +869,7 @@ def machine_info(args: argparse.Namespace) -> dict[str, Any]:
     except OSError:
         pass
     probe = ("import sys, tornado\ntry:\n import tornado.speedups; s = True\nexcept ImportError:\n s = False\n"
-             "try:\n import socketio; sio = socketio.__version__\nexcept Exception:\n sio = None\n"
+             "try:\n from importlib.metadata import version; sio = version('python-socketio')\nexcept Exception:\n sio = None\n"
              "try:\n import uvloop; uv = uvloop.__version__\nexcept Exception:\n uv = None\n"
              "import json; print(json.dumps({'python': sys.version.split()[0], 'tornado': tornado.version, "
              "'speedups': s, 'socketio': sio, 'uvloop': uv}))")
@@ -828,7 +891,8 @@ def machine_info(args: argparse.Namespace) -> dict[str, Any]:
         pass
     return {"cpu": cpu, "cores": os.cpu_count(), "kernel": platform.release(), "mariadb": mariadb,
             "memory_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
-            "server_cpu": args.server_cpu, "gen_cpu": args.gen_cpu, "gen_procs": args.gen_procs, **versions}
+            "server_cpu": args.server_cpu, "gen_cpu": args.gen_cpu, "gen_procs": args.gen_procs, **versions,
+            **({"uvloop": None} if args.no_uvloop else {})}
 
 
 # -- the report ----------------------------------------------------------------------------
@@ -965,13 +1029,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--connect-concurrency", type=int, default=50,
                         help="connections opened at once when filling the idle levels")
     parser.add_argument("--no-uvloop", action="store_true", help="plain asyncio loop in the generator")
-    parser.add_argument("--no-idle", action="store_true", help="skip the idle-connection phases")
+    parser.add_argument("--phases", default="load,idle", help="load (throughput and latency), idle, or both")
     parser.add_argument("--idle", default=None, help="idle levels, e.g. 1000,5000,10000")
     parser.add_argument("--pairs", type=int, default=None, help="WS pairs and long-poll pairs per knee search")
     parser.add_argument("--start-rate", type=float, default=None)
     parser.add_argument("--max-steps", type=int, default=None)
     parser.add_argument("--measure", type=float, default=None, help="seconds measured per step")
+    parser.add_argument("--profile", type=float, default=0.0, metavar="SECONDS",
+                        help="sample the server with py-spy for SECONDS at 80%% of each knee and during the largest "
+                             "idle window; summaries in the output folder")
+    parser.add_argument("--tracemalloc", action="store_true",
+                        help="trace gchat's allocations in the idle phases (slow; memory figures are then inflated)")
     parser.add_argument("--gchat-arg", action="append", help="extra gchat setting, e.g. --gchat-arg=--db_pool_size=16")
+    parser.add_argument("--relay-arg", action="append", help="extra tornado_relay.py flag, e.g. --relay-arg=--nodelay")
     parser.add_argument("--python", default=sys.executable, help="Python that runs the servers")
     parser.add_argument("--out", default=None, help="folder for report.md, results.json and server logs")
     parser.add_argument("--keep-db", action="store_true", help="do not drop the benchmark database")

@@ -163,7 +163,9 @@ class Worker:
             nxt = t0 + int(j * period)
             if nxt >= t_end:
                 return
-            await asyncio.sleep(max((nxt - MONO()) / 1e9, 0))
+            # Sleep at least a millisecond: event-loop timers have millisecond resolution, and a
+            # shorter sleep would spin. Sends due meanwhile go out together (their lag is counted).
+            await asyncio.sleep(max((nxt - MONO()) / 1e9, 0.001))
 
     async def collect_step(self, drain: float) -> dict[str, Any]:
         if self._sched is not None:

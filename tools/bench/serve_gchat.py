@@ -7,6 +7,11 @@ request path of gchat:
 * one extra route, ``GET /bench/stats[?gc=1]``, reports the database statement counter
   (``Database.queries``), the router's counters and client count, and collects garbage on
   request so that RSS is read after ``gc.collect()``.
+
+With ``BENCH_TRACEMALLOC=1`` in the environment, Python's allocations are traced (slow:
+for finding *where* per-connection memory goes, never for the figures themselves):
+``/bench/stats?tm=baseline`` takes a snapshot and ``/bench/stats?tm=diff&top=N`` answers the
+source lines whose allocations grew most since then.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ import gc
 import os
 import resource
 import sys
+import tracemalloc
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, ROOT)
@@ -26,6 +32,9 @@ def raise_nofile() -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (200_000, 200_000))
     except (ValueError, OSError):
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+BASELINE: list[tracemalloc.Snapshot] = []
 
 
 def install_stats_route() -> None:
@@ -42,6 +51,21 @@ def install_stats_route() -> None:
         def get(self) -> None:
             if self.get_query_argument("gc", None):
                 gc.collect()
+            tm = self.get_query_argument("tm", None)
+            if tm and tracemalloc.is_tracing():
+                gc.collect()
+                snapshot = tracemalloc.take_snapshot()
+                if tm == "baseline":
+                    BASELINE[:] = [snapshot]
+                    self.finish({"baseline": True})
+                    return
+                top = int(self.get_query_argument("top", "25"))
+                key = "filename" if self.get_query_argument("key", "lineno") == "filename" else "lineno"
+                stats = snapshot.compare_to(BASELINE[0], key) if BASELINE else snapshot.statistics(key)
+                self.finish({"top": [{"where": str(st.traceback[0]), "bytes": getattr(st, "size_diff", st.size),
+                                      "count": getattr(st, "count_diff", st.count)} for st in stats[:top]],
+                             "total_bytes": sum(getattr(st, "size_diff", st.size) for st in stats)})
+                return
             services = self.services
             db = getattr(services, "db", None)
             router = getattr(services, "router", None)
@@ -64,6 +88,8 @@ def install_stats_route() -> None:
 
 if __name__ == "__main__":
     raise_nofile()
+    if os.environ.get("BENCH_TRACEMALLOC") == "1":
+        tracemalloc.start(1)
     install_stats_route()
     from gchat.main import main
 

@@ -128,6 +128,8 @@ class RelaySocket(tornado.websocket.WebSocketHandler):
         return True
 
     def open(self) -> None:
+        if self.settings.get("relay_nodelay"):
+            self.set_nodelay(True)
         self.uid = int(self.get_query_argument("token"))
         self.hub.user(self.uid).sockets.add(self)
         self.write_message(self.hub.ready(self.uid))
@@ -221,6 +223,8 @@ async def main() -> None:
     parser.add_argument("--address", default="127.0.0.1")
     parser.add_argument("--ping-interval", type=float, default=25.0)
     parser.add_argument("--poll-timeout", type=parse_range, default=(45.0, 55.0))
+    parser.add_argument("--nodelay", action="store_true",
+                        help="TCP_NODELAY on WebSockets (Tornado leaves Nagle's algorithm on after the handshake)")
     args = parser.parse_args()
     raise_nofile()
     hub = Hub()
@@ -229,7 +233,7 @@ async def main() -> None:
         (r"/gchat/api/poll", PollHandler, {"hub": hub, "timeout": args.poll_timeout}),
         (r"/gchat/api/send", SendHandler, {"hub": hub}),
         (r"/bench/stats", StatsHandler, {"hub": hub}),
-    ], websocket_ping_interval=args.ping_interval or None,
+    ], relay_nodelay=args.nodelay, websocket_ping_interval=args.ping_interval or None,
         websocket_ping_timeout=max(args.ping_interval, 10) if args.ping_interval else None)
     server = tornado.httpserver.HTTPServer(app)
     server.listen(args.port, args.address)
