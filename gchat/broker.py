@@ -82,12 +82,26 @@ class Broker(abc.ABC):
     async def read(self, user_id: int, cursor: str) -> tuple[list[str], str]:
         """Events after ``cursor`` (wire JSON with cursors) and the new cursor; or CursorGone."""
 
-    @abc.abstractmethod
+    def __init__(self) -> None:
+        self._wakeups: dict[int, list[Wakeup]] = {}  # this process's clients, by user
+
     def subscribe(self, user_id: int, wakeup: Wakeup) -> None:
         """Call ``wakeup()`` whenever ``user_id``'s log grows (on this process's IOLoop)."""
+        self._wakeups.setdefault(user_id, []).append(wakeup)
 
-    @abc.abstractmethod
-    def unsubscribe(self, user_id: int, wakeup: Wakeup) -> None: ...
+    def unsubscribe(self, user_id: int, wakeup: Wakeup) -> None:
+        wakeups = self._wakeups.get(user_id)
+        if wakeups and wakeup in wakeups:
+            wakeups.remove(wakeup)
+            if not wakeups:
+                del self._wakeups[user_id]
+
+    def _wake(self, user_id: int) -> None:
+        for wakeup in tuple(self._wakeups.get(user_id, ())):
+            try:
+                wakeup()
+            except Exception:  # one broken client must not stop delivery to the others
+                log.exception("wake-up of a client of user %s failed", user_id)
 
     # -- presence ---------------------------------------------------------------------------
 
@@ -137,9 +151,9 @@ class MemoryBroker(Broker):
     name = "memory"
 
     def __init__(self, log_size: int = 1000) -> None:
+        super().__init__()
         self._log_size = log_size
         self._logs: dict[int, _Log] = {}
-        self._wakeups: dict[int, list[Wakeup]] = {}
         self._connections: dict[int, set[str]] = {}
         self._online: set[int] = set()
 
@@ -156,11 +170,7 @@ class MemoryBroker(Broker):
             if user_log is None:
                 continue  # offline: nothing to resume; the next ready is built from the database
             user_log.append(body)
-            for wakeup in tuple(self._wakeups.get(uid, ())):
-                try:
-                    wakeup()
-                except Exception:  # one broken client must not stop delivery to the others
-                    log.exception("wake-up of a client of user %s failed", uid)
+            self._wake(uid)
 
     async def head(self, user_id: int) -> str:
         user_log = self._logs.get(user_id)
@@ -180,16 +190,6 @@ class MemoryBroker(Broker):
         events = [with_cursor(f"{epoch}:{user_log.first + i}", user_log.bodies[i])
                   for i in range(start, len(user_log.bodies))]
         return events, f"{epoch}:{user_log.last}"
-
-    def subscribe(self, user_id: int, wakeup: Wakeup) -> None:
-        self._wakeups.setdefault(user_id, []).append(wakeup)
-
-    def unsubscribe(self, user_id: int, wakeup: Wakeup) -> None:
-        wakeups = self._wakeups.get(user_id)
-        if wakeups and wakeup in wakeups:
-            wakeups.remove(wakeup)
-            if not wakeups:
-                del self._wakeups[user_id]
 
     async def add_connection(self, user_id: int, conn_id: str) -> bool:
         self._connections.setdefault(user_id, set()).add(conn_id)

@@ -48,7 +48,7 @@ import time
 import urllib.parse
 from typing import Any, Callable, Iterable
 
-from gchat.broker import Broker, CursorGone, Wakeup, parse_cursor, with_cursor
+from gchat.broker import Broker, CursorGone, parse_cursor, with_cursor
 from gchat.config import ConfigError
 from gchat.errors import Unavailable
 
@@ -292,6 +292,7 @@ class RedisBroker(Broker):
                  presence_ttl: float | None = None, process_id: str | None = None,
                  op_timeout: float = DEFAULT_OP_TIMEOUT_SECS,
                  publish_timeout: float = DEFAULT_PUBLISH_TIMEOUT_SECS) -> None:
+        super().__init__()
         if aioredis is None:
             raise ConfigError("broker_url: the Redis broker needs the redis package (pip install gchat[redis])")
         clean, own, self.where = _split_url(url)
@@ -326,7 +327,6 @@ class RedisBroker(Broker):
         except (ValueError, TypeError) as exc:
             raise ConfigError(f"broker_url: {exc}") from None
         self._scripts = {name: self._redis.register_script(src) for name, src in _SCRIPTS.items()}
-        self._wakeups: dict[int, list[Wakeup]] = {}
         self._local: dict[int, set[str]] = {}  # this process's connections, for re-registration
         self._lost: set[int] = set()  # users whose events could not be stored: reset them
         self._unremoved: set[tuple[int, str]] = set()  # connections to remove when Redis is back
@@ -573,23 +573,6 @@ class RedisBroker(Broker):
                     self._wake(int(text))
         except Exception:
             log.exception("bad wake-up message on %s: %.200r", self._channel, data)
-
-    def _wake(self, uid: int) -> None:
-        for wakeup in tuple(self._wakeups.get(uid, ())):
-            try:
-                wakeup()
-            except Exception:  # one broken client must not stop delivery to the others
-                log.exception("wake-up of a client of user %s failed", uid)
-
-    def subscribe(self, user_id: int, wakeup: Wakeup) -> None:
-        self._wakeups.setdefault(user_id, []).append(wakeup)
-
-    def unsubscribe(self, user_id: int, wakeup: Wakeup) -> None:
-        wakeups = self._wakeups.get(user_id)
-        if wakeups and wakeup in wakeups:
-            wakeups.remove(wakeup)
-            if not wakeups:
-                del self._wakeups[user_id]
 
     # -- event logs --------------------------------------------------------------------------
 

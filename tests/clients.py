@@ -30,7 +30,7 @@ async def bootstrap(base_url: str, sid: str | None, prefix: str = "/gchat",
         return exc.code, json.loads(exc.response.body)
 
 
-def _unchunk(body: bytes) -> bytes:
+def unchunk(body: bytes) -> bytes:
     out = b""
     while body:
         size_line, _, rest = body.partition(b"\r\n")
@@ -178,7 +178,7 @@ class PollClient(BaseClient):
         head, _, body = raw.partition(b"\r\n\r\n")
         status = int(head.split(b" ", 2)[1])
         if b"chunked" in head.lower():
-            body = _unchunk(body)
+            body = unchunk(body)
         return status, json.loads(body)
 
     async def _poll_loop(self) -> None:

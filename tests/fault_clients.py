@@ -28,6 +28,8 @@ from urllib.parse import quote, urlsplit
 import tornado.websocket
 from tornado.httpclient import HTTPRequest
 
+from tests.clients import unchunk
+
 Message = dict[str, Any]
 
 # Reply error codes after which the same command is simply tried again later.
@@ -79,7 +81,7 @@ async def http_request(base_url: str, method: str, path: str, *, headers: dict[s
         status = int(head_lines[0].split(" ", 2)[1])
         fields = {k.strip().lower(): v.strip() for k, _, v in (h.partition(":") for h in head_lines[1:])}
         if "chunked" in fields.get("transfer-encoding", "").lower():
-            payload = _unchunk(payload)
+            payload = unchunk(payload)
         elif "content-length" in fields and len(payload) != int(fields["content-length"]):
             raise Failed("dropped", "the answer was cut short")
         try:
@@ -91,18 +93,6 @@ async def http_request(base_url: str, method: str, path: str, *, headers: dict[s
         return await asyncio.wait_for(go(), timeout)
     except asyncio.TimeoutError:
         raise Failed("timeout", f"{method} {path}") from None
-
-
-def _unchunk(body: bytes) -> bytes:
-    out = b""
-    while body:
-        size_line, _, rest = body.partition(b"\r\n")
-        size = int(size_line.split(b";")[0], 16)
-        if size == 0:
-            break
-        out += rest[:size]
-        body = rest[size + 2:]
-    return out
 
 
 class Backoff:
