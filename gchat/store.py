@@ -11,6 +11,7 @@ only checks that they are there.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -79,6 +80,7 @@ _SQLITE_DDL = (
 )
 
 MAX_HISTORY_LIMIT = 50
+MAX_BATCH = 200  # sends written in one transaction at most
 
 
 @dataclass(frozen=True)
@@ -137,6 +139,10 @@ def _message(row: tuple) -> Message:
                    time=int(row[4]), client_id=row[5])
 
 
+# pair, sender, text, client_id, history size, and the future the sender awaits
+_PendingSend = tuple[Pair, int, str, "str | None", int, "asyncio.Future[Stored]"]
+
+
 def now_ms() -> int:
     return int(time.time() * 1000)
 
@@ -148,6 +154,8 @@ class ChatStore:
         # (MySQL/MariaDB REPEATABLE READ); SQLite has no snapshot older than its write lock.
         self._latest = "" if db.dialect == "sqlite" else " LOCK IN SHARE MODE"
         self._pairs: dict[int, Pair] = {}  # immutable rows: a plain dict cache, bounded below
+        self._pending: list[_PendingSend] = []  # sends waiting for the next batch
+        self._writing = False
 
     # -- schema -----------------------------------------------------------------------------
 
@@ -290,35 +298,67 @@ class ChatStore:
     async def add_message(self, pair: Pair, sender: int, text: str, client_id: str | None,
                           history: int) -> Stored:
         """Store a message (or find the one a retry with the same client_id stored) and count it
-        unread for the peer, opening the peer's window. One transaction, committed on return.
+        unread for the peer, opening the peer's window. Committed when this returns.
 
-        The common case costs two statements and the commit: the insert (a repeated client_id
-        fails on the unique key and returns the stored message) and the peer's unread count,
-        updated only where the window is open; a closed window is opened with a second update.
-        Both member rows exist: ``open`` creates them with the conversation.
+        Sends are written in batches: while one batch is in the database, the sends that arrive
+        queue up and go together in the next one, one transaction and one thread-pool hop for
+        all of them (group commit). Under light load a batch is one message; under heavy load
+        the cost per message falls instead of the queue growing. Batches run one at a time, in
+        arrival order, so message ids follow the order the sends were accepted.
         """
+        future: asyncio.Future[Stored] = asyncio.get_running_loop().create_future()
+        self._pending.append((pair, sender, text, client_id, history, future))
+        if not self._writing:
+            self._writing = True
+            asyncio.get_running_loop().create_task(self._write_batches())
+        return await future
+
+    async def _write_batches(self) -> None:
+        try:
+            while self._pending:
+                batch, self._pending = self._pending[:MAX_BATCH], self._pending[MAX_BATCH:]
+
+                def work(q: Query, batch: list[_PendingSend] = batch) -> list[Stored]:
+                    return [self._store_message(q, *item[:5]) for item in batch]
+
+                try:
+                    results = await self.db.run(work)
+                except Exception as exc:  # every send of the batch gets the error (unavailable)
+                    for item in batch:
+                        if not item[5].done():
+                            item[5].set_exception(exc)
+                else:
+                    for item, result in zip(batch, results):
+                        if not item[5].done():
+                            item[5].set_result(result)
+        finally:
+            self._writing = False
+
+    def _store_message(self, q: Query, pair: Pair, sender: int, text: str, client_id: str | None,
+                       history: int) -> Stored:
+        """The common case costs two statements: the insert (a repeated client_id fails on the
+        unique key and returns the stored message) and the peer's unread count, updated only
+        where the window is open; a closed window is opened with a second update. Both member
+        rows exist: ``open`` creates them with the conversation."""
         peer = pair.peer_of(sender)
-
-        def work(q: Query) -> Stored:
-            stamp = now_ms()
-            try:
-                q.execute("INSERT INTO {gchat_messages} (conversation, sender, text, client_id, time) "
-                          "VALUES (%s, %s, %s, %s, %s)", (pair.id, sender, text, client_id, stamp))
-            except INTEGRITY_ERRORS:
-                existing = self._by_client_id(q, sender, client_id) if client_id is not None else None
-                if existing is None:
-                    raise
-                return Stored(existing, True, None)
-            message = Message(q.lastrowid, pair.id, sender, text, stamp, client_id)
-            if q.execute("UPDATE {gchat_members} SET unread = unread + 1, timemodified = %s "
-                         "WHERE conversation = %s AND userid = %s AND is_open = 1", (stamp, pair.id, peer)):
-                return Stored(message, False, None)
-            self._ensure_members(q, pair)
-            q.execute("UPDATE {gchat_members} SET is_open = 1, unread = unread + 1, timemodified = %s "
-                      "WHERE conversation = %s AND userid = %s", (stamp, pair.id, peer))
-            return Stored(message, False, self._state(q, pair.id, peer), self._last_messages(q, pair.id, history))
-
-        return await self.db.run(work)
+        stamp = now_ms()
+        try:
+            q.execute("INSERT INTO {gchat_messages} (conversation, sender, text, client_id, time) "
+                      "VALUES (%s, %s, %s, %s, %s)", (pair.id, sender, text, client_id, stamp))
+        except INTEGRITY_ERRORS:
+            # A locking read: earlier statements of the batch may have fixed an older snapshot.
+            existing = self._by_client_id(q, sender, client_id, latest=True) if client_id is not None else None
+            if existing is None:
+                raise
+            return Stored(existing, True, None)
+        message = Message(q.lastrowid, pair.id, sender, text, stamp, client_id)
+        if q.execute("UPDATE {gchat_members} SET unread = unread + 1, timemodified = %s "
+                     "WHERE conversation = %s AND userid = %s AND is_open = 1", (stamp, pair.id, peer)):
+            return Stored(message, False, None)
+        self._ensure_members(q, pair)
+        q.execute("UPDATE {gchat_members} SET is_open = 1, unread = unread + 1, timemodified = %s "
+                  "WHERE conversation = %s AND userid = %s", (stamp, pair.id, peer))
+        return Stored(message, False, self._state(q, pair.id, peer), self._last_messages(q, pair.id, history))
 
     def _by_client_id(self, q: Query, sender: int, client_id: str | None, latest: bool = False) -> Message | None:
         row = q.one(f"SELECT {_MESSAGE_COLUMNS} FROM {{gchat_messages}} WHERE sender = %s AND client_id = %s"
