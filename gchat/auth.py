@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import time
 from dataclasses import dataclass
 
 from itsdangerous import BadSignature, SignatureExpired, URLSafeTimedSerializer
@@ -19,7 +20,7 @@ from gchat.errors import AuthError
 TOKEN_SALT = "gchat.token.v1"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Identity:
     user_id: int
     sid_hash: str
@@ -29,6 +30,9 @@ class TokenSigner:
     def __init__(self, secret: str, ttl: int) -> None:
         self.ttl = ttl
         self._serializer = URLSafeTimedSerializer(secret, salt=TOKEN_SALT)
+        # A long-poll tab presents the same token on every poll and send: remember the tokens
+        # already verified until they expire, so each costs one HMAC, not one per request.
+        self._verified: dict[str, tuple[Identity, float]] = {}
 
     def issue(self, identity: Identity) -> str:
         return self._serializer.dumps({"u": identity.user_id, "s": identity.sid_hash})
@@ -36,16 +40,26 @@ class TokenSigner:
     def verify(self, token: str | None) -> Identity:
         if not token or not isinstance(token, str) or len(token) > 512:
             raise AuthError("bad_token", "a token from api/bootstrap is required")
+        hit = self._verified.get(token)
+        if hit is not None and hit[1] > time.time():
+            return hit[0]
         try:
-            data = self._serializer.loads(token, max_age=self.ttl)
+            data, signed_at = self._serializer.loads(token, max_age=self.ttl, return_timestamp=True)
         except SignatureExpired:
             raise AuthError("token_expired", "the token has expired; call api/bootstrap again") from None
         except BadSignature:
             raise AuthError("bad_token", "the token is not valid") from None
         try:
-            return Identity(int(data["u"]), str(data["s"]))
+            identity = Identity(int(data["u"]), str(data["s"]))
         except (KeyError, TypeError, ValueError):
             raise AuthError("bad_token", "the token is not valid") from None
+        if len(self._verified) >= 100_000:
+            now = time.time()
+            self._verified = {t: v for t, v in self._verified.items() if v[1] > now}
+            if len(self._verified) >= 100_000:
+                self._verified.clear()
+        self._verified[token] = (identity, signed_at.timestamp() + self.ttl)
+        return identity
 
 
 def load_or_create_secret(data_dir: str) -> str:

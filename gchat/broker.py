@@ -130,16 +130,19 @@ class Broker(abc.ABC):
 
 
 class _Log:
-    __slots__ = ("epoch", "first", "last", "bodies")
+    __slots__ = ("epoch", "first", "last", "bodies", "size")
 
     def __init__(self, size: int) -> None:
         self.epoch = secrets.token_hex(5)
         self.first = 1  # seq of bodies[0]
         self.last = 0  # seq of the newest event
-        self.bodies: deque[str] = deque(maxlen=size)
+        self.size = size
+        self.bodies: deque[str] | tuple[()] = ()  # a deque from the first event: idle users cost less
 
     def append(self, body: str) -> None:
-        if len(self.bodies) == self.bodies.maxlen:
+        if not self.bodies:
+            self.bodies = deque(maxlen=self.size)
+        if len(self.bodies) == self.size:
             self.first += 1
         self.bodies.append(body)
         self.last += 1

@@ -33,7 +33,7 @@ def sid_hash(sid: str) -> str:
     return hashlib.sha256(sid.encode("utf-8")).hexdigest()[:32]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class User:
     id: int
     name: str
@@ -44,7 +44,7 @@ class User:
         return {"id": self.id, "name": self.name, "picture": self.picture}
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class MoodleConfig:
     session_timeout: int
     site_guest: int
@@ -54,7 +54,7 @@ class MoodleConfig:
     release: str | None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class SessionCheck:
     """The outcome of looking up one session: a user id, or the reason it was refused."""
 

@@ -38,6 +38,7 @@ class Client(abc.ABC):
     """One live connection of a user: a WebSocket, or one long-poll tab."""
 
     transport = "?"
+    __slots__ = ("identity", "address", "key")
 
     def __init__(self, identity: Identity, address: str) -> None:
         self.identity = identity

@@ -83,7 +83,7 @@ MAX_HISTORY_LIMIT = 50
 MAX_BATCH = 200  # sends written in one transaction at most
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Message:
     id: int
     conversation: int
@@ -97,7 +97,7 @@ class Message:
                 "text": self.text, "time": self.time, "client_id": self.client_id}
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Pair:
     """A conversation's identity: its id and its two members (immutable once created)."""
 
@@ -112,7 +112,7 @@ class Pair:
         return self.high if user_id == self.low else self.low
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class MemberState:
     open: bool
     minimized: bool
@@ -120,7 +120,7 @@ class MemberState:
     last_read: int
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Stored:
     """The outcome of a send: the message, whether it was already stored (a retry), and the
     peer's view when the send changed it from closed to open."""

@@ -25,6 +25,7 @@ TAB_SHAPE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
 class LongPollTab(Client):
     transport = "longpoll"
+    __slots__ = ("tab_id", "_tabs", "_waiter", "_owner", "_active", "_idle", "ended")
 
     def __init__(self, tabs: "PollTabs", identity: Identity, address: str, tab_id: str) -> None:
         super().__init__(identity, address)

@@ -36,6 +36,7 @@ _CLOSE_CODES = {
 
 class WebSocketClient(Client):
     transport = "websocket"
+    __slots__ = ("handler", "cursor", "_pumping", "_again")
 
     def __init__(self, handler: "WebSocketHandler", identity: Identity, address: str) -> None:
         super().__init__(identity, address)
