@@ -80,7 +80,6 @@ class Router:
         self._grace: dict[int, asyncio.TimerHandle] = {}
         self._sends: dict[int, TokenBucket] = {}
         self._opens: dict[int, WindowCounter] = {}
-        self._locks: dict[int, asyncio.Lock] = {}
         self._ended: dict[str, float] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self._session_task: asyncio.Task[None] | None = None
@@ -386,14 +385,6 @@ class Router:
             raise not_allowed("you are not a member of this conversation")
         return pair
 
-    def _lock(self, conversation: int) -> asyncio.Lock:
-        lock = self._locks.get(conversation)
-        if lock is None:
-            if len(self._locks) > 10_000:
-                self._locks = {k: v for k, v in self._locks.items() if v.locked()}
-            lock = self._locks[conversation] = asyncio.Lock()
-        return lock
-
     async def _open(self, identity: Identity, cmd: dict[str, Any]) -> dict[str, Any]:
         me = identity.user_id
         peer = _int_field(cmd, "user")
@@ -426,18 +417,20 @@ class Router:
         peer = pair.peer_of(me)
         if not await self.moodle.can_chat(me, peer):
             raise not_allowed("you can only chat with course-mates who have not blocked you")
-        async with self._lock(pair.id):
-            stored = await self.store.add_message(pair, me, text, client_id, self.settings.history_size)
-            if not stored.duplicate:
-                self.stats["messages"] += 1
-            if stored.peer_opened is not None:
-                await self._publish([peer], await self._conversation_event(
-                    peer, pair, stored.peer_opened, stored.peer_messages))
-            # A retry publishes the stored message again: the first attempt may have committed
-            # and then failed before it published. Clients drop the repeat by message id.
-            await self._publish([me, peer], {"type": "message", "message": stored.message.as_dict()})
-            if self.observer is not None and not stored.duplicate:
-                self.observer.message_published(stored.message.time)
+        # No per-conversation lock: the store writes sends one batch at a time in arrival order
+        # and resolves them in that order, so each conversation's messages are published in
+        # id order, several of them per batch.
+        stored = await self.store.add_message(pair, me, text, client_id, self.settings.history_size)
+        if not stored.duplicate:
+            self.stats["messages"] += 1
+        if stored.peer_opened is not None:
+            await self._publish([peer], await self._conversation_event(
+                peer, pair, stored.peer_opened, stored.peer_messages))
+        # A retry publishes the stored message again: the first attempt may have committed
+        # and then failed before it published. Clients drop the repeat by message id.
+        await self._publish([me, peer], {"type": "message", "message": stored.message.as_dict()})
+        if self.observer is not None and not stored.duplicate:
+            self.observer.message_published(stored.message.time)
         return {"message": stored.message.as_dict()}
 
     async def _seen(self, identity: Identity, cmd: dict[str, Any]) -> dict[str, Any]:
