@@ -26,10 +26,6 @@ from gchat.transports.http import BootstrapHandler, HealthHandler
 from gchat.transports.longpoll import PollHandler, PollTabs, SendHandler
 from gchat.transports.websocket import WebSocketHandler
 
-# Defaults of the old block_gchat, which admins could change (DESIGN.md, "Look and feel").
-DEFAULT_COLORS = {"header": "#2F922C", "header_unread": "#5ECC76", "header_text": "#B0DDBA", "border": "#888"}
-
-
 @dataclass
 class Services:
     settings: Settings
@@ -104,7 +100,7 @@ def make_app(services: Services, **app_settings: Any) -> tornado.web.Application
     common = dict(router=services.router, settings=settings, origins=origins)
     tabs = PollTabs(services.router, idle_secs=settings.longpoll_idle)
     routes: list[Any] = [
-        (prefix + "/api/bootstrap", BootstrapHandler, dict(common, colors=DEFAULT_COLORS, container="body")),
+        (prefix + "/api/bootstrap", BootstrapHandler, common),
         (prefix + "/api/poll", PollHandler, dict(common, tabs=tabs)),
         (prefix + "/api/send", SendHandler, common),
         (prefix + "/ws", WebSocketHandler, common),

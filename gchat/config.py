@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import urllib.parse
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Sequence
@@ -65,6 +66,21 @@ def _prefix(text: str) -> str:
     value = "/" + text.strip().strip("/")
     if value == "/":
         raise ValueError("must name a path such as /gchat")
+    return value
+
+
+def _css_color(text: str) -> str:
+    """``#2F922C``, ``#888``, or a CSS colour name; nothing that could break out of a style."""
+    value = text.strip()
+    if not re.fullmatch(r"#[0-9A-Fa-f]{3}|#[0-9A-Fa-f]{6}|[A-Za-z]{3,20}", value):
+        raise ValueError("expected a colour such as #2F922C, #888 or green")
+    return value
+
+
+def _selector(text: str) -> str:
+    value = text.strip()
+    if not re.fullmatch(r"[A-Za-z0-9#._-]{1,64}", value):
+        raise ValueError("expected a simple CSS selector such as body or #page")
     return value
 
 
@@ -176,6 +192,11 @@ OPTIONS: Sequence[Option] = (
     Option("max_output_bytes", _positive(int), str(1024 * 1024), "pending output after which a slow client is cut off"),
     Option("idle_connection_timeout", _positive(float), "15",
            "seconds an HTTP connection may sit without a request before it is closed"),
+    Option("color_header", _css_color, "#2F922C", "chat window header colour (as in block_gchat)"),
+    Option("color_header_unread", _css_color, "#5ECC76", "header colour of a window with unread messages"),
+    Option("color_header_text", _css_color, "#B0DDBA", "header text colour"),
+    Option("color_border", _css_color, "#888", "window border colour"),
+    Option("chat_container", _selector, "body", "element the chat attaches to: body, or #page for themes that scroll inside it"),
     Option("demo", _parse_bool, "", "serve the /demo pages (log in as anyone!); default on without db_url"),
     Option("xheaders", _parse_bool, "false", "trust X-Real-Ip/X-Forwarded-For from a reverse proxy"),
     Option("log_level", _log_level, "info", "debug, info, warning or error"),
@@ -218,6 +239,11 @@ class Settings:
     max_connections_per_address: int = 500
     max_output_bytes: int = 1024 * 1024
     idle_connection_timeout: float = 15.0
+    color_header: str = "#2F922C"
+    color_header_unread: str = "#5ECC76"
+    color_header_text: str = "#B0DDBA"
+    color_border: str = "#888"
+    chat_container: str = "body"
     demo: bool = False
     xheaders: bool = False
     log_level: str = "info"

@@ -201,7 +201,9 @@ BAD_VALUES = [
     ("session_cache_ttl", "-1"), ("cache_ttl", "forever"), ("ws_ping_interval", "-1"),
     ("event_log_size", "0"), ("max_frame_bytes", "0"), ("send_rate", "0"), ("send_burst", "0"),
     ("opens_per_minute", "0"), ("max_connections_per_user", "0"), ("max_connections_per_address", "0"),
-    ("max_output_bytes", "0"), ("demo", "maybe"), ("xheaders", "2"), ("log_level", "loud"),
+    ("max_output_bytes", "0"), ("color_header", "red;}body{x"), ("color_header_unread", "url(x)"),
+    ("color_header_text", "#12345"), ("color_border", ""), ("chat_container", "body > div{}"),
+    ("demo", "maybe"), ("xheaders", "2"), ("log_level", "loud"),
 ]
 
 
