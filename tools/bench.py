@@ -2,8 +2,8 @@
 """gchat's load benchmark: gchat against a bare Tornado relay and a python-socketio relay,
 on one machine, in one run, with the server and the load generator on separate cores.
 
-    python tools/bench.py --quick            # ≈1 minute, small numbers: a smoke run
-    python tools/bench.py                    # the full run, ≈10 minutes
+    python tools/bench.py --quick            # small numbers, ≈30 s per target: a smoke run
+    python tools/bench.py                    # the full run, ≈11-13 minutes (three targets)
     python tools/bench.py --target gchat     # or tornado, socketio, all (default), or a list: gchat,tornado
 
 What it does, for each target (see docs/performance.md for the method):
@@ -18,8 +18,8 @@ What it does, for each target (see docs/performance.md for the method):
    then each again at half its knee, then a mixed run (WS↔WS, WS↔poll, poll↔poll at once).
 3. Idle: 1,000 / 5,000 / 10,000 idle WebSockets, then (on a fresh server) as many idle
    long-poll tabs: RSS delta per connection after ``gc.collect()`` in the server, and the CPU
-   their heartbeats cost, measured at heartbeats ``--hb-scale`` times more frequent than the
-   real ones (WebSocket ping 25 s, long-poll 45-55 s, Engine.IO ping 25 s) and scaled back.
+   their heartbeats cost, measured with heartbeats every 10 s (Engine.IO polling: 20 s) and
+   scaled back to the real intervals (WebSocket ping 25 s, long-poll 45-55 s, Engine.IO 25 s).
 4. Prints one markdown table: gchat's figures and its ratio to each baseline, the machine, and
    warnings (e.g. a load generator near saturation: such a result is not a server limit).
 
@@ -65,6 +65,7 @@ GEN_CPU_BOUND = 85.0    # % of one core: the step measures the generator, not th
 LAG_BOUND_MS = 25.0     # p99 of how late the generator issued its sends
 OTHER_LOAD_LIMIT = 40.0  # % of a core taken by other processes (MariaDB excepted) during a step
 DISTURBED_RETRIES = 3    # a step disturbed by other load is run again, at most this often per phase
+MIN_HEARTBEATS = 50      # fewer in an idle window: no per-heartbeat cost is derived
 # Real heartbeat intervals, seconds (what the idle CPU figure is scaled to).
 REAL_HB = {("gchat", "ws"): 25.0, ("gchat", "poll"): 50.0, ("tornado", "ws"): 25.0, ("tornado", "poll"): 50.0,
            ("socketio", "ws"): 25.0, ("socketio", "poll"): 25.0}
@@ -83,7 +84,7 @@ class Config:
     ws_pairs: int = 100
     poll_pairs: int = 100
     mixed_pairs: int = 30          # of each pairing
-    start_rate: float = 250.0      # messages/s, all senders together
+    start_rate: float = 400.0      # messages/s, all senders together
     factor: float = 1.5
     max_steps: int = 12
     refine: int = 1                # bisection steps between the last pass and the first failure
@@ -94,16 +95,23 @@ class Config:
     idle_levels: tuple[int, ...] = (1000, 5000, 10000)
     idle_group: int = 25           # users per course among the idle users (presence fan-out)
     idle_settle: float = 2.0
-    idle_window: float = 5.0       # seconds of CPU measurement per idle level (twice that at the top one)
-    hb_scale_ws: float = 5.0       # heartbeats this many times more frequent while measuring idle CPU
-    hb_scale_poll: float = 5.0
+    idle_window: float = 4.0       # seconds of CPU measurement per idle level (8-24 s at the top one)
+    idle_connect_limit: float = 90.0  # seconds allowed to open one idle level's connections
+    # Heartbeat interval (s) while measuring idle CPU, instead of the real 25 s / 45-55 s: the
+    # top level's window lasts 1.2 intervals, so every connection beats about once in it even
+    # when all were opened just before. Not shorter: 10,000 connections would then beat so often
+    # that the slower servers (Engine.IO polling: three requests per beat) saturate. The cost
+    # per beat is scaled back to the real interval.
+    idle_hb_ws: float = 10.0
+    idle_hb_poll: float = 10.0
+    idle_hb_socketio_poll: float = 20.0
     quiet_wait: float = 120.0      # seconds to wait, before each target, for the machine to calm down
 
     @classmethod
     def quick(cls) -> "Config":
-        return cls(ws_pairs=10, poll_pairs=10, mixed_pairs=4, start_rate=100.0, factor=2.0, max_steps=4, refine=0,
-                   warmup=0.4, measure=1.5, half_measure=2.0, drain=1.5, idle_levels=(200, 500), idle_settle=0.5,
-                   idle_window=1.5, hb_scale_ws=25.0, hb_scale_poll=25.0, quiet_wait=0.0)
+        return cls(ws_pairs=10, poll_pairs=10, mixed_pairs=4, start_rate=100.0, factor=2.0, max_steps=3, refine=0,
+                   warmup=0.3, measure=1.2, half_measure=1.5, drain=1.5, idle_levels=(300,), idle_settle=0.5,
+                   idle_window=1.5, idle_hb_ws=1.0, idle_hb_poll=1.0, idle_hb_socketio_poll=1.0, quiet_wait=0.0)
 
 
 # -- /proc ---------------------------------------------------------------------------------
@@ -267,6 +275,8 @@ class Server:
         env.pop("GCHAT_CONFIG", None)
         if self.args.tracemalloc and self.target == "gchat":
             env["BENCH_TRACEMALLOC"] = "1"
+        if self.args.gchat_experiment and self.target == "gchat":
+            env["BENCH_EXPERIMENTS"] = self.args.gchat_experiment
         with open(self.log_path, "wb") as out:
             self.proc = subprocess.Popen(self.command(), stdout=out, stderr=subprocess.STDOUT, env=env, cwd=ROOT,
                                          start_new_session=True)
@@ -588,7 +598,8 @@ class Bench:
         # Saturated: our generator used (nearly) its whole core. Disturbed: it was late although it
         # had CPU to spare, or other processes of the machine (not MariaDB) took a large share of
         # the two cores: the step measured the neighbours, not the server.
-        others = result["foreign_server_core"] + result["foreign_gen_core"] - (result["db_cpu"] or 0)
+        others = max(0.0, result["foreign_server_core"]) + max(0.0, result["foreign_gen_core"]) \
+            - (result["db_cpu"] if not math.isnan(result["db_cpu"]) else 0.0)
         result["other_load"] = others
         result["gen_saturated"] = result["gen_cpu"] >= GEN_CPU_BOUND
         result["disturbed"] = not result["gen_saturated"] and (lag_summary["p99"] > LAG_BOUND_MS
@@ -602,8 +613,9 @@ class Bench:
         log(f"  {rate:8.0f}/s target → {result['delivered_per_s']:8.0f}/s delivered  p50 {overall['p50']:7.1f} "
             f"p99 {overall['p99']:7.1f} p99.9 {overall['p999']:7.1f} ms  lost {lost} err {sum(errors.values())}  "
             f"cpu server {result['server_cpu']:5.1f}% gen {result['gen_cpu']:5.1f}% db {result['db_cpu']:5.1f}%  "
-            f"lag {lag_summary['p99']:.1f} ms  other load cpu{self.args.server_cpu} {result['foreign_server_core']:3.0f}% "
-            f"cpu{self.args.gen_cpu} {result['foreign_gen_core']:3.0f}%  "
+            f"lag {lag_summary['p99']:.1f} ms  other load cpu{self.args.server_cpu} "
+            f"{max(0.0, result['foreign_server_core']):3.0f}% cpu{self.args.gen_cpu} "
+            f"{max(0.0, result['foreign_gen_core']):3.0f}%  "
             + (f"q/msg {result['queries_per_msg']:.2f}  " if "queries_per_msg" in result else "") + flag)
         if result["gen_cpu"] >= GEN_CPU_WARN:
             self.warn(f"{self.server.target}: load generator at {result['gen_cpu']:.0f}% of its core at "
@@ -728,7 +740,9 @@ class Bench:
     def idle(self, target: str, transport: str) -> dict[str, Any]:
         assert self.gens is not None
         cfg = self.cfg
-        scale = cfg.hb_scale_ws if transport == "ws" else cfg.hb_scale_poll
+        interval = cfg.idle_hb_ws if transport == "ws" else \
+            cfg.idle_hb_socketio_poll if target == "socketio" else cfg.idle_hb_poll
+        scale = REAL_HB[(target, transport)] / interval
         server = self.start_server(target, hb_scale=scale)
         try:
             spec = self.target_spec(target)
@@ -750,9 +764,16 @@ class Bench:
             for level in cfg.idle_levels:
                 batch = rest[connected:level]
                 started = time.monotonic()
-                self.gens.call("connect_idle", [{"target": spec, "group": "idle", "clients": batch[i::len(self.gens)],
-                                                 "concurrency": self.args.connect_concurrency}
-                                                for i in range(len(self.gens))], timeout=600)
+                try:
+                    self.gens.call("connect_idle", [{"target": spec, "group": "idle", "clients": batch[i::len(self.gens)],
+                                                     "concurrency": self.args.connect_concurrency,
+                                                     "limit": cfg.idle_connect_limit}
+                                                    for i in range(len(self.gens))], timeout=cfg.idle_connect_limit + 60)
+                except RuntimeError as exc:
+                    self.warn(f"{target}: could not open {level:,} idle {transport} connections: "
+                              f"{str(exc).strip().splitlines()[-1][:200]}")
+                    levels.append({"n": level, "failed": True})
+                    break
                 connect_s = time.monotonic() - started
                 connected = level
                 time.sleep(cfg.idle_settle)
@@ -766,7 +787,8 @@ class Bench:
                     with open(os.path.join(self.run_dir, f"tracemalloc-{target}-{transport}-{level}.json"), "w") as fh:
                         json.dump(traced, fh, indent=1)
                 hb0 = sum(c["heartbeats"] for c in self.gens.call_all("counters", group="idle"))
-                window = cfg.idle_window * (2 if level == max(cfg.idle_levels) else 1)
+                window = max(cfg.idle_window * 2, interval * 1.2) if level == max(cfg.idle_levels) \
+                    else cfg.idle_window
                 spy = None
                 if self.args.profile and level == max(cfg.idle_levels):
                     spy = profile.record(server.pid, window, os.path.join(
@@ -788,13 +810,13 @@ class Bench:
                 elapsed = after.t - before.t
                 cpu_s = after.server_cpu - before.server_cpu
                 real = REAL_HB[(target, transport)]
-                per_hb_us = cpu_s / hb * 1e6 if hb else float("nan")
+                per_hb_us = cpu_s / hb * 1e6 if hb >= MIN_HEARTBEATS else float("nan")
                 entry = {
                     "n": level, "connect_s": connect_s, "connect_per_s": len(batch) / connect_s if connect_s else 0,
                     "rss_kb": rss, "kb_per_conn": (rss - base_rss) / level,
                     "cpu_measured_pct": cpu_s / elapsed * 100, "heartbeats": hb,
                     "hb_interval_s": real / scale, "cpu_us_per_hb": per_hb_us,
-                    "cpu_real_pct": (per_hb_us * 1e-6 * level / real * 100) if hb else float("nan"),
+                    "cpu_real_pct": (per_hb_us * 1e-6 * level / real * 100) if hb >= MIN_HEARTBEATS else float("nan"),
                     "gen_cpu": (after.gen_cpu - before.gen_cpu) / elapsed * 100,
                     "open": still_open,
                 }
@@ -848,6 +870,8 @@ class Bench:
         try:
             for target in targets:
                 self.results["targets"][target] = self.run_target(target)
+                with open(os.path.join(self.run_dir, "results.json"), "w") as handle:  # partial results
+                    json.dump(self.results, handle, indent=1, default=str)
         finally:
             self.gens.close()
             self.stop_server()
@@ -889,7 +913,16 @@ def machine_info(args: argparse.Namespace) -> dict[str, Any]:
         conn.close()
     except Exception:
         pass
+    commit = dirty = None
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT,
+                                timeout=10).stdout.strip() or None
+        dirty = bool(subprocess.run(["git", "status", "--porcelain", "gchat"], capture_output=True, text=True,
+                                    cwd=ROOT, timeout=10).stdout.strip())
+    except (OSError, subprocess.SubprocessError):
+        pass
     return {"cpu": cpu, "cores": os.cpu_count(), "kernel": platform.release(), "mariadb": mariadb,
+            "commit": commit, "gchat_dirty": dirty,
             "memory_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
             "server_cpu": args.server_cpu, "gen_cpu": args.gen_cpu, "gen_procs": args.gen_procs, **versions,
             **({"uvloop": None} if args.no_uvloop else {})}
@@ -924,7 +957,7 @@ def half_lat(phase: dict[str, Any] | None, key: str) -> float | None:
 
 def idle_at(out: dict[str, Any], kind: str, n: int, key: str) -> float | None:
     for entry in (out.get(kind) or {}).get("levels", []):
-        if entry["n"] == n:
+        if entry["n"] == n and not entry.get("failed"):
             return entry.get(key)
     return None
 
@@ -984,7 +1017,8 @@ def report(results: dict[str, Any], elapsed: float) -> str:
                  f"Python {m.get('python')}, Tornado {m.get('tornado')} (speedups "
                  f"{'built' if m.get('speedups') else 'NOT built'}), python-socketio {m.get('socketio') or '–'}, "
                  f"MariaDB {m.get('mariadb') or '–'}; server on CPU {m.get('server_cpu')}, {m.get('gen_procs')} "
-                 f"generator process(es) on CPU {m.get('gen_cpu')} (uvloop {m.get('uvloop') or 'off'}). "
+                 f"generator process(es) on CPU {m.get('gen_cpu')} (uvloop {m.get('uvloop') or 'off'}); "
+                 f"gchat at commit {m.get('commit') or '?'}{' with uncommitted changes in gchat/' if m.get('gchat_dirty') else ''}. "
                  f"Run took {elapsed:.0f} s.")
     for target, out in targets.items():
         for key in ("ws", "poll"):
@@ -994,6 +1028,8 @@ def report(results: dict[str, Any], elapsed: float) -> str:
                              "treat it as a lower bound (and gchat's ratio to it as an upper bound).")
             if phase and not phase.get("knee"):
                 lines.append(f"**Warning:** {target} {key}: even the first step failed (no knee).")
+    if results.get("experiments"):
+        lines.append(f"**gchat ran with what-if patches: {results['experiments']}** (not gchat's behaviour).")
     for warning in results["warnings"]:
         lines.append(f"- {warning}")
     return "\n".join(lines)
@@ -1040,6 +1076,8 @@ def main(argv: list[str] | None = None) -> int:
                              "idle window; summaries in the output folder")
     parser.add_argument("--tracemalloc", action="store_true",
                         help="trace gchat's allocations in the idle phases (slow; memory figures are then inflated)")
+    parser.add_argument("--gchat-experiment", default="",
+                        help="what-if patches of gchat for this run (tools/bench/serve_gchat.py): nodelay, noping")
     parser.add_argument("--gchat-arg", action="append", help="extra gchat setting, e.g. --gchat-arg=--db_pool_size=16")
     parser.add_argument("--relay-arg", action="append", help="extra tornado_relay.py flag, e.g. --relay-arg=--nodelay")
     parser.add_argument("--python", default=sys.executable, help="Python that runs the servers")
@@ -1079,8 +1117,14 @@ def main(argv: list[str] | None = None) -> int:
         except OSError:
             pass
 
+    def interrupted(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    signal.signal(signal.SIGTERM, interrupted)  # so that servers, generators and the database are cleaned up
     started = time.monotonic()
     bench = Bench(args)
+    if args.gchat_experiment:
+        bench.results["experiments"] = args.gchat_experiment
     results = bench.run(targets)
     elapsed = time.monotonic() - started
     text = report(results, elapsed)

@@ -109,10 +109,16 @@ class Worker:
         return {"connected": len(conns), "seconds": time.monotonic() - started, "warm_missing": missing}
 
     async def connect_idle(self, target: dict[str, Any], group: str, clients: list[list[Any]],
-                           concurrency: int = 200) -> dict[str, Any]:
+                           concurrency: int = 200, limit: float = 600.0) -> dict[str, Any]:
         started = time.monotonic()
         conns = [make_conn(self, target, c) for c in clients]
-        await self._connect_all(conns, concurrency)
+        try:
+            await asyncio.wait_for(self._connect_all(conns, concurrency), limit)
+        except asyncio.TimeoutError:
+            for c in conns:
+                c.close()
+            done = sum(1 for c in conns if c.ready.done() and not c.ready.cancelled() and c.ready.exception() is None)
+            raise RuntimeError(f"only {done} of {len(conns)} connections opened within {limit:.0f} s") from None
         self.groups.setdefault(group, []).extend(conns)
         return {"connected": len(conns), "seconds": time.monotonic() - started}
 
@@ -201,7 +207,8 @@ class Worker:
         conns = self.groups.pop(group, [])
         for c in conns:
             c.close()
-        self.senders = [c for c in self.senders if c not in set(conns)]
+        gone = set(conns)
+        self.senders = [c for c in self.senders if c not in gone]
         await asyncio.sleep(0.2)
         return {"closed": len(conns)}
 
@@ -536,12 +543,24 @@ class SioWS(SioMixin, Conn):
     transport = "ws"
 
     async def connect(self) -> None:
+        self._early: list[bytes] = []
         self.ws = await ws_connect(self.host, self.port, "/socket.io/?EIO=4&transport=websocket", self._packet,
                                    on_close=self.lost)
+        for packet in self._early:  # answered before ws_connect returned (open packet with the 101)
+            self.ws.send(packet)
         await asyncio.wait_for(self.ready, 60)
 
     def _out(self, packet: bytes) -> None:
-        self.ws.send(packet)
+        ws = getattr(self, "ws", None)
+        if ws is None:
+            self._early.append(packet)
+        else:
+            ws.send(packet)
+
+    def reset(self) -> None:
+        super().reset()
+        if hasattr(self, "ws"):
+            del self.ws
 
     def close(self) -> None:
         self.closed = True

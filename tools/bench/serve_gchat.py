@@ -37,6 +37,42 @@ def raise_nofile() -> None:
 BASELINE: list[tracemalloc.Snapshot] = []
 
 
+def apply_experiments(names: list[str]) -> None:
+    """What-if patches (``BENCH_EXPERIMENTS=nodelay,noping``) that measure a proposed change
+    before anyone writes it into gchat. They are not gchat's behaviour; the report says so.
+
+    * ``nodelay``: TCP_NODELAY on every WebSocket (Tornado leaves Nagle's algorithm on after the
+      handshake, so a second small frame waits for the ACK of the first);
+    * ``noping``: the DBUtils pool neither pings a connection when it leaves the pool
+      (``ping=0``) nor rolls it back when it returns (``reset=False``); gchat commits or rolls
+      back every unit of work itself.
+    """
+    for name in names:
+        if name == "nodelay":
+            from gchat.transports import websocket
+
+            original_open = websocket.WebSocketHandler.open
+
+            async def open_nodelay(self, *args):  # type: ignore[no-untyped-def]
+                self.set_nodelay(True)
+                return await original_open(self, *args)
+
+            websocket.WebSocketHandler.open = open_nodelay
+        elif name == "noping":
+            import gchat.db as gdb
+
+            pooled = gdb.PooledDB
+
+            def pooled_noping(*args, **kwargs):  # type: ignore[no-untyped-def]
+                kwargs["ping"] = 0
+                kwargs["reset"] = False
+                return pooled(*args, **kwargs)
+
+            gdb.PooledDB = pooled_noping
+        elif name:
+            raise SystemExit(f"serve_gchat: unknown experiment {name!r} (nodelay, noping)")
+
+
 def install_stats_route() -> None:
     import tornado.web
 
@@ -91,6 +127,7 @@ if __name__ == "__main__":
     if os.environ.get("BENCH_TRACEMALLOC") == "1":
         tracemalloc.start(1)
     install_stats_route()
+    apply_experiments(os.environ.get("BENCH_EXPERIMENTS", "").split(","))
     from gchat.main import main
 
     main(sys.argv[1:])

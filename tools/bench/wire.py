@@ -18,6 +18,18 @@ import os
 from typing import Callable
 
 ZERO_MASK = b"\x00\x00\x00\x00"
+SOURCES = 64  # loopback source addresses to spread client connections over
+_next_source = [0]
+
+
+def source_for(host: str) -> tuple[str, int] | None:
+    """A local address for the next connection to ``host``: on loopback, one of 127.0.0.2-65 in
+    turn, so that tens of thousands of connections (and the TIME_WAIT sockets of closed ones)
+    do not exhaust the ~28,000 ephemeral ports of a single address pair."""
+    if host != "127.0.0.1":
+        return None
+    _next_source[0] += 1
+    return (f"127.0.0.{2 + _next_source[0] % SOURCES}", 0)
 
 
 def ws_frame(payload: bytes, opcode: int = 0x1) -> bytes:
@@ -155,7 +167,8 @@ async def ws_connect(host: str, port: int, path: str, on_text: Callable[[bytes],
                      timeout: float = 30.0) -> WSProtocol:
     loop = asyncio.get_running_loop()
     _, proto = await asyncio.wait_for(
-        loop.create_connection(lambda: WSProtocol(host, port, path, on_text, on_close, on_ping), host, port), timeout)
+        loop.create_connection(lambda: WSProtocol(host, port, path, on_text, on_close, on_ping), host, port,
+                               local_addr=source_for(host)), timeout)
     await asyncio.wait_for(proto.opened, timeout)
     return proto
 
@@ -254,7 +267,8 @@ class HTTPClient:
     async def _connection(self) -> HTTPProtocol:
         if self.proto is None or self.proto.closed:
             loop = asyncio.get_running_loop()
-            _, self.proto = await asyncio.wait_for(loop.create_connection(HTTPProtocol, self.host, self.port), 30)
+            _, self.proto = await asyncio.wait_for(
+                loop.create_connection(HTTPProtocol, self.host, self.port, local_addr=source_for(self.host)), 30)
         return self.proto
 
     async def request(self, method: bytes, path: bytes, headers: bytes = b"", body: bytes | None = None,
