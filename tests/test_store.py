@@ -390,3 +390,21 @@ async def test_a_deadlock_victim_is_run_again_and_is_no_outage(db):
     with pytest.raises(Unavailable):
         await db.run(always)
     assert await db.run(lambda q: q.scalar("SELECT 1")) == 1, "a deadlock is not an outage"
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_a_batch_to_a_closed_window_opens_it_once_and_counts_every_message(store, db, site):
+    pair, _, _ = await store.open(A, B, 10)  # open for A only: B's window is closed
+    before = db.queries
+    results = await asyncio.gather(*(send(store, pair, A, f"burst {i}", f"b{i}") for i in range(6)))
+    ids = [r.message.id for r in results]
+    assert ids == sorted(ids) and len(set(ids)) == 6  # arrival order, consecutive ids
+    opened = [r for r in results if r.peer_opened is not None]
+    assert len(opened) == 1 and opened[0].peer_opened.open
+    state = await store.state(pair.id, B)
+    assert state.open and state.unread == 6
+    assert count(site, "SELECT COUNT(*) FROM {p}gchat_messages") == 6
+    rows = site.rows("SELECT id, text FROM {p}gchat_messages ORDER BY id")
+    assert [(r.message.id, r.message.text) for r in results] == [tuple(row) for row in rows]
+    # One batch after the first message's own: far fewer statements than two per message.
+    assert db.queries - before < 2 * 6 + 4

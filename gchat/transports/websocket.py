@@ -94,6 +94,9 @@ class WebSocketHandler(tornado.websocket.WebSocketHandler):
         return None  # chat frames are small; compression would cost CPU and memory per socket
 
     async def open(self, *args: Any) -> None:
+        # Small frames must leave at once: with Nagle's algorithm on (Tornado's default) a reply
+        # or event can wait for the peer's delayed ACK, tens of milliseconds.
+        self.set_nodelay(True)
         stream = self.ws_connection.stream if self.ws_connection else None  # type: ignore[attr-defined]
         if stream is not None:
             stream.max_write_buffer_size = self.gchat_settings.max_output_bytes
