@@ -106,6 +106,7 @@ class Database:
         self.queries = 0  # total statements run; read by metrics and query-budget tests
         self.query_seconds = 0.0
         self._count_lock = threading.Lock()
+        self._sql_cache: dict[str, str] = {}  # statement as written → with prefix and paramstyle
         self._timeout = timeout
         self._down_until = 0.0
         # One log line when the database goes away and one when it is back. Before it ever
@@ -140,10 +141,14 @@ class Database:
         self._in_flight = 0
 
     def sql(self, text: str) -> str:
-        text = _TABLE.sub(lambda m: self.prefix + m.group(1), text)
-        if self.dialect == "sqlite":
-            text = text.replace("%s", "?")
-        return text
+        done = self._sql_cache.get(text)
+        if done is None:
+            done = _TABLE.sub(lambda m: self.prefix + m.group(1), text)
+            if self.dialect == "sqlite":
+                done = done.replace("%s", "?")
+            if len(self._sql_cache) < 4096:  # statements are a small, fixed set (batches vary in length)
+                self._sql_cache[text] = done
+        return done
 
     @property
     def in_flight(self) -> int:
