@@ -69,7 +69,8 @@ def build_services(settings: Settings, db: Database | None = None, broker: Broke
     if settings.moodle_wwwroot != wwwroot:
         settings = settings.replace(moodle_wwwroot=wwwroot)
     moodle = Moodle(db, wwwroot=wwwroot, session_timeout=settings.session_timeout,
-                    session_cache_ttl=settings.session_cache_ttl, cache_ttl=settings.cache_ttl)
+                    session_cache_ttl=settings.session_cache_ttl, cache_ttl=settings.cache_ttl,
+                    session_dir=settings.moodle_session_dir)
     store = ChatStore(db)
     broker = broker or make_broker(settings)
     secret = settings.secret_key or load_or_create_secret(settings.data_dir)

@@ -7,6 +7,7 @@ rest of gchat: it never writes Moodle's tables and never creates gchat's.
 
 from __future__ import annotations
 
+import os
 import re
 import urllib.parse
 from typing import Callable
@@ -128,11 +129,21 @@ def _check_sessions(settings: Settings, db: Database, report: _Report, config: d
     dbsessions = (config.get("dbsessions") or "").strip()
     if major_minor is not None and major_minor >= (2, 6):
         report.ok("dbsessions", f"Moodle 2.6+ keeps a {prefix}sessions row for every session handler")
+    elif dbsessions == "0" and settings.moodle_session_dir:
+        if os.path.isdir(settings.moodle_session_dir) and os.access(settings.moodle_session_dir, os.R_OK):
+            report.ok("dbsessions", f"dbsessions = 0: sessions are read from the files in "
+                                    f"{settings.moodle_session_dir} (moodle_session_dir)")
+        else:
+            report.fail("dbsessions", f"moodle_session_dir = {settings.moodle_session_dir} is not a folder gchat "
+                                      "can read: point it at Moodle's $CFG->dataroot/sessions and give gchat's "
+                                      "user read access, or set dbsessions = 1")
+        return
     elif dbsessions == "0":
         report.fail("dbsessions", f"dbsessions = 0 in {prefix}config: Moodle 2.2–2.5 then keeps sessions in "
                                   f"files (dataroot/sessions) and never writes {prefix}sessions, so gchat cannot "
                                   "see who is logged in — set dbsessions = 1 (Use database for session "
-                                  f"information) in {SESSION_SETTINGS}; everyone logs in again once")
+                                  f"information) in {SESSION_SETTINGS}; everyone logs in again once — or let gchat "
+                                  "read the session files: moodle_session_dir = <dataroot>/sessions")
         return
     else:
         report.ok("dbsessions", f"sessions are kept in {prefix}sessions (dbsessions = {dbsessions or 'unset, so 1'})")

@@ -168,6 +168,7 @@ OPTIONS: Sequence[Option] = (
     Option("moodle_wwwroot", str, "", "Moodle's $CFG->wwwroot (default http://localhost; demo: this server)"),
     Option("allowed_origins", str, "", "comma-separated WebSocket origins (default: the wwwroot's origin)"),
     Option("session_cookie", str, "", "Moodle cookie name (default MoodleSession + Moodle's sessioncookie)"),
+    Option("moodle_session_dir", str, "", "Moodle 2.2-2.5 with dbsessions = 0: $CFG->dataroot/sessions (read-only)"),
     Option("session_timeout", _non_negative(int), "0", "seconds; 0 = Moodle's sessiontimeout config"),
     Option("secret_key", str, "", "token signing key (default: generated once and kept in data_dir)"),
     Option("data_dir", str, "", "folder for the generated secret and the demo database"),
@@ -216,6 +217,7 @@ class Settings:
     moodle_wwwroot: str = ""
     allowed_origins: tuple[str, ...] = ()
     session_cookie: str = ""
+    moodle_session_dir: str = ""
     session_timeout: int = 0
     secret_key: str = ""
     data_dir: str = ""

@@ -22,6 +22,7 @@ from typing import Iterable
 
 from gchat.cache import TTLCache
 from gchat.db import Database, Query
+from gchat.php_session import read_session_file, session_ids
 
 SID_SHAPE = re.compile(r"\A[A-Za-z0-9,-]{1,128}\Z")  # \Z: "$" would let a trailing newline through
 FRONT_PAGE_COURSE = 1
@@ -73,8 +74,9 @@ class Moodle:
     """Moodle lookups with short-TTL caches; every query runs through ``Database.run``."""
 
     def __init__(self, db: Database, *, wwwroot: str, session_timeout: int = 0,
-                 session_cache_ttl: float = 10.0, cache_ttl: float = 30.0) -> None:
+                 session_cache_ttl: float = 10.0, cache_ttl: float = 30.0, session_dir: str = "") -> None:
         self.db = db
+        self.session_dir = session_dir  # Moodle 2.2-2.5 with dbsessions = 0: $CFG->dataroot/sessions
         self.wwwroot = wwwroot.rstrip("/")
         self._session_timeout_override = session_timeout
         self._config: TTLCache[str, MoodleConfig] = TTLCache(max(cache_ttl, 1.0))
@@ -132,9 +134,21 @@ class Moodle:
     def _check_session(self, q: Query, sid: str, cfg: MoodleConfig) -> SessionCheck:
         row = q.one("SELECT s.userid, s.state, s.timemodified, u.id, u.deleted, u.suspended, u.confirmed, u.auth "
                     "FROM {sessions} s LEFT JOIN {user} u ON u.id = s.userid WHERE s.sid = %s", (sid,))
+        if row is None and self.session_dir:
+            return self._check_session_file(q, sid, cfg)
         if row is None:
             return SessionCheck(None, "no such session")
         return self._judge_session(row[:3], row[3:], cfg, int(time.time()))
+
+    def _check_session_file(self, q: Query, sid: str, cfg: MoodleConfig) -> SessionCheck:
+        """The same rules for a session PHP keeps in a file (state is always 0 there)."""
+        found = read_session_file(self.session_dir, sid)
+        if found is None:
+            return SessionCheck(None, "no such session")
+        uid, modified = found
+        user = q.one("SELECT u.id, u.deleted, u.suspended, u.confirmed, u.auth FROM {user} u WHERE u.id = %s",
+                     (uid,)) or (None, 0, 0, 1, "")
+        return self._judge_session((uid, 0, modified), user, cfg, int(time.time()))
 
     @staticmethod
     def _judge_session(session: tuple, user: tuple, cfg: MoodleConfig, now: int) -> SessionCheck:
@@ -181,9 +195,22 @@ class Moodle:
             return live & pairs
 
         live = await self.db.run(work)
+        if self.session_dir and pairs - live:
+            live |= await self._live_file_sessions(pairs - live)
         for uid, _ in pairs - live:
             self._forget_sessions_of(uid)
         return live
+
+    async def _live_file_sessions(self, pairs: set[tuple[int, str]]) -> set[tuple[int, str]]:
+        cfg = await self.config()
+        wanted = {hashed for _, hashed in pairs}
+        sids = [sid for sid in session_ids(self.session_dir) if SID_SHAPE.match(sid) and sid_hash(sid) in wanted]
+        live = set()
+        for sid in sids:
+            check = await self.db.run(lambda q, sid=sid: self._check_session_file(q, sid, cfg))
+            if check.ok:
+                live.add((check.user_id, sid_hash(sid)))
+        return live & pairs
 
     def _forget_sessions_of(self, user_id: int) -> None:
         self._sessions.invalidate_where(lambda _sid, check: check.user_id == user_id)

@@ -253,3 +253,18 @@ def test_check_command_exit_status(clean, test_db_url, capsys, monkeypatch, tmp_
         main(["check", *base, "--db_prefix=x_"])
     assert exc.value.code == 1
     assert "set db_prefix = mdl_" in capsys.readouterr().out
+
+
+def test_file_sessions_with_a_readable_session_dir_are_fine(site, settings, tmp_path):
+    from gchat.check import run_check
+    from gchat.db import Database
+
+    site.set_config("dbsessions", "0")
+    lines = []
+    db = Database(settings.db_url, prefix=settings.db_prefix, pool_size=1, timeout=5)
+    try:
+        run_check(settings.replace(moodle_session_dir=str(tmp_path)), db, lines.append)
+    finally:
+        db.close()
+    text = "\n".join(lines)
+    assert "sessions are read from the files in" in text and "moodle_session_dir" in text
