@@ -216,7 +216,9 @@ class Database:
         """
         if time.monotonic() < self._down_until:
             raise Unavailable(f"database {self.where} is not reachable")
-        if self._in_flight >= self.pool_size * 32:
+        # Queued work waits at most `timeout` anyway; this bound only keeps a storm from
+        # queueing without limit (a reconnect storm of a few thousand users must fit).
+        if self._in_flight >= self.pool_size * 256:
             raise Unavailable("the database is overloaded; try again")
         self._in_flight += 1
         try:

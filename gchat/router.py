@@ -242,8 +242,9 @@ class Router:
             log.warning("log of user %s not dropped: broker unavailable", uid)
         await self._announce(uid, "offline")
 
-    async def _announce(self, uid: int, status: str) -> None:
-        """Tell the online course-mates of ``uid`` that it came online or went offline."""
+    async def _announce(self, uid: int, status: str, attempt: int = 1) -> None:
+        """Tell the online course-mates of ``uid`` that it came online or went offline; while the
+        database is unavailable, try again a few times (a reconnect storm passes)."""
         try:
             user = await self.moodle.user(uid)
             mates = await self.moodle.coursemates(uid)
@@ -255,6 +256,10 @@ class Router:
                 return
             await self._publish(targets, {"type": "presence", "user": user.as_dict(), "status": status})
         except Unavailable:
+            if attempt < 4 and not self.closing:
+                asyncio.get_running_loop().call_later(
+                    attempt * 2.0, lambda: self._spawn(self._announce(uid, status, attempt + 1)))
+                return
             log.warning("presence of user %s (%s) not announced: database or broker unavailable", uid, status)
 
     async def _publish(self, user_ids: Any, event: dict[str, Any]) -> None:
