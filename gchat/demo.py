@@ -110,14 +110,8 @@ class DemoHandler(tornado.web.RequestHandler):
         self.db = router.store.db
         self.prefix = settings.url_prefix
 
-    async def cookie_name(self) -> str:
-        if self.gchat_settings.session_cookie:
-            return self.gchat_settings.session_cookie
-        cfg = await self.router.moodle.config()
-        return "MoodleSession" + cfg.session_cookie_suffix
-
     async def current_user_id(self) -> int | None:
-        sid = self.get_cookie(await self.cookie_name())
+        sid = self.get_cookie(await self.router.cookie_name())
         if not sid:
             return None
         check = await self.router.moodle.check_session(sid)
@@ -157,13 +151,13 @@ class DemoLogin(DemoHandler):
         await self.db.run(lambda q: q.execute(
             "INSERT INTO {sessions} (state, sid, userid, timecreated, timemodified, firstip, lastip) "
             "VALUES (0, %s, %s, %s, %s, %s, %s)", (sid, uid, now, now, ip, ip)))
-        self.set_cookie(await self.cookie_name(), sid, path="/", httponly=True)
+        self.set_cookie(await self.router.cookie_name(), sid, path="/", httponly=True)
         self.redirect(self.prefix + "/demo/course")
 
 
 class DemoLogout(DemoHandler):
     async def post(self) -> None:
-        name = await self.cookie_name()
+        name = await self.router.cookie_name()
         sid = self.get_cookie(name)
         if sid:
             # Moodle deletes the session row at logout (session_regenerate_id + terminate).

@@ -113,7 +113,7 @@ class Router:
         if old is not None:
             old.cancel()
         self._grace[uid] = asyncio.get_running_loop().call_later(
-            self.settings.presence_grace, lambda: self._spawn(self._maybe_offline(uid)))
+            self.settings.presence_grace, lambda: self.spawn(self._maybe_offline(uid)))
 
     async def stop(self, drain_secs: float = 3.0) -> None:
         """Refuse new commands, let the ones in flight finish (their replies reach the clients),
@@ -131,7 +131,9 @@ class Router:
             for client in list(clients):
                 client.end(GchatError("shutting_down", "the server is restarting; reconnect"))
 
-    def _spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
+    def spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
+        """Run ``coro`` in the background, keeping a reference until it ends (the event loop
+        keeps only weak ones: an unreferenced task can vanish mid-flight)."""
         task = asyncio.get_running_loop().create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -152,6 +154,13 @@ class Router:
         identity = Identity(user.id, sid_hash(sid))
         self._ended.pop(identity.sid_hash, None)  # a valid session again (cannot happen for a real sid)
         return self.signer.issue(identity), user
+
+    async def cookie_name(self) -> str:
+        """The Moodle session cookie: the ``session_cookie`` setting, or ``MoodleSession`` plus
+        Moodle's ``sessioncookie`` suffix."""
+        if self.settings.session_cookie:
+            return self.settings.session_cookie
+        return "MoodleSession" + (await self.moodle.config()).session_cookie_suffix
 
     def authenticate(self, token: str | None) -> Identity:
         identity = self.signer.verify(token)
@@ -203,7 +212,7 @@ class Router:
             await self.detach(client)
             raise
         if became_online:
-            self._spawn(self._announce(uid, "online"))
+            self.spawn(self._announce(uid, "online"))
 
     async def detach(self, client: Client) -> None:
         uid = client.user_id
@@ -258,7 +267,7 @@ class Router:
         except Unavailable:
             if attempt < 4 and not self.closing:
                 asyncio.get_running_loop().call_later(
-                    attempt * 2.0, lambda: self._spawn(self._announce(uid, status, attempt + 1)))
+                    attempt * 2.0, lambda: self.spawn(self._announce(uid, status, attempt + 1)))
                 return
             log.warning("presence of user %s (%s) not announced: database or broker unavailable", uid, status)
 

@@ -156,6 +156,7 @@ class ChatStore:
         self._pairs: dict[int, Pair] = {}  # immutable rows: a plain dict cache, bounded below
         self._pending: list[_PendingSend] = []  # sends waiting for the next batch
         self._writing = False
+        self._writer: asyncio.Task[None] | None = None  # referenced so the loop cannot drop it
         self._batch_inserts: bool | None = None  # multi-row inserts give consecutive ids (MySQL)
 
     # -- schema -----------------------------------------------------------------------------
@@ -311,7 +312,7 @@ class ChatStore:
         self._pending.append((pair, sender, text, client_id, history, future))
         if not self._writing:
             self._writing = True
-            asyncio.get_running_loop().create_task(self._write_batches())
+            self._writer = asyncio.get_running_loop().create_task(self._write_batches())
         return await future
 
     async def _write_batches(self) -> None:

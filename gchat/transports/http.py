@@ -15,7 +15,7 @@ class BootstrapHandler(JsonHandler):
 
     async def get(self) -> None:
         try:
-            cookie_name = await self.cookie_name()
+            cookie_name = await self.router.cookie_name()
             token, user = await self.router.bootstrap(self.get_cookie(cookie_name))
         except GchatError as exc:
             self.send_error_json(exc)
@@ -38,11 +38,6 @@ class BootstrapHandler(JsonHandler):
             "transports": ["websocket", "longpoll"],
         })
 
-    async def cookie_name(self) -> str:
-        if self.gchat_settings.session_cookie:
-            return self.gchat_settings.session_cookie
-        cfg = await self.router.moodle.config()
-        return "MoodleSession" + cfg.session_cookie_suffix
 
 
 class HealthHandler(JsonHandler):

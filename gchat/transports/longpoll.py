@@ -116,7 +116,7 @@ class PollTabs:
         key = (tab.user_id, tab.tab_id)
         if self._tabs.get(key) is tab:
             del self._tabs[key]
-        asyncio.get_running_loop().create_task(self.router.detach(tab))
+        self.router.spawn(self.router.detach(tab))
 
     def __len__(self) -> int:
         return len(self._tabs)

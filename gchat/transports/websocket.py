@@ -9,7 +9,6 @@ growing the server's memory.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 from typing import Any
@@ -51,11 +50,11 @@ class WebSocketClient(Client):
             self._again = True
         else:
             self._pumping = True
-            asyncio.get_running_loop().create_task(self._pump())
+            self.handler.router.spawn(self._pump())
 
     def start(self, cursor: str | None) -> None:
         self.cursor = cursor
-        asyncio.get_running_loop().create_task(self._pump())
+        self.handler.router.spawn(self._pump())
 
     async def _pump(self) -> None:
         router = self.handler.router
@@ -151,4 +150,4 @@ class WebSocketHandler(tornado.websocket.WebSocketHandler):
     def on_close(self) -> None:
         client, self.client = self.client, None
         if client is not None:
-            asyncio.get_running_loop().create_task(self.router.detach(client))
+            self.router.spawn(self.router.detach(client))
