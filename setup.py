@@ -47,6 +47,11 @@ setup(
             "pyjsparser>=2.7",      # ES5 syntax check of static/
             "redis>=5.0",
             "prometheus-client>=0.19",
+            # tests/test_xmldb.py builds Moodle's real schemas on PostgreSQL too (psycopg 3: the
+            # maintained PostgreSQL driver, with wheels that bundle libpq).
+            "psycopg[binary]>=3.1",
+            # tests/test_supervisord.py runs gchat under a real supervisord, as conf/supervisord.conf does.
+            "supervisor>=4.2",
         ],
         # tools/bench.py: the python-socketio baseline server, a faster loop for the load
         # generator (optional: plain asyncio without it), and py-spy for --profile.
