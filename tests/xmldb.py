@@ -40,6 +40,7 @@ from __future__ import annotations
 import os
 import xml.etree.ElementTree as ElementTree
 from dataclasses import dataclass, field
+from typing import Callable
 
 FIXTURES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures", "xmldb")
 ENGINES = ("mysql", "postgresql")
@@ -220,7 +221,7 @@ def _default(f: Field, engine: str) -> str | None:
     return None
 
 
-def _column(f: Field, engine: str, quote) -> str:
+def _column(f: Field, engine: str, quote: Callable[[str], str]) -> str:
     if f.sequence and engine == "postgresql":
         return f"{quote(f.name)} {'SERIAL' if _length(f.length, 10) <= 9 else 'BIGSERIAL'}"
     sql = f"{quote(f.name)} {mysql_type(f) if engine == 'mysql' else postgres_type(f)}"
@@ -239,7 +240,7 @@ def table_statements(table: Table, engine: str, prefix: str, names: _Names | Non
     if engine not in ENGINES:
         raise XmldbError(f"engine must be one of {ENGINES}, not {engine!r}")
     names = names or _Names()
-    quote = (lambda n: f"`{n}`") if engine == "mysql" else (lambda n: f'"{n}"')
+    quote: Callable[[str], str] = (lambda n: f"`{n}`") if engine == "mysql" else (lambda n: f'"{n}"')
     full = quote(prefix + table.name)
     lines = [_column(f, engine, quote) for f in table.fields]
     if table.primary:
