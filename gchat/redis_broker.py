@@ -267,7 +267,8 @@ def _split_url(url: str) -> tuple[str, dict[str, str], str]:
     query = urllib.parse.parse_qsl(parts.query, keep_blank_values=True)
     own = {k: v for k, v in query if k in _OWN_URL_PARAMS}
     rest = urllib.parse.urlencode([(k, v) for k, v in query if k not in _OWN_URL_PARAMS])
-    clean = urllib.parse.urlunsplit((parts.scheme, parts.netloc, parts.path, rest, ""))
+    # Not urlunsplit: it shortens "unix:///path" to "unix:/path", which redis-py refuses.
+    clean = f"{parts.scheme}://{parts.netloc}{parts.path}" + (f"?{rest}" if rest else "")
     where = parts.hostname or ""
     if parts.port:
         where += f":{parts.port}"
