@@ -200,6 +200,8 @@ class Purger:
         self.interval = interval
         self.first_delay = first_delay
         self.runs = 0
+        self.last_report: PurgeReport | None = None
+        self._ran: asyncio.Event | None = None  # set after each background run (tests await it)
         self._task: asyncio.Task[None] | None = None
 
     @property
@@ -208,7 +210,15 @@ class Purger:
 
     def start(self) -> None:
         if self.enabled and self._task is None:
+            self._ran = asyncio.Event()
             self._task = asyncio.get_running_loop().create_task(self._loop())
+
+    async def wait_run(self) -> PurgeReport | None:
+        """Until the background loop has finished a run since the last call."""
+        assert self._ran is not None, "the purge was not started"
+        await self._ran.wait()
+        self._ran.clear()
+        return self.last_report
 
     async def stop(self) -> None:
         task, self._task = self._task, None
@@ -231,6 +241,8 @@ class Purger:
                 log.warning("chat history not purged this time: %s", exc)
             except Exception:
                 log.exception("chat history purge failed")
+            if self._ran is not None:
+                self._ran.set()
             await asyncio.sleep(self.interval)
 
     async def run_once(self) -> PurgeReport:
@@ -242,6 +254,7 @@ class Purger:
         if self.deleted_users:
             await purge_deleted_users(steps, self.conversation_batch, self.message_batch, report)
         self.runs += 1
+        self.last_report = report
         return report
 
 
