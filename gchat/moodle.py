@@ -439,9 +439,9 @@ class Moodle:
 
     async def refusal(self, me: int, peer: int) -> str | None:
         """Why ``me`` may not open or message ``peer``, as a protocol reason (``blocked``,
-        ``contacts_only``, ``no_shared_course``), or None when it may. Moodle's order: a block
-        first, then the recipient's privacy preference, then the shared course. Costs no query
-        within ``cache_ttl`` of the last look at ``me``'s course-mates."""
+        ``contacts_only``, ``no_shared_course``), or None when it may. A block first (as in
+        Moodle), then the shared course (gchat's circle), then the recipient's preference. Costs
+        no query within ``cache_ttl`` of the last look at ``me``'s course-mates."""
         circle = await self._circle(me)
         if peer != me and peer in circle.mates:
             return None

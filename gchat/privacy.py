@@ -116,20 +116,23 @@ def _remove_conversations_step(q: Query, conversations: list[int], limit: int) -
     return len(ids), members, removed, True
 
 
-def _remove_strays_step(q: Query, user: int, limit: int) -> tuple[int, int]:
-    """Rows of ``user`` outside any of its conversations (a conversation removed while a server
-    still had it in memory): its messages and window rows, up to ``limit`` of each."""
+def _conversations_of(q: Query, user: int, limit: int) -> list[int]:
+    """Conversations of ``user``: the ones it is one of the pair of, and the ones it has a window
+    row in (a server that still had an erased conversation in memory may have written into it
+    again: its rows come back under the old id, without a conversation row)."""
+    ids = {int(row[0]) for row in _conversation_rows_of(q, user, 0, limit)}
+    ids |= {int(row[0]) for row in q.all(
+        "SELECT conversation FROM {gchat_members} WHERE userid = %s ORDER BY conversation LIMIT %s", (user, limit))}
+    return sorted(ids)
+
+
+def _remove_sent_step(q: Query, user: int, limit: int) -> int:
+    """Up to ``limit`` messages ``user`` sent that are left outside its conversations."""
     ids = [int(row[0]) for row in q.all("SELECT id FROM {gchat_messages} WHERE sender = %s ORDER BY id LIMIT %s",
                                         (user, limit))]
     if ids:
         q.execute(f"DELETE FROM {{gchat_messages}} WHERE id IN ({_marks(ids)})", ids)
-    conversations = [int(row[0]) for row in q.all(
-        "SELECT conversation FROM {gchat_members} WHERE userid = %s ORDER BY conversation LIMIT %s", (user, limit))]
-    members = 0
-    if conversations:
-        members = q.execute(f"DELETE FROM {{gchat_members}} WHERE userid = %s AND conversation IN "
-                            f"({_marks(conversations)})", [user, *conversations])
-    return len(ids), members
+    return len(ids)
 
 
 # -- drivers ------------------------------------------------------------------------------------
@@ -311,13 +314,12 @@ async def delete_user(db: Database, user: int, *, limit: int = MESSAGE_BATCH, pa
     steps = _Steps(db, pause)
     report = PurgeReport()
     while True:
-        rows = await steps(lambda q: _conversation_rows_of(q, user, 0, CONVERSATION_BATCH))
-        if not rows:
+        conversations = await steps(lambda q: _conversations_of(q, user, CONVERSATION_BATCH))
+        if not conversations:
             break
-        await _remove_conversations(steps, [int(row[0]) for row in rows], limit, report)
+        await _remove_conversations(steps, conversations, limit, report)
     while True:
-        messages, members = await steps(lambda q: _remove_strays_step(q, user, limit))
-        report.messages += messages
-        report.members += members
-        if messages < limit and members < limit:
+        removed = await steps(lambda q: _remove_sent_step(q, user, limit))
+        report.messages += removed
+        if removed < limit:
             return report
