@@ -25,7 +25,7 @@ import json
 import logging
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, TextIO, TypeVar
+from typing import Any, Callable, Iterator, TextIO, TypeVar
 
 from gchat.db import Database, Query
 from gchat.errors import Unavailable
@@ -294,7 +294,7 @@ def export_user(db: Database, user: int, out: TextIO, *, limit: int = MESSAGE_BA
     return count
 
 
-def _messages_of(db: Database, conversation: int, limit: int) -> Any:
+def _messages_of(db: Database, conversation: int, limit: int) -> Iterator[dict[str, Any]]:
     after = 0
     while True:
         rows = db.run_sync(lambda q, after=after: q.all(
