@@ -19,6 +19,7 @@ from gchat.demo import demo_routes
 from gchat.metrics import MetricsHandler, build_metrics
 from gchat.moodle import Moodle
 from gchat.paths import static_dir, template_dir
+from gchat.privacy import Purger
 from gchat.router import Router
 from gchat.store import ChatStore
 from gchat.transports.base import OriginPolicy
@@ -34,8 +35,16 @@ class Services:
     store: ChatStore
     broker: Broker
     router: Router
+    purger: Purger | None = None  # history retention and deleted users (gchat/privacy.py)
+
+    def start_purge(self) -> None:
+        """Start the background purge (call with the server; a no-op when nothing is to purge)."""
+        if self.purger is not None:
+            self.purger.start()
 
     async def close(self) -> None:
+        if self.purger is not None:
+            await self.purger.stop()
         await self.router.stop()
         await self.broker.close()
         self.db.close()
@@ -76,7 +85,8 @@ def build_services(settings: Settings, db: Database | None = None, broker: Broke
     secret = settings.secret_key or load_or_create_secret(settings.data_dir)
     router = Router(settings, moodle=moodle, store=store, broker=broker,
                     signer=TokenSigner(secret, settings.token_ttl))
-    return Services(settings, db, moodle, store, broker, router)
+    purger = Purger(db, retention_days=settings.history_retention_days, deleted_users=settings.purge_deleted_users)
+    return Services(settings, db, moodle, store, broker, router, purger)
 
 
 def log_request(handler: tornado.web.RequestHandler) -> None:

@@ -201,6 +201,12 @@ OPTIONS: Sequence[Option] = (
     Option("demo", _parse_bool, "", "serve the /demo pages (log in as anyone!); default on without db_url"),
     Option("xheaders", _parse_bool, "false", "trust X-Real-Ip/X-Forwarded-For from a reverse proxy"),
     Option("log_level", _log_level, "info", "debug, info, warning or error"),
+    Option("honour_moodle_messaging", _parse_bool, "true",
+           "follow Moodle's site switch 'messaging': when it is off, so is the chat"),
+    Option("history_retention_days", _non_negative(int), "0",
+           "days chat messages are kept; older ones are purged in the background (0 = keep forever)"),
+    Option("purge_deleted_users", _parse_bool, "true",
+           "purge the conversations and messages of users deleted in Moodle, in the background"),
 )
 OPTION_NAMES = {opt.name for opt in OPTIONS}
 
@@ -249,6 +255,9 @@ class Settings:
     demo: bool = False
     xheaders: bool = False
     log_level: str = "info"
+    honour_moodle_messaging: bool = True
+    history_retention_days: int = 0
+    purge_deleted_users: bool = True
     config_file: str | None = field(default=None, compare=False)
 
     @property

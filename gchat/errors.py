@@ -6,6 +6,7 @@
 
 Every error code of the protocol (docs/protocol.md) has one HTTP status here and, where a
 WebSocket is closed because of it, one close code. Transports translate; the core only raises.
+A ``not_allowed`` refusal may carry a ``reason`` (REFUSALS) so that a client can explain it.
 """
 
 from __future__ import annotations
@@ -37,20 +38,36 @@ WS_CLOSE_TRY_AGAIN = 1013
 WS_CLOSE_SESSION_ENDED = 4000
 
 
-class GchatError(Exception):
-    """A refusal with a protocol error code and a human-readable message."""
+# The reasons a `not_allowed` may carry (docs/protocol.md §7), with the message sent beside each.
+REFUSALS = {
+    "blocked": "one of you has blocked the other",
+    "contacts_only": "this user accepts messages from their contacts only",
+    "no_shared_course": "you can only chat with people who share a course with you",
+    "messaging_disabled": "messaging is turned off on this Moodle site",
+    "cannot_send": "your Moodle roles do not allow you to send messages",
+    "not_member": "you are not a member of this conversation",
+}
 
-    def __init__(self, code: str, message: str) -> None:
+
+class GchatError(Exception):
+    """A refusal with a protocol error code, a human-readable message and, for some
+    ``not_allowed`` refusals, a machine-readable ``reason``."""
+
+    def __init__(self, code: str, message: str, reason: str | None = None) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
+        self.reason = reason
 
     @property
     def http_status(self) -> int:
         return HTTP_STATUS.get(self.code, 400)
 
     def as_dict(self) -> dict[str, str]:
-        return {"code": self.code, "message": self.message}
+        body = {"code": self.code, "message": self.message}
+        if self.reason is not None:
+            body["reason"] = self.reason
+        return body
 
 
 class AuthError(GchatError):
@@ -66,5 +83,10 @@ def bad_command(message: str) -> GchatError:
     return GchatError("bad_command", message)
 
 
-def not_allowed(message: str) -> GchatError:
-    return GchatError("not_allowed", message)
+def not_allowed(message: str, reason: str | None = None) -> GchatError:
+    return GchatError("not_allowed", message, reason)
+
+
+def refused(reason: str) -> GchatError:
+    """A ``not_allowed`` with one of the REFUSALS reasons and its message."""
+    return GchatError("not_allowed", REFUSALS[reason], reason)

@@ -14,6 +14,7 @@ if __package__ in (None, ""):  # run as a script from a checkout: python gchat/m
     sys.path[0] = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 import asyncio
+import json
 import logging
 import signal
 from typing import Callable, NoReturn
@@ -23,16 +24,21 @@ from gchat.config import ConfigError, Settings, load_settings
 from gchat.db import Database
 from gchat.demo import create_moodle_schema, seed
 from gchat.errors import Unavailable
+from gchat.store import ChatStore
 
 log = logging.getLogger("gchat")
 
-USAGE = """usage: gchat [serve|initdb|check|import-block-gchat] [--setting=value ...] [--config=FILE]
+USAGE = """usage: gchat [serve|initdb|check|import-block-gchat|privacy] [--setting=value ...] [--config=FILE]
 
   serve    run the chat server (the default); without --db_url, the embedded demo
   initdb   create gchat's tables in the configured database, then exit (safe to run twice)
   check    validate a configuration against the Moodle database and print advice
   import-block-gchat
            import the chat history of the old block_gchat plugin (safe to run twice)
+  privacy export --user ID
+           print every conversation and message of Moodle user ID as JSON
+  privacy delete --user ID
+           erase every conversation and message of Moodle user ID (and the peer's side of them)
 
 Settings (also GCHAT_<NAME> in the environment, or 'name = value' in the config file):
 """
@@ -96,6 +102,7 @@ async def serve(settings: Settings) -> None:
         raise Fatal(f"port: cannot listen on {settings.address}:{settings.port}: {exc.strerror}") from None
     services.router.start()
     await services.broker.start()
+    services.start_purge()
     mode = "demo (SQLite at %s)" % services.db.where if settings.is_demo_db else services.db.where
     log.info("gchat listening on http://%s:%d%s — database %s, broker %s", settings.address, settings.port,
              settings.url_prefix, mode, services.broker.name)
@@ -149,6 +156,46 @@ def import_block_gchat(settings: Settings) -> None:
         raise Fatal(str(exc)) from None
 
 
+def privacy_arguments(args: list[str]) -> tuple[str, int, list[str]]:
+    """``export|delete --user ID`` off the front of ``gchat privacy``'s arguments; the rest are
+    settings."""
+    if not args or args[0] not in ("export", "delete"):
+        raise Fatal("privacy: say what to do: gchat privacy export --user ID, or gchat privacy delete --user ID")
+    action, rest = args[0], list(args[1:])
+    user: str | None = None
+    for index, arg in enumerate(rest):
+        if arg == "--user" and index + 1 < len(rest):
+            user = rest[index + 1]
+            del rest[index:index + 2]
+            break
+        if arg.startswith("--user="):
+            user = arg[len("--user="):]
+            del rest[index]
+            break
+    if user is None or not (user.isascii() and user.isdigit()) or int(user) <= 0:
+        raise Fatal(f"privacy {action}: --user needs a Moodle user id (a positive number)")
+    return action, int(user), rest
+
+
+def privacy(settings: Settings, action: str, user: int) -> None:
+    from gchat.privacy import delete_user, export_user
+
+    db = open_database(settings)
+    try:
+        missing = db.run_sync(ChatStore(db).missing_tables)
+        if missing:
+            raise Fatal(f"gchat's tables are missing in {db.where} (is db_prefix '{settings.db_prefix}' right?)")
+        if action == "export":
+            export_user(db, user, sys.stdout)
+        else:
+            report = asyncio.run(delete_user(db, user))
+            print(json.dumps({"user": user, "deleted": report.as_dict()}))
+    except Unavailable as exc:
+        raise Fatal(f"db_url: {_one_line(exc)}") from None
+    finally:
+        db.close()
+
+
 COMMANDS: dict[str, Callable[[Settings], None]] = {"initdb": initdb, "check": check,
                                                    "import-block-gchat": import_block_gchat}
 
@@ -164,13 +211,18 @@ def main(argv: list[str] | None = None) -> NoReturn:
         print(USAGE + "\n".join(f"  --{o.name:<28} {o.help} (default: {o.default or 'empty'})" for o in OPTIONS))
         raise SystemExit(0)
     try:
-        if command not in ("serve", *COMMANDS):
-            raise Fatal(f"unknown command {command!r} ({', '.join(('serve', *COMMANDS))})")
+        if command not in ("serve", "privacy", *COMMANDS):
+            raise Fatal(f"unknown command {command!r} ({', '.join(('serve', *COMMANDS, 'privacy'))})")
+        action, user = "", 0
+        if command == "privacy":
+            action, user, args = privacy_arguments(args)
         settings = load_settings(args)
         logging.basicConfig(level=settings.log_level.upper(),
                             format="%(asctime)s %(levelname)s %(name)s: %(message)s")
         if command == "serve":
             asyncio.run(serve(settings))
+        elif command == "privacy":
+            privacy(settings, action, user)
         else:
             COMMANDS[command](settings)
     except (ConfigError, Fatal) as exc:

@@ -22,7 +22,7 @@ from typing import Any, Awaitable, Callable, Coroutine
 from gchat.auth import Identity, TokenSigner
 from gchat.broker import Broker, CursorGone, encode_event, with_cursor
 from gchat.config import Settings
-from gchat.errors import AuthError, GchatError, Unavailable, bad_command, not_allowed
+from gchat.errors import AuthError, GchatError, Unavailable, bad_command, not_allowed, refused
 from gchat.limits import TokenBucket, WindowCounter
 from gchat.moodle import Moodle, User, sid_hash
 from gchat.store import MAX_HISTORY_LIMIT, ChatStore, MemberState, Message, Pair
@@ -155,6 +155,12 @@ class Router:
         self._ended.pop(identity.sid_hash, None)  # a valid session again (cannot happen for a real sid)
         return self.signer.issue(identity), user
 
+    async def permissions(self, user_id: int) -> dict[str, bool]:
+        """The bootstrap's ``messaging`` (Moodle's site switch, when honoured) and ``can_send``
+        (``moodle/site:sendmessage``) for ``user_id``."""
+        messaging = not self.settings.honour_moodle_messaging or await self.moodle.messaging_enabled()
+        return {"messaging": messaging, "can_send": await self.moodle.can_send(user_id)}
+
     async def cookie_name(self) -> str:
         """The Moodle session cookie: the ``session_cookie`` setting, or ``MoodleSession`` plus
         Moodle's ``sessioncookie`` suffix."""
@@ -256,7 +262,7 @@ class Router:
         database is unavailable, try again a few times (a reconnect storm passes)."""
         try:
             user = await self.moodle.user(uid)
-            mates = await self.moodle.coursemates(uid)
+            mates = await self.moodle.audience(uid)  # who may message uid: its online status is theirs to see
             targets = await self.broker.online(mates)
             if user is None or not targets:
                 return
@@ -392,11 +398,13 @@ class Router:
     async def _member_pair(self, identity: Identity, cmd: dict[str, Any]) -> Pair:
         conversation = _int_field(cmd, "conversation")
         assert conversation is not None
+        if self.settings.honour_moodle_messaging and not await self.moodle.messaging_enabled():
+            raise refused("messaging_disabled")
         pair = await self.store.pair(conversation)
         if pair is None:
             raise GchatError("not_found", "no such conversation")
         if not pair.has(identity.user_id):
-            raise not_allowed("you are not a member of this conversation")
+            raise refused("not_member")
         return pair
 
     async def _open(self, identity: Identity, cmd: dict[str, Any]) -> dict[str, Any]:
@@ -405,9 +413,14 @@ class Router:
         assert peer is not None
         if peer == me:
             raise not_allowed("you cannot chat with yourself")
+        if self.settings.honour_moodle_messaging and not await self.moodle.messaging_enabled():
+            raise refused("messaging_disabled")
+        if not await self.moodle.can_send(me):
+            raise refused("cannot_send")
         self._rate(me)
-        if not await self.moodle.can_chat(me, peer):
-            raise not_allowed("you can only chat with course-mates who have not blocked you")
+        reason = await self.moodle.refusal(me, peer)
+        if reason is not None:
+            raise refused(reason)
         window = self._opens.get(me)
         if window is None:
             if len(self._opens) > 50_000:
@@ -423,14 +436,17 @@ class Router:
     async def _send(self, identity: Identity, cmd: dict[str, Any]) -> dict[str, Any]:
         me = identity.user_id
         pair = await self._member_pair(identity, cmd)
+        if not await self.moodle.can_send(me):
+            raise refused("cannot_send")
         text = normalise_text(cmd.get("text"), self.settings.max_message_length)
         client_id = cmd.get("client_id")
         if client_id is not None and (not isinstance(client_id, str) or not 0 < len(client_id) <= 64):
             raise bad_command("client_id must be a string of 1 to 64 characters")
         self._rate(me)
         peer = pair.peer_of(me)
-        if not await self.moodle.can_chat(me, peer):
-            raise not_allowed("you can only chat with course-mates who have not blocked you")
+        reason = await self.moodle.refusal(me, peer)
+        if reason is not None:
+            raise refused(reason)
         # No per-conversation lock: the store writes sends one batch at a time in arrival order
         # and resolves them in that order, so each conversation's messages are published in
         # id order, several of them per batch.

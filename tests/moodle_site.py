@@ -103,3 +103,48 @@ class MoodleSite:
             self.enrol(uid, course)
             ids.append(uid)
         return ids
+
+    # -- messaging privacy (appended; see gchat/moodle.py "messaging privacy") ----------------------
+
+    ROLE_TABLES = ("role", "role_assignments", "role_capabilities")
+
+    def install_roles(self) -> dict[str, int]:
+        """The system context, Moodle's eight standard roles (lib/db/install.php) and
+        moodle/site:sendmessage allowed for the manager and user archetypes (lib/db/access.php),
+        with ``defaultuserroleid`` = the "user" (authenticated user) role, as an install leaves
+        them. Returns the role ids by shortname."""
+        for table in self.ROLE_TABLES:
+            self.execute(f"TRUNCATE TABLE {{p}}{table}")
+        context = self.execute("INSERT INTO {p}context (contextlevel, instanceid, path, depth) VALUES (10, 0, '', 1)")
+        self.execute("UPDATE {p}context SET path = %s WHERE id = %s", (f"/{context}", context))
+        self.system_context = context
+        roles = {}
+        for order, name in enumerate(("manager", "coursecreator", "editingteacher", "teacher", "student", "guest",
+                                      "user", "frontpage"), 1):
+            roles[name] = self.execute("INSERT INTO {p}role (name, shortname, description, sortorder, archetype) "
+                                       "VALUES (%s, %s, '', %s, %s)", (name.title(), name, order, name))
+        for name in ("manager", "user"):
+            self.set_permission(roles[name], "moodle/site:sendmessage", 1)
+        self.set_config("defaultuserroleid", str(roles["user"]))
+        return roles
+
+    def set_permission(self, role: int, capability: str, permission: int) -> None:
+        """A role's permission at the system context (1 allow, -1 prevent, -1000 prohibit)."""
+        self.execute("REPLACE INTO {p}role_capabilities (contextid, roleid, capability, permission) "
+                     "VALUES (%s, %s, %s, %s)", (self.system_context, role, capability, permission))
+
+    def assign_system_role(self, user: int, role: int) -> None:
+        self.execute("INSERT INTO {p}role_assignments (roleid, contextid, userid, component) VALUES (%s, %s, %s, '')",
+                     (role, self.system_context, user))
+
+    def set_preference(self, user: int, name: str, value: str) -> None:
+        self.execute("REPLACE INTO {p}user_preferences (userid, name, value) VALUES (%s, %s, %s)", (user, name, value))
+
+    def add_contact(self, user: int, contact: int) -> None:
+        """``user``'s contact entry for ``contact`` (2.x: blocked = 0 by default; 3.6+: one row
+        per accepted contact request)."""
+        self.execute("INSERT INTO {p}message_contacts (userid, contactid) VALUES (%s, %s)", (user, contact))
+
+    def delete_user(self, user: int) -> None:
+        """What Moodle's delete_user() leaves: the row, marked deleted."""
+        self.execute("UPDATE {p}user SET deleted = 1 WHERE id = %s", (user,))

@@ -204,6 +204,8 @@ BAD_VALUES = [
     ("max_output_bytes", "0"), ("color_header", "red;}body{x"), ("color_header_unread", "url(x)"),
     ("color_header_text", "#12345"), ("color_border", ""), ("chat_container", "body > div{}"),
     ("demo", "maybe"), ("xheaders", "2"), ("log_level", "loud"),
+    ("honour_moodle_messaging", "perhaps"), ("history_retention_days", "-1"), ("history_retention_days", "1y"),
+    ("purge_deleted_users", "2"),
 ]
 
 

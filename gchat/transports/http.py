@@ -17,6 +17,7 @@ class BootstrapHandler(JsonHandler):
         try:
             cookie_name = await self.router.cookie_name()
             token, user = await self.router.bootstrap(self.get_cookie(cookie_name))
+            permissions = await self.router.permissions(user.id)
         except GchatError as exc:
             self.send_error_json(exc)
             return
@@ -36,6 +37,8 @@ class BootstrapHandler(JsonHandler):
                 "longpoll_timeout": s.longpoll_timeout[1],
             },
             "transports": ["websocket", "longpoll"],
+            "messaging": permissions["messaging"],
+            "can_send": permissions["can_send"],
         })
 
 
