@@ -204,6 +204,8 @@ BAD_VALUES = [
     ("max_output_bytes", "0"), ("color_header", "red;}body{x"), ("color_header_unread", "url(x)"),
     ("color_header_text", "#12345"), ("color_border", ""), ("chat_container", "body > div{}"),
     ("demo", "maybe"), ("xheaders", "2"), ("log_level", "loud"),
+    ("moodle_sessions", "memcached://h:11211"), ("moodle_sessions", "files:"),
+    ("moodle_sessions", "redis://h:6379/0?serializer=json"), ("moodle_sessions", "redis://h1,h2/3"),
 ]
 
 
