@@ -323,6 +323,9 @@ function main(): void {
             'int' => -42, 'big' => PHP_INT_MAX, 'float' => 0.1, 'neg' => -2.5e-10, 'true' => true, 'false' => false,
             'null' => null, 'empty' => '', 'utf8' => 'Zoë ✓', 'list' => [1, 'two', [3]], 'repeat' => ['id', 'id', 'id'],
         ]];
+        if (isset($_SESSION['REALSESSION'])) {
+            $sample['REALSESSION'] = $_SESSION['REALSESSION'];
+        }
         $out['serialized'] = base64_encode(serialize($sample));
         $out['igbinary'] = function_exists('igbinary_serialize') ? base64_encode(igbinary_serialize($sample)) : null;
         $out['json'] = json_encode($sample, JSON_PRESERVE_ZERO_FRACTION | JSON_THROW_ON_ERROR);
