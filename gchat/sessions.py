@@ -420,7 +420,8 @@ class RedisStore(SessionStore):
             return None
         return self._decode(raw, text=False)
 
-    def _record(self, sid: str, values: list[bytes | None], with_data: bool) -> SessionRecord | None:
+    def decode(self, sid: str, values: list[bytes | None], with_data: bool) -> SessionRecord | None:
+        """A record from HMGET's answer for ``FIELDS`` (+ ``sessdata``); None: no such key."""
         if all(v is None for v in values):
             return None  # no such key: never was, logged out (destroy), or expired
         try:
@@ -451,7 +452,7 @@ class RedisStore(SessionStore):
     async def lookup(self, db: "Database", sid: str, *, with_data: bool) -> SessionRecord | None:
         fields = self.FIELDS + (("sessdata",) if with_data else ())
         values = await self._call(lambda c: c.hmget(self.key(SESSION_KEY, sid), fields))
-        return self._record(sid, list(values), with_data)
+        return self.decode(sid, list(values), with_data)
 
     async def lookup_many(self, db: "Database", pairs: set[tuple[int, str]],
                           known: Mapping[str, str]) -> list[SessionRecord]:
@@ -467,7 +468,7 @@ class RedisStore(SessionStore):
             for uid in unknown_users:
                 pipe.hkeys(self.key(USER_KEY, str(uid)))
             results = await pipe.execute()
-            records = [r for sid, values in zip(ordered, results) if (r := self._record(sid, list(values), False))]
+            records = [r for sid, values in zip(ordered, results) if (r := self.decode(sid, list(values), False))]
             more: set[str] = set()
             for names in results[len(ordered):]:
                 for name in names:
@@ -484,7 +485,7 @@ class RedisStore(SessionStore):
                 for sid in ordered:
                     pipe.hmget(self.key(SESSION_KEY, sid), self.FIELDS)
                 for sid, values in zip(ordered, await pipe.execute()):
-                    record = self._record(sid, list(values), False)
+                    record = self.decode(sid, list(values), False)
                     if record is not None:
                         records.append(record)
             return records

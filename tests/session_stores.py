@@ -14,6 +14,8 @@ import tempfile
 import urllib.parse
 from typing import Any
 
+import pytest
+
 from tests.php_moodle import Php
 from tests.services import ServiceError, _apt_install, _wait_until
 
@@ -225,3 +227,18 @@ class RedisCluster:
         self.processes = []
         shutil.rmtree(self.dir, ignore_errors=True)
 
+
+
+@pytest.fixture(scope="session")
+def php() -> Php:
+    return Php()
+
+
+@pytest.fixture(scope="session")
+def redis_cluster():
+    cluster = RedisCluster()
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.destroy()

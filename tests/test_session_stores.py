@@ -20,28 +20,12 @@ from gchat.moodle import Moodle, sid_hash
 from gchat.sessions import make_store, parse_moodle_sessions
 from tests.clients import PollClient, WSClient, bootstrap
 from tests.conftest import PREFIX
-from tests.php_moodle import Php
 from tests.redis_fixtures import redis_prefix, redis_url  # noqa: F401
-from tests.session_stores import (GUEST_ID, DatabaseSessions, FileSessions, LegacyFileSessions, RedisCluster,
-                                  RedisSessions, disable_mfa, enable_mfa)
+from tests.session_stores import (GUEST_ID, DatabaseSessions, FileSessions, LegacyFileSessions, RedisSessions,
+                                  disable_mfa, enable_mfa, php, redis_cluster)  # noqa: F401
 
 STORES = ["database", "files", "files-2.2", "redis-php-none", "redis-igbinary-zstd", "redis-cluster"]
 REDIS_FORMATS = [(s, c) for s in ("php", "igbinary") for c in ("none", "gzip", "zstd")]
-
-
-@pytest.fixture(scope="session")
-def php():
-    return Php()
-
-
-@pytest.fixture(scope="session")
-def redis_cluster():
-    cluster = RedisCluster()
-    try:
-        cluster.start()
-        yield cluster
-    finally:
-        cluster.destroy()
 
 
 def make_sessions(kind: str, request, php, site, tmp_path):
