@@ -20,7 +20,7 @@ from gchat.moodle import Moodle, sid_hash
 from gchat.sessions import make_store, parse_moodle_sessions
 from tests.clients import PollClient, WSClient, bootstrap
 from tests.conftest import PREFIX
-from tests.redis_fixtures import redis_prefix, redis_url  # noqa: F401
+from tests.redis_fixtures import private_redis, redis_prefix, redis_url  # noqa: F401
 from tests.session_stores import (GUEST_ID, DatabaseSessions, FileSessions, LegacyFileSessions, RedisSessions,
                                   disable_mfa, enable_mfa, php, redis_cluster)  # noqa: F401
 
@@ -350,3 +350,25 @@ async def test_mfa_fails_closed_when_the_session_data_cannot_be_read(php, site, 
     os.remove(os.path.join(folder, "sess_" + sid))
     check = await moodle.check_session(sid)
     assert not check.ok and "cannot read sess_" in check.reason
+
+
+# -- Redis down --------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_a_redis_store_that_stops_answering_is_unavailable_not_a_logout(php, site, db, private_redis):
+    from gchat.errors import Unavailable
+
+    store = RedisSessions(php, prefix="mdl_sess_", url=private_redis.url)
+    moodle = moodle_for(store, db, session_cache_ttl=0)
+    try:
+        uid = site.add_user()
+        sid = store.login(uid)
+        assert (await moodle.check_session(sid)).ok
+        private_redis.stop()
+        with pytest.raises(Unavailable):
+            await moodle.check_session(sid)  # bootstrap answers 503 "unavailable", not 401
+        with pytest.raises(Unavailable):
+            await moodle.live_sessions({(uid, sid_hash(sid))})  # the re-check ends nobody's chat
+    finally:
+        await moodle.close()
