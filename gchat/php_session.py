@@ -377,14 +377,17 @@ def mfa_passed(parsed: dict[str, Any]) -> bool:
 
     tool_mfa sets ``$SESSION->tool_mfa_authenticated = true`` once the factors are passed
     (``\\tool_mfa\\manager::set_pass_state``; also when MFA is not ready for that user) and core
-    never unsets it within a session. During "log in as", ``$SESSION`` is fresh and the admin's
-    own session is kept in ``REALSESSION`` (``\\core\\session\\manager::loginas``); MFA skips
-    login-as pages, so the admin's own pass is what counts.
+    never unsets it within a session, so a session accepted once need not be parsed again.
+    During "log in as", ``$SESSION`` is fresh and the admin's own session is kept in
+    ``REALSESSION`` (``\\core\\session\\manager::loginas``); MFA skips login-as pages, so the
+    admin's own pass is what counts.
     """
     session = parsed.get("SESSION")
     if isinstance(session, dict) and php_truthy(session.get("tool_mfa_authenticated")):
         return True
     user = parsed.get("USER")
+    if isinstance(user, dict) and user.get("tool_mfa_authenticated") is True:
+        return True  # early versions of Catalyst's tool_mfa plugin kept it in $USER (checked with true !==)
     real = parsed.get("REALSESSION")
     return (isinstance(user, dict) and php_truthy(user.get("realuser")) and isinstance(real, dict)
             and php_truthy(real.get("tool_mfa_authenticated")))

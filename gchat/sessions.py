@@ -363,6 +363,8 @@ class FileStore(SessionStore):
     async def lookup_many(self, db: "Database", pairs: set[tuple[int, str]],
                           known: Mapping[str, str]) -> list[SessionRecord]:
         user_ids = sorted({uid for uid, _ in pairs})
+        # A copy made here, on the IOLoop: the worker thread must not read a dict the loop changes.
+        seen = {hashed: known[hashed] for _, hashed in pairs if hashed in known}
 
         def work(q: "Query") -> list[SessionRecord]:
             records = [_row_record(row) for row in _rows_of_users(q, user_ids)]
@@ -372,10 +374,10 @@ class FileStore(SessionStore):
                 return records
             # No row: 2.2-2.5 file sessions. The sids seen at bootstrap first; a folder listing
             # only for sessions this process has not seen (a token issued by another process).
-            sids = [known[h] for h in wanted if h in known]
+            sids = [seen[h] for h in wanted if h in seen]
             if len(sids) < len(wanted):
                 sids += [sid for sid in session_ids(self.directory)
-                         if sid_hash(sid) in wanted and sid_hash(sid) not in known]
+                         if sid_hash(sid) in wanted and sid_hash(sid) not in seen]
             for sid in sids:
                 record = self._file_record(sid)
                 if record is not None:
