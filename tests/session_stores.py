@@ -229,6 +229,44 @@ class RedisCluster:
 
 
 
+class TlsRedis:
+    """A private redis-server speaking only TLS (a self-signed certificate made with openssl for
+    127.0.0.1) and asking for a password, as $CFG->session_redis_encrypt and _auth expect."""
+
+    password = "s3cret-pass"
+
+    def __init__(self) -> None:
+        self.server = _apt_install("redis-server", "redis-server")
+        self.openssl = shutil.which("openssl") or _apt_install("openssl", "openssl")
+        self.dir = tempfile.mkdtemp(prefix="gchat-redis-tls-")
+        self.port = spare_ports(1)[0]
+        self.ca = os.path.join(self.dir, "cert.pem")
+        self.key = os.path.join(self.dir, "key.pem")
+        self.process: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        subprocess.run([self.openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+                        "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
+                        "-keyout", self.key, "-out", self.ca], check=True, capture_output=True, timeout=60)
+        self.process = subprocess.Popen(
+            [self.server, "--port", "0", "--tls-port", str(self.port), "--bind", "127.0.0.1",
+             "--tls-cert-file", self.ca, "--tls-key-file", self.key, "--tls-ca-cert-file", self.ca,
+             "--tls-auth-clients", "no", "--requirepass", self.password, "--save", "", "--appendonly", "no",
+             "--dir", self.dir], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+        def listening() -> bool:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=1):
+                return True
+
+        _wait_until(listening, 20, "the TLS Redis")
+
+    def destroy(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(10)
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
 @pytest.fixture(scope="session")
 def php() -> Php:
     return Php()

@@ -22,7 +22,7 @@ from tests.clients import PollClient, WSClient, bootstrap
 from tests.conftest import PREFIX
 from tests.redis_fixtures import private_redis, redis_prefix, redis_url  # noqa: F401
 from tests.session_stores import (GUEST_ID, DatabaseSessions, FileSessions, LegacyFileSessions, RedisSessions,
-                                  disable_mfa, enable_mfa, php, redis_cluster)  # noqa: F401
+                                  TlsRedis, disable_mfa, enable_mfa, php, redis_cluster)  # noqa: F401
 
 STORES = ["database", "files", "files-2.2", "redis-php-none", "redis-igbinary-zstd", "redis-cluster"]
 REDIS_FORMATS = [(s, c) for s in ("php", "igbinary") for c in ("none", "gzip", "zstd")]
@@ -372,3 +372,44 @@ async def test_a_redis_store_that_stops_answering_is_unavailable_not_a_logout(ph
             await moodle.live_sessions({(uid, sid_hash(sid))})  # the re-check ends nobody's chat
     finally:
         await moodle.close()
+
+
+# -- TLS and a password ----------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def tls_redis():
+    server = TlsRedis()
+    try:
+        server.start()
+        yield server
+    finally:
+        server.destroy()
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_rediss_with_a_password(php, site, db, tls_redis, mfa):
+    mfa()
+    store = RedisSessions(php, prefix="mdl_sess_", compressor="gzip", url=f"redis://127.0.0.1:{tls_redis.port}/0")
+    store.conf.update(password=tls_redis.password, tls={"cafile": tls_redis.ca})
+    base = f"rediss://:{tls_redis.password}@127.0.0.1:{tls_redis.port}/0?prefix=mdl_sess_&compressor=gzip"
+    store.setting = base + f"&ssl_ca_certs={tls_redis.ca}"
+    moodle = moodle_for(store, db)
+    try:
+        uid = site.add_user()
+        sid = store.login(uid, mfa=True)
+        assert (await moodle.check_session(sid)).user_id == uid
+        store.logout(sid)
+        assert not (await moodle.check_session(sid)).ok
+    finally:
+        await moodle.close()
+    from gchat.errors import Unavailable
+
+    for wrong in (base.replace(tls_redis.password, "wrong"), base.replace("rediss://", "redis://") + "&ssl_ca_certs=x"):
+        store.setting = wrong
+        moodle = moodle_for(store, db)
+        try:
+            with pytest.raises(Unavailable):
+                await moodle.check_session(store.login(uid, mfa=True))
+        finally:
+            await moodle.close()

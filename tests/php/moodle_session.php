@@ -175,6 +175,9 @@ class redis_like_handler implements SessionHandlerInterface {
         $redis = new \Redis();
         if (!empty($conf['socket'])) {
             $redis->connect($conf['socket']);
+        } else if (!empty($conf['tls'])) {
+            // $CFG->session_redis_encrypt: SSL context options, passed as the 'stream' context.
+            $redis->connect('tls://' . $conf['host'], (int) $conf['port'], 3.0, null, 0, 3.0, ['stream' => $conf['tls']]);
         } else {
             $redis->connect($conf['host'], (int) $conf['port'], 3.0);
         }
