@@ -37,7 +37,10 @@ setup(
         "itsdangerous>=2.1",    # signed, expiring tokens
     ],
     extras_require={
-        "redis": ["redis>=5.0"],                    # scale-out broker (redis.asyncio)
+        "redis": ["redis>=5.0"],                    # scale-out broker, Moodle 4.5+ Redis session store
+        # moodle_sessions = redis://…?compressor=zstd ($CFG->session_redis_compressor = 'zstd'):
+        # Python's standard library has no zstd before 3.14; zstandard is the maintained binding.
+        "zstd": ["redis>=5.0", "zstandard>=0.22"],
         "metrics": ["prometheus-client>=0.19"],     # /gchat/metrics
         "test": [
             "pytest>=8",
@@ -46,6 +49,7 @@ setup(
             "playwright>=1.40",     # drives Debian's Chromium; never downloads a browser
             "pyjsparser>=2.7",      # ES5 syntax check of static/
             "redis>=5.0",
+            "zstandard>=0.22",      # Redis session store tests with compressor=zstd
             "prometheus-client>=0.19",
             # tests/test_xmldb.py builds Moodle's real schemas on PostgreSQL too (psycopg 3: the
             # maintained PostgreSQL driver, with wheels that bundle libpq).

@@ -21,6 +21,7 @@ from gchat.moodle import Moodle
 from gchat.paths import static_dir, template_dir
 from gchat.privacy import Purger
 from gchat.router import Router
+from gchat.sessions import make_store
 from gchat.store import ChatStore
 from gchat.transports.base import OriginPolicy
 from gchat.transports.http import BootstrapHandler, HealthHandler
@@ -47,6 +48,7 @@ class Services:
             await self.purger.stop()
         await self.router.stop()
         await self.broker.close()
+        await self.moodle.close()
         self.db.close()
 
 
@@ -77,9 +79,10 @@ def build_services(settings: Settings, db: Database | None = None, broker: Broke
     wwwroot = effective_wwwroot(settings)
     if settings.moodle_wwwroot != wwwroot:
         settings = settings.replace(moodle_wwwroot=wwwroot)
+    sessions = make_store(settings.moodle_sessions.with_legacy_dir(settings.moodle_session_dir),
+                          timeout=settings.db_timeout)
     moodle = Moodle(db, wwwroot=wwwroot, session_timeout=settings.session_timeout,
-                    session_cache_ttl=settings.session_cache_ttl, cache_ttl=settings.cache_ttl,
-                    session_dir=settings.moodle_session_dir)
+                    session_cache_ttl=settings.session_cache_ttl, cache_ttl=settings.cache_ttl, sessions=sessions)
     store = ChatStore(db)
     broker = broker or make_broker(settings)
     secret = settings.secret_key or load_or_create_secret(settings.data_dir)

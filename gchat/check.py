@@ -7,8 +7,8 @@ rest of gchat: it never writes Moodle's tables and never creates gchat's.
 
 from __future__ import annotations
 
-import os
 import re
+import time
 import urllib.parse
 from typing import Callable
 
@@ -16,6 +16,9 @@ from gchat.config import Settings
 from gchat.db import Database, Query
 from gchat.errors import Unavailable
 from gchat.moodle import REQUIRED_TABLES, Moodle
+from gchat.php_session import read_session_bytes
+from gchat.sessions import (SESSION_KEY, RedisStore, SessionRecord, SessionsSpec, iter_redis_sessions,
+                            make_sync_client, readable_dir)
 from gchat.store import ChatStore
 
 SESSION_SETTINGS = "Site administration › Server › Session handling"
@@ -125,36 +128,180 @@ def _run(settings: Settings, db: Database, report: _Report) -> None:
 
 def _check_sessions(settings: Settings, db: Database, report: _Report, config: dict[str, str],
                     major_minor: tuple[int, int] | None) -> None:
+    """Which session store gchat reads, whether it sees sessions there, and multi-factor
+    authentication. Every OK names what was actually looked at."""
+    spec = settings.moodle_sessions.with_legacy_dir(settings.moodle_session_dir)
+    release = (config.get("release") or "").strip()
+    if spec.kind == "redis":
+        report.ok("session store", f"moodle_sessions = {spec.describe()}")
+        _check_redis_sessions(settings, db, report, spec, config, major_minor)
+        return
+    if spec.kind == "files":
+        report.ok("session store", f"moodle_sessions = files:{spec.directory} (Moodle's file session handler)")
+    else:
+        report.ok("session store", f"moodle_sessions = database: {settings.db_prefix}sessions")
+    if not _check_dbsessions(settings, db, report, config, major_minor, spec):
+        return
+    logged_in = db.run_sync(lambda q: q.scalar("SELECT COUNT(*) FROM {sessions} WHERE userid > 0 AND state = 0"))
+    if logged_in:
+        report.ok("sessions", f"{logged_in} logged-in session(s) in {settings.db_prefix}sessions")
+    elif major_minor is not None and major_minor >= (4, 5) and spec.kind == "database":
+        report.warn("sessions", f"no logged-in sessions in {settings.db_prefix}sessions on Moodle {release}: your site "
+                                "probably uses the Redis session store ($CFG->session_handler_class = "
+                                "'\\core\\session\\redis' in config.php), which keeps Moodle 4.5+ sessions in Redis "
+                                "only — set moodle_sessions = redis://<$CFG->session_redis_host>:6379/"
+                                "<$CFG->session_redis_database>?prefix=<$CFG->session_redis_prefix>; if it does "
+                                "not, log in to Moodle and run gchat check again")
+    else:
+        report.warn("sessions", f"no logged-in sessions in {settings.db_prefix}sessions yet — log in to Moodle and "
+                                "run gchat check again; if there are still none, Moodle's config.php may set "
+                                "$CFG->dbsessions = false (Moodle 2.2–2.5), or db_url names another copy of the "
+                                "database")
+    _check_mfa(settings, db, report, spec, logged_in=int(logged_in or 0))
+
+
+def _check_dbsessions(settings: Settings, db: Database, report: _Report, config: dict[str, str],
+                      major_minor: tuple[int, int] | None, spec: SessionsSpec) -> bool:
+    """Moodle 2.2–2.5's dbsessions, and the file store's folder; False when the sessions table
+    is not where this site's sessions are (nothing more to count there)."""
     prefix = settings.db_prefix
     dbsessions = (config.get("dbsessions") or "").strip()
+    if spec.kind == "files" and not readable_dir(spec.directory):
+        report.fail("dbsessions", f"moodle_sessions = files:{spec.directory} is not a folder gchat can read: point "
+                                  "it at Moodle's $CFG->dataroot/sessions (or $CFG->session_file_save_path) and give "
+                                  "gchat's user read access")
+        return False
     if major_minor is not None and major_minor >= (2, 6):
-        report.ok("dbsessions", f"Moodle 2.6+ keeps a {prefix}sessions row for every session handler")
-    elif dbsessions == "0" and settings.moodle_session_dir:
-        if os.path.isdir(settings.moodle_session_dir) and os.access(settings.moodle_session_dir, os.R_OK):
-            report.ok("dbsessions", f"dbsessions = 0: sessions are read from the files in "
-                                    f"{settings.moodle_session_dir} (moodle_session_dir)")
-        else:
-            report.fail("dbsessions", f"moodle_session_dir = {settings.moodle_session_dir} is not a folder gchat "
-                                      "can read: point it at Moodle's $CFG->dataroot/sessions and give gchat's "
-                                      "user read access, or set dbsessions = 1")
-        return
-    elif dbsessions == "0":
+        # Moodle 2.6+ (\core\session\manager::get_handler_class): $CFG->session_handler_class, else
+        # dbsessions picks the database or the file handler; handler::add_session() writes the row.
+        report.ok("dbsessions", f"Moodle 2.6+ writes a {prefix}sessions row at login with every session handler "
+                                "except Moodle 4.5+'s Redis store; dbsessions only picks the database or file handler")
+        return True
+    if dbsessions == "0" and spec.kind == "files":
+        report.ok("dbsessions", f"dbsessions = 0: sessions are read from the files in {spec.directory} "
+                                "(moodle_sessions = files:…, formerly moodle_session_dir)")
+        return False
+    if dbsessions == "0":
         report.fail("dbsessions", f"dbsessions = 0 in {prefix}config: Moodle 2.2–2.5 then keeps sessions in "
                                   f"files (dataroot/sessions) and never writes {prefix}sessions, so gchat cannot "
                                   "see who is logged in — set dbsessions = 1 (Use database for session "
                                   f"information) in {SESSION_SETTINGS}; everyone logs in again once — or let gchat "
-                                  "read the session files: moodle_session_dir = <dataroot>/sessions")
-        return
-    else:
-        report.ok("dbsessions", f"sessions are kept in {prefix}sessions (dbsessions = {dbsessions or 'unset, so 1'})")
+                                  "read the session files: moodle_sessions = files:<dataroot>/sessions")
+        return False
+    report.ok("dbsessions", f"sessions are kept in {prefix}sessions (dbsessions = {dbsessions or 'unset, so 1'})")
+    return True
 
-    logged_in = db.run_sync(lambda q: q.scalar("SELECT COUNT(*) FROM {sessions} WHERE userid > 0 AND state = 0"))
-    if not logged_in:
-        report.warn("sessions", f"no logged-in sessions in {prefix}sessions yet — log in to Moodle and run gchat "
-                                "check again; if there are still none, Moodle's config.php may set "
-                                "$CFG->dbsessions = false, or db_url names another copy of the database")
+
+def _check_mfa(settings: Settings, db: Database, report: _Report, spec: SessionsSpec, *, logged_in: int,
+               sample: SessionRecord | None = None) -> None:
+    """Multi-factor authentication (tool_mfa): on or off, and whether this store lets gchat see
+    the pass in a session's data (without it gchat refuses every session: it fails closed)."""
+    prefix = settings.db_prefix
+    moodle = Moodle(db, wwwroot="http://localhost")
+    if not db.run_sync(moodle._mfa_enabled):  # the very detection the server uses
+        report.ok("mfa", f"multi-factor authentication is off (no enabled tool_mfa with an enabled factor in "
+                         f"{prefix}config_plugins)")
+        return
+    what = "multi-factor authentication (tool_mfa) is on, so gchat accepts only sessions whose data says the factor " \
+           "was passed"
+    if spec.kind == "redis":
+        if sample is None:
+            report.warn("mfa", f"{what}; no logged-in session in Redis to verify that gchat can read the session data "
+                               "— log in to Moodle and run gchat check again")
+        elif sample.data is None:
+            report.fail("mfa", f"{what}, but gchat cannot read the session data in Redis ({sample.data_problem}) — "
+                               "check serializer= and compressor= against $CFG->session_redis_serializer_use_igbinary "
+                               "and $CFG->session_redis_compressor")
+        else:
+            report.ok("mfa", f"{what}; gchat read and parsed a logged-in session's data in Redis "
+                             f"(serializer {spec.serializer}, compressor {spec.compressor})")
+        return
+    rows = db.run_sync(lambda q: q.all("SELECT sid, sessdata FROM {sessions} WHERE userid > 0 AND state = 0 "
+                                       "ORDER BY timemodified DESC LIMIT 20"))
+    if not rows:
+        report.warn("mfa", f"{what}; no logged-in session to verify that gchat can read the session data — log in "
+                           "to Moodle and run gchat check again")
+        return
+    if spec.kind == "files":
+        readable = [sid for sid, _ in rows if read_session_bytes(spec.directory, str(sid)) is not None]
+        if readable:
+            report.ok("mfa", f"{what}; gchat read {len(readable)} of {len(rows)} recent logged-in session(s) from "
+                             f"the files in {spec.directory}")
+        else:
+            report.fail("mfa", f"{what}, but none of {len(rows)} recent logged-in sessions has a readable file in "
+                               f"{spec.directory} — is it Moodle's session folder ($CFG->dataroot/sessions or "
+                               "$CFG->session_file_save_path), readable by gchat's user? Without the data gchat "
+                               "refuses every session")
+        return
+    with_data = [sid for sid, data in rows if data]
+    if with_data:
+        report.ok("mfa", f"{what}; {len(with_data)} of {len(rows)} recent logged-in session(s) have their data in "
+                         f"{prefix}sessions.sessdata (Moodle's database session handler)")
     else:
-        report.ok("sessions", f"{logged_in} logged-in session(s) in {prefix}sessions")
+        report.fail("mfa", f"{what}, but none of {len(rows)} recent logged-in sessions has its data in "
+                           f"{prefix}sessions.sessdata: Moodle keeps it elsewhere, so gchat refuses every session — "
+                           "with Moodle's file handler set moodle_sessions = files:<dataroot>/sessions; with "
+                           "memcached gchat cannot read the session data (use the database, file or Redis store)")
+
+
+def _check_redis_sessions(settings: Settings, db: Database, report: _Report, spec: SessionsSpec,
+                          config: dict[str, str], major_minor: tuple[int, int] | None) -> None:
+    if major_minor is not None and major_minor < (4, 5):
+        report.warn("session store", f"Moodle {config.get('release', '').strip()} keeps its session records in "
+                                     f"{settings.db_prefix}sessions whatever the handler (the Redis store keeps them "
+                                     "in Redis from Moodle 4.5 on) — set moodle_sessions = database")
+    try:
+        import redis
+    except ImportError:
+        report.fail("session store", "the redis package is missing: pip install 'gchat[redis]'")
+        return
+    client = make_sync_client(spec, timeout=min(settings.db_timeout, 5.0))
+    store = RedisStore(spec)
+    try:
+        client.ping()
+        sids = list(iter_redis_sessions(client, spec, limit=200))
+        records = []
+        for sid in sids:
+            values = client.hmget(store.key(SESSION_KEY, sid), [*RedisStore.FIELDS, "sessdata"])
+            record = store.decode(sid, list(values), True)
+            if record is not None:
+                records.append(record)
+    except redis.exceptions.RedisError as exc:
+        report.fail("session store", f"cannot read {spec.where()}: {_one_line(exc)} — check the host, port, "
+                                     "password and TLS against $CFG->session_redis_host, _port, _auth and _encrypt")
+        return
+    finally:
+        client.close()
+    guest = _int_or(config.get("siteguest"), 1)
+    timeout = settings.session_timeout or _int_or(config.get("sessiontimeout"), 7200)
+    now = int(time.time())
+    broken = [r for r in records if r.problem]
+    live = [r for r in records if not r.problem and r.state == 0 and r.userid > 0 and r.userid != guest
+            and r.timemodified + timeout >= now]
+    if broken and not live:
+        report.fail("sessions", f"{spec.where()} answers, but its session records cannot be decoded: "
+                                f"{broken[0].problem}")
+        return
+    if not sids:
+        report.warn("sessions", f"{spec.where()} answers, but has no session_* keys under the prefix '{spec.prefix}' "
+                                "— set prefix= to $CFG->session_redis_prefix and the database number to "
+                                "$CFG->session_redis_database, or log in to Moodle and run gchat check again")
+    elif not live:
+        report.warn("sessions", f"{spec.where()} answers and has {len(sids)} session record(s) under '{spec.prefix}'"
+                                f", none of them a logged-in user's — log in to Moodle and run gchat check again")
+    else:
+        more = "at least " if len(sids) >= 200 else ""
+        report.ok("sessions", f"{spec.where()} answers: {more}{len(live)} logged-in session(s) of "
+                              f"{len(sids)} session record(s) under the prefix '{spec.prefix}'")
+    sample = next((r for r in live if r.data is not None), live[0] if live else None)
+    _check_mfa(settings, db, report, spec, logged_in=len(live), sample=sample)
+
+
+def _int_or(value: object, default: int) -> int:
+    try:
+        return int(str(value).strip())
+    except (TypeError, ValueError):
+        return default
 
 
 def _check_cookie(settings: Settings, report: _Report, config: dict[str, str]) -> None:

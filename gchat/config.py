@@ -16,6 +16,8 @@ import urllib.parse
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Sequence
 
+from gchat.sessions import SessionsSpec, parse_moodle_sessions
+
 DEFAULT_CONFIG_FILE = os.path.join("conf", "gchat.conf")
 
 
@@ -207,6 +209,8 @@ OPTIONS: Sequence[Option] = (
            "days chat messages are kept; older ones are purged in the background (0 = keep forever)"),
     Option("purge_deleted_users", _parse_bool, "true",
            "purge the conversations and messages of users deleted in Moodle, in the background"),
+    Option("moodle_sessions", parse_moodle_sessions, "database",
+           "where Moodle keeps sessions: database, files:<dir>, or redis://host:6379/0?prefix=... (Moodle 4.5+)"),
 )
 OPTION_NAMES = {opt.name for opt in OPTIONS}
 
@@ -258,6 +262,7 @@ class Settings:
     honour_moodle_messaging: bool = True
     history_retention_days: int = 0
     purge_deleted_users: bool = True
+    moodle_sessions: SessionsSpec = SessionsSpec()
     config_file: str | None = field(default=None, compare=False)
 
     @property
@@ -366,6 +371,11 @@ def load_settings(argv: Sequence[str] = (), environ: Mapping[str, str] | None = 
     parsed["moodle_wwwroot"] = wwwroot
     if parsed["broker_url"] and not parsed["broker_url"].startswith(("redis://", "rediss://", "unix://")):
         raise ConfigError(f"broker_url: {parsed['broker_url']!r} is not a redis:// URL")
+    if parsed["moodle_session_dir"] and parsed["moodle_sessions"].kind != "database":
+        # moodle_session_dir is the old name of moodle_sessions = files:<dir>: one place says where.
+        raise ConfigError("moodle_session_dir: set moodle_sessions instead (moodle_session_dir is its old name "
+                          "for files:<dir>), not both")
+    parsed["moodle_sessions"] = parsed["moodle_sessions"].with_legacy_dir(parsed["moodle_session_dir"])
     if not parsed["data_dir"]:
         base = environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
         parsed["data_dir"] = os.path.join(base, "gchat")

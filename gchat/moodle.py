@@ -2,9 +2,12 @@
 
 gchat never writes Moodle's core tables. The rules (shared/moodle-facts.md, DESIGN.md):
 
-* a session cookie names ``{sessions}.sid``; it is valid when the row exists with ``state = 0``,
-  ``userid > 0``, ``userid <> siteguest`` and ``timemodified + sessiontimeout >= now``, and the
-  user is not deleted, not suspended, confirmed and ``auth <> 'nologin'``;
+* a session cookie names a session in Moodle's session store (gchat.sessions: ``{sessions}``,
+  session files, or Moodle 4.5+'s Redis store); it is valid when the record exists with
+  ``state = 0``, ``userid > 0``, ``userid <> siteguest`` and ``timemodified + sessiontimeout >=
+  now``, and the user (always read from ``{user}``) is not deleted, not suspended, confirmed and
+  ``auth <> 'nologin'``; with multi-factor authentication on (``tool_mfa`` enabled and a factor
+  enabled in ``{config_plugins}``) the session data must also say the user passed it;
 * course-mates share an active enrolment (``user_enrolments.status = 0``, ``enrol.status = 0``,
   ``timestart <= now``, ``timeend = 0 or > now``; 2147483647 is Moodle's "no end") in a visible
   course other than the front page (id 1);
@@ -17,7 +20,6 @@ gchat never writes Moodle's core tables. The rules (shared/moodle-facts.md, DESI
 
 from __future__ import annotations
 
-import hashlib
 import re
 import time
 from dataclasses import dataclass
@@ -25,16 +27,14 @@ from typing import Iterable
 
 from gchat.cache import TTLCache
 from gchat.db import Database, Query
-from gchat.php_session import read_session_file, session_ids
+from gchat.php_session import PhpFormatError, mfa_passed, parse_session
+from gchat.sessions import DatabaseStore, FileStore, SessionRecord, SessionStore, sid_hash
 
 SID_SHAPE = re.compile(r"\A[A-Za-z0-9,-]{1,128}\Z")  # \Z: "$" would let a trailing newline through
 FRONT_PAGE_COURSE = 1
 REQUIRED_TABLES = ("sessions", "user", "user_enrolments", "enrol", "course", "config")
-
-
-def sid_hash(sid: str) -> str:
-    """What a token carries instead of the sid itself (tokens travel in URLs and JS)."""
-    return hashlib.sha256(sid.encode("utf-8")).hexdigest()[:32]
+MAX_REMEMBERED_SIDS = 100_000
+__all__ = ["Moodle", "MoodleConfig", "SessionCheck", "User", "sid_hash"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,6 +56,7 @@ class MoodleConfig:
     session_cookie_path: str
     dbsessions: str | None
     release: str | None
+    mfa_enabled: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,9 +111,12 @@ class Moodle:
     """Moodle lookups with short-TTL caches; every query runs through ``Database.run``."""
 
     def __init__(self, db: Database, *, wwwroot: str, session_timeout: int = 0,
-                 session_cache_ttl: float = 10.0, cache_ttl: float = 30.0, session_dir: str = "") -> None:
+                 session_cache_ttl: float = 10.0, cache_ttl: float = 30.0, session_dir: str = "",
+                 sessions: SessionStore | None = None) -> None:
         self.db = db
-        self.session_dir = session_dir  # Moodle 2.2-2.5 with dbsessions = 0: $CFG->dataroot/sessions
+        # Where Moodle keeps its sessions (gchat.sessions); session_dir is the old moodle_session_dir.
+        self.sessions = sessions or (FileStore(session_dir) if session_dir else DatabaseStore())
+        self._sid_of: dict[str, str] = {}  # sid hash → sid, of sessions accepted here (oldest first)
         self.wwwroot = wwwroot.rstrip("/")
         self._session_timeout_override = session_timeout
         self._config: TTLCache[str, MoodleConfig] = TTLCache(max(cache_ttl, 1.0))
@@ -158,7 +162,21 @@ class Moodle:
             session_cookie_path=rows.get("sessioncookiepath") or "",
             dbsessions=rows.get("dbsessions"),
             release=rows.get("release"),
+            mfa_enabled=self._mfa_enabled(q),
         )
+
+    def _mfa_enabled(self, q: Query) -> bool:
+        """tool_mfa's ``manager::is_ready()``, site part: ``get_config('tool_mfa', 'enabled')`` and at
+        least one factor with ``get_config('factor_<name>', 'enabled') == 1``. Loaded (and cached)
+        with the config; a site without ``{config_plugins}`` has no MFA."""
+        if not self._has_table(q, "config_plugins"):
+            return False
+        # LIKE's "_" matches any character: the exact prefix is checked below (portable SQL, no ESCAPE).
+        rows = q.all("SELECT plugin, value FROM {config_plugins} WHERE name = %s AND (plugin = %s OR plugin LIKE %s)",
+                     ("enabled", "tool_mfa", "factor%"))
+        tool = any(plugin == "tool_mfa" and str(value or "").strip() not in ("", "0") for plugin, value in rows)
+        factor = any(str(plugin).startswith("factor_") and _int(value, 0) == 1 for plugin, value in rows)
+        return tool and factor
 
     # -- sessions ---------------------------------------------------------------------------
 
@@ -167,40 +185,43 @@ class Moodle:
         if not isinstance(sid, str) or not SID_SHAPE.match(sid):
             return SessionCheck(None, "malformed session id")
         cfg = await self.config()
-        return await self._sessions.get_or_load(
-            sid, lambda: self.db.run(lambda q: self._check_session(q, sid, cfg)), cache_if=lambda c: c.ok)
+        return await self._sessions.get_or_load(sid, lambda: self._check_session(sid, cfg), cache_if=lambda c: c.ok)
 
-    def _check_session(self, q: Query, sid: str, cfg: MoodleConfig) -> SessionCheck:
-        row = q.one("SELECT s.userid, s.state, s.timemodified, u.id, u.deleted, u.suspended, u.confirmed, u.auth "
-                    "FROM {sessions} s LEFT JOIN {user} u ON u.id = s.userid WHERE s.sid = %s", (sid,))
-        if row is None and self.session_dir:
-            return self._check_session_file(q, sid, cfg)
-        if row is None:
+    async def _check_session(self, sid: str, cfg: MoodleConfig) -> SessionCheck:
+        record = await self.sessions.lookup(self.db, sid, with_data=cfg.mfa_enabled)
+        if record is None:
             return SessionCheck(None, "no such session")
-        return self._judge_session(row[:3], row[3:], cfg, int(time.time()))
-
-    def _check_session_file(self, q: Query, sid: str, cfg: MoodleConfig) -> SessionCheck:
-        """The same rules for a session PHP keeps in a file (state is always 0 there)."""
-        found = read_session_file(self.session_dir, sid)
-        if found is None:
-            return SessionCheck(None, "no such session")
-        uid, modified = found
-        user = q.one("SELECT u.id, u.deleted, u.suspended, u.confirmed, u.auth FROM {user} u WHERE u.id = %s",
-                     (uid,)) or (None, 0, 0, 1, "")
-        return self._judge_session((uid, 0, modified), user, cfg, int(time.time()))
+        if record.problem:
+            return SessionCheck(None, record.problem)
+        now = int(time.time())
+        verdict = self._judge_record(record, cfg, now)
+        if verdict is None:  # the session itself is fine: now the user's row (the database stores read it already)
+            user = record.user if record.user is not None else await self.db.run(
+                lambda q: self._user_state(q, [record.userid]).get(record.userid))
+            verdict = self._judge_user(record.userid, user)
+        if verdict.ok and cfg.mfa_enabled:
+            verdict = self._judge_mfa(record)
+        if verdict.ok:
+            self._remember_sid(sid)
+        return verdict
 
     @staticmethod
-    def _judge_session(session: tuple, user: tuple, cfg: MoodleConfig, now: int) -> SessionCheck:
-        userid, state, timemodified = (int(session[0] or 0), int(session[1] or 0), int(session[2] or 0))
-        if state != 0:
+    def _judge_record(record: SessionRecord, cfg: MoodleConfig, now: int) -> SessionCheck | None:
+        """Moodle's rules on the session itself; None when they all pass."""
+        if record.state != 0:
             return SessionCheck(None, "session state is not 0")
-        if userid <= 0:
+        if record.userid <= 0:
             return SessionCheck(None, "not logged in")
-        if userid == cfg.site_guest:
+        if record.userid == cfg.site_guest:
             return SessionCheck(None, "guest")
-        if timemodified + cfg.session_timeout < now:
+        if record.timemodified + cfg.session_timeout < now:
             return SessionCheck(None, "session timed out")
-        uid, deleted, suspended, confirmed, auth = user
+        return None
+
+    @staticmethod
+    def _judge_user(userid: int, user: tuple | None) -> SessionCheck:
+        """Moodle's rules on the session's user (always read from the database)."""
+        uid, deleted, suspended, confirmed, auth = user or (None, 0, 0, 1, "")
         if uid is None:
             return SessionCheck(None, "no such user")
         if int(deleted):
@@ -213,49 +234,70 @@ class Moodle:
             return SessionCheck(None, "user may not log in (nologin)")
         return SessionCheck(userid, "ok")
 
+    def _judge_mfa(self, record: SessionRecord) -> SessionCheck:
+        """With tool_mfa on, only a session whose data says the user passed MFA: Moodle writes
+        ``sessions.userid`` at password login, before the second factor (fail closed)."""
+        if record.data is None:
+            return SessionCheck(None, "multi-factor authentication is on and gchat cannot read this session's "
+                                      f"data to verify it: {record.data_problem or 'no data'}")
+        try:
+            parsed = parse_session(record.data)
+        except PhpFormatError as exc:
+            return SessionCheck(None, f"multi-factor authentication is on and the session data cannot be parsed ({exc})")
+        if not mfa_passed(parsed):
+            return SessionCheck(None, "multi-factor authentication not passed yet")
+        return SessionCheck(record.userid, "ok")
+
+    def _user_state(self, q: Query, user_ids: Iterable[int]) -> dict[int, tuple]:
+        ids = sorted({int(u) for u in user_ids if int(u) > 0})
+        if not ids:
+            return {}
+        marks = ", ".join(["%s"] * len(ids))
+        rows = q.all(f"SELECT u.id, u.deleted, u.suspended, u.confirmed, u.auth FROM {{user}} u WHERE u.id IN ({marks})",
+                     ids)
+        return {int(row[0]): tuple(row) for row in rows}
+
+    def _remember_sid(self, sid: str) -> None:
+        """The sid behind a token's hash, for stores keyed by sid (Redis): the re-check then reads
+        the session directly instead of listing the user's sessions first."""
+        hashed = sid_hash(sid)
+        self._sid_of.pop(hashed, None)
+        self._sid_of[hashed] = sid
+        while len(self._sid_of) > MAX_REMEMBERED_SIDS:
+            self._sid_of.pop(next(iter(self._sid_of)))
+
     async def live_sessions(self, pairs: Iterable[tuple[int, str]]) -> set[tuple[int, str]]:
-        """Of (user id, sid hash) pairs, those whose Moodle session is still valid: one query."""
+        """Of (user id, sid hash) pairs, those whose Moodle session is still valid: one store
+        round trip (the database store: one query in all), plus one query for the users' rows
+        when the store does not read them itself."""
         pairs = set(pairs)
         if not pairs:
             return set()
         cfg = await self.config()
-        user_ids = sorted({uid for uid, _ in pairs})
-
-        def work(q: Query) -> set[tuple[int, str]]:
-            marks = ", ".join(["%s"] * len(user_ids))
-            rows = q.all("SELECT s.sid, s.userid, s.state, s.timemodified, u.id, u.deleted, u.suspended, "
-                         "u.confirmed, u.auth FROM {sessions} s JOIN {user} u ON u.id = s.userid "
-                         f"WHERE s.userid IN ({marks})", user_ids)
-            now = int(time.time())
-            live = set()
-            for row in rows:
-                if self._judge_session(row[1:4], row[4:], cfg, now).ok:
-                    live.add((int(row[1]), sid_hash(row[0])))
-            return live & pairs
-
-        live = await self.db.run(work)
-        if self.session_dir and pairs - live:
-            live |= await self._live_file_sessions(pairs - live)
-        for uid, _ in pairs - live:
-            self._forget_sessions_of(uid)
-        return live
-
-    async def _live_file_sessions(self, pairs: set[tuple[int, str]]) -> set[tuple[int, str]]:
-        cfg = await self.config()
-        wanted = {hashed for _, hashed in pairs}
-        sids = [sid for sid in session_ids(self.session_dir) if SID_SHAPE.match(sid) and sid_hash(sid) in wanted]
+        records = await self.sessions.lookup_many(self.db, pairs, self._sid_of)
+        now = int(time.time())
+        candidates = [r for r in records if (r.userid, sid_hash(r.sid)) in pairs and not r.problem
+                      and self._judge_record(r, cfg, now) is None]
+        missing = {r.userid for r in candidates if r.user is None}
+        users = await self.db.run(lambda q: self._user_state(q, missing)) if missing else {}
         live = set()
-        for sid in sids:
-            check = await self.db.run(lambda q, sid=sid: self._check_session_file(q, sid, cfg))
-            if check.ok:
-                live.add((check.user_id, sid_hash(sid)))
-        return live & pairs
+        for record in candidates:
+            user = record.user if record.user is not None else users.get(record.userid)
+            if self._judge_user(record.userid, user).ok:
+                live.add((record.userid, sid_hash(record.sid)))
+        for uid, hashed in pairs - live:
+            self._forget_sessions_of(uid)
+            self._sid_of.pop(hashed, None)
+        return live
 
     def _forget_sessions_of(self, user_id: int) -> None:
         self._sessions.invalidate_where(lambda _sid, check: check.user_id == user_id)
 
     def forget_session(self, sid: str) -> None:
         self._sessions.invalidate(sid)
+
+    async def close(self) -> None:
+        await self.sessions.close()
 
     # -- users ------------------------------------------------------------------------------
 

@@ -206,6 +206,8 @@ BAD_VALUES = [
     ("demo", "maybe"), ("xheaders", "2"), ("log_level", "loud"),
     ("honour_moodle_messaging", "perhaps"), ("history_retention_days", "-1"), ("history_retention_days", "1y"),
     ("purge_deleted_users", "2"),
+    ("moodle_sessions", "memcached://h:11211"), ("moodle_sessions", "files:"),
+    ("moodle_sessions", "redis://h:6379/0?serializer=json"), ("moodle_sessions", "redis://h1,h2/3"),
 ]
 
 

@@ -1,40 +1,24 @@
-"""Moodle 2.2-2.5 with dbsessions = 0: sessions in PHP session files (setting moodle_session_dir).
-The users are real rows in MariaDB; the session files are written as PHP's files handler does."""
+"""Moodle 2.2-2.5 with dbsessions = 0: sessions in PHP session files (the old setting
+moodle_session_dir, now moodle_sessions = files:<dir>). The users are real rows in MariaDB; the
+session files are written by PHP's own files handler (tests/php/moodle_session.php)."""
 
 from __future__ import annotations
 
 import os
-import time
 
 import pytest
 
 from gchat.config import parse_db_url
 from gchat.db import Database
 from gchat.moodle import Moodle, sid_hash
-from gchat.php_session import parse_session
+from gchat.sessions import FileStore
 from tests.clients import bootstrap
+from tests.php_moodle import Php
 
 
-def php_string(text: str) -> str:
-    return f's:{len(text.encode())}:"{text}";'
-
-
-def session_file(directory, sid: str, user_id: int, *, age: int = 0, realuser: int | None = None) -> str:
-    """A Moodle 2.2 session as PHP writes it: USER|O:8:"stdClass":…SESSION|O:8:"stdClass":…"""
-    fields = [("id", f"s:{len(str(user_id))}:\"{user_id}\";"), ("auth", php_string("manual")),
-              ("username", php_string(f"user{user_id}")), ("firstname", php_string("Zoë")),
-              ("lastaccess", f"i:{int(time.time())};"), ("preference", "a:1:{s:4:\"lang\";s:2:\"en\";}")]
-    if realuser is not None:
-        fields.append(("realuser", f"s:{len(str(realuser))}:\"{realuser}\";"))
-    body = "".join(php_string(k) + v for k, v in fields)
-    data = (f'USER|O:8:"stdClass":{len(fields)}:{{{body}}}'
-            'SESSION|O:8:"stdClass":2:{s:10:"logincount";i:0;s:7:"message";N;}')
-    path = os.path.join(directory, "sess_" + sid)
-    with open(path, "w", encoding="utf-8") as handle:
-        handle.write(data)
-    stamp = time.time() - age
-    os.utime(path, (stamp, stamp))
-    return path
+@pytest.fixture(scope="module")
+def php():
+    return Php()
 
 
 @pytest.fixture
@@ -51,41 +35,48 @@ def moodle(test_db_url, site, session_dir):
     db.close()
 
 
-def test_php_session_format_is_parsed():
-    data = (b'USER|O:8:"stdClass":3:{s:2:"id";s:2:"42";s:4:"auth";s:6:"manual";s:6:"access";'
-            b'a:2:{i:0;b:1;s:2:"rw";d:0.5;}}SESSION|O:8:"stdClass":1:{s:4:"lang";N;}')
-    parsed = parse_session(data)
-    assert parsed["USER"]["id"] == "42" and parsed["USER"]["access"] == {0: True, "rw": 0.5}
-    assert parsed["SESSION"] == {"lang": None}
+def test_the_old_setting_builds_the_file_store(moodle, session_dir):
+    assert isinstance(moodle.sessions, FileStore) and moodle.sessions.directory == session_dir
 
 
 @pytest.mark.gen_test
-async def test_file_session_rules(moodle, site, session_dir):
+async def test_file_session_rules(moodle, site, session_dir, php):
     ana = site.add_user("Ana", "Files")
     gone = site.add_user("Del", "Eted", deleted=1)
-    session_file(session_dir, "okfile123", ana)
-    session_file(session_dir, "oldfile123", ana, age=7200 + 60)  # past sessiontimeout
-    session_file(session_dir, "guestfile1", 1)  # the guest
-    session_file(session_dir, "nobody0001", 0)  # not logged in
-    session_file(session_dir, "deleted001", gone)
-    assert (await moodle.check_session("okfile123")).user_id == ana
-    for sid, reason in (("oldfile123", "timed out"), ("guestfile1", "guest"), ("nobody0001", "not logged in"),
-                        ("deleted001", "deleted"), ("missing001", "no such session")):
+    ok = php.file_login(session_dir, ana)
+    old = php.file_login(session_dir, ana, age=7200 + 60)  # past sessiontimeout
+    guest = php.file_login(session_dir, 1)
+    nobody = php.file_login(session_dir, 0)
+    deleted = php.file_login(session_dir, gone)
+    assert (await moodle.check_session(ok)).user_id == ana
+    for sid, reason in ((old, "timed out"), (guest, "guest"), (nobody, "not logged in"),
+                        (deleted, "deleted"), ("missing001", "no such session")):
         check = await moodle.check_session(sid)
         assert not check.ok and reason in check.reason, (sid, check)
     # The periodic re-check finds file sessions by the hash a token carries.
-    live = await moodle.live_sessions({(ana, sid_hash("okfile123")), (ana, sid_hash("oldfile123"))})
-    assert live == {(ana, sid_hash("okfile123"))}
-    os.remove(os.path.join(session_dir, "sess_okfile123"))  # Moodle logout deletes the file
-    assert await moodle.live_sessions({(ana, sid_hash("okfile123"))}) == set()
+    live = await moodle.live_sessions({(ana, sid_hash(ok)), (ana, sid_hash(old))})
+    assert live == {(ana, sid_hash(ok))}
+    php.file_logout(session_dir, ok)  # Moodle's logout: PHP's files handler deletes the file
+    assert not os.path.exists(os.path.join(session_dir, "sess_" + ok))
+    assert await moodle.live_sessions({(ana, sid_hash(ok))}) == set()
 
 
 @pytest.mark.gen_test
-async def test_login_as_belongs_to_the_real_user(moodle, site, session_dir):
+async def test_a_file_that_is_not_a_php_session_is_refused(moodle, site, session_dir):
+    ana = site.add_user()
+    with open(os.path.join(session_dir, "sess_garbage01"), "wb") as handle:
+        handle.write(b"USER|O:8:\"stdClass\":1:{s:2:\"id\";")  # cut short, as a crashed write leaves it
+    check = await moodle.check_session("garbage01")
+    assert not check.ok and "cannot parse" in check.reason
+    assert await moodle.live_sessions({(ana, sid_hash("garbage01"))}) == set()
+
+
+@pytest.mark.gen_test
+async def test_login_as_belongs_to_the_real_user(moodle, site, session_dir, php):
     admin = site.add_user("Admin", "Real")
     student = site.add_user("Stu", "Dent")
-    session_file(session_dir, "loginas001", student, realuser=admin)
-    assert (await moodle.check_session("loginas001")).user_id == admin
+    sid = php.file_login(session_dir, admin, loginas=student)
+    assert (await moodle.check_session(sid)).user_id == admin
 
 
 @pytest.fixture
@@ -94,10 +85,10 @@ def settings(settings, session_dir):
 
 
 @pytest.mark.gen_test
-async def test_bootstrap_with_a_file_session(http_server, base_url, site, session_dir):
+async def test_bootstrap_with_a_file_session(http_server, base_url, site, session_dir, php):
     (ana,) = site.classmates("Ana")
-    session_file(session_dir, "cookiefile1", ana)
-    code, boot = await bootstrap(base_url, "cookiefile1")
+    sid = php.file_login(session_dir, ana)
+    code, boot = await bootstrap(base_url, sid)
     assert code == 200 and boot["user"]["id"] == ana
     code, _ = await bootstrap(base_url, "../../etc/passwd")
     assert code == 401

@@ -1,0 +1,612 @@
+"""Where Moodle keeps its sessions: the ``moodle_sessions`` setting and one small store interface.
+
+A store answers two questions, read-only:
+
+* ``lookup(sid)``: the record of one session (user id, state, timemodified, and its PHP session
+  data when asked for, for multi-factor authentication), or None when there is none;
+* ``lookup_many(pairs)``: the records behind many (user id, sid hash) pairs at once, for the
+  periodic re-check: one round trip (one query, one pipeline) however many users.
+
+gchat.moodle applies Moodle's rules to the records (state, user id, guest, timeout, the user's
+row, MFA); the stores only read. The stores, from Moodle's source (public/lib/classes/session/):
+
+``database`` (default)
+    ``{prefix}sessions``: every handler keeps a row there up to Moodle 4.4, and the database,
+    file and memcached handlers still do in 4.5+ (``handler::add_session``). Only the database
+    handler also keeps the session data there: ``sessdata`` is base64 of PHP's session encoding.
+``files:<dir>``
+    Moodle's file handler (``$CFG->dataroot/sessions``, or ``$CFG->session_file_save_path``):
+    PHP's ``files`` handler writes ``sess_<sid>``. Moodle 2.6+ still keeps the rows in
+    ``{sessions}`` (they decide), the data is in the file; Moodle 2.2-2.5 with ``dbsessions = 0``
+    has no rows at all, so the file decides (its modification time is ``timemodified``).
+``redis://host:port/db?prefix=…``
+    Moodle 4.5+ ``\\core\\session\\redis`` (MDL-66151): no rows; the hash ``session_<sid>`` (fields
+    id, state, sid, userid, sessdata, timecreated, timemodified, firstip, lastip, each serialized
+    by phpredis's serializer, ``sessdata`` compressed first) and the hash ``user_<userid>``
+    (sid → time), both under phpredis's key prefix ``$CFG->session_redis_prefix``. A comma list of
+    hosts is a Redis Cluster, as in ``$CFG->session_redis_host``.
+
+Memcached keeps the data where gchat cannot read it: its rows in ``{sessions}`` still work with
+``database``, but multi-factor authentication cannot be verified there (gchat then refuses).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import dataclasses
+import hashlib
+import logging
+import os
+import urllib.parse
+import zlib
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Iterable, Mapping
+
+from gchat.errors import Unavailable
+from gchat.php_session import (PhpFormatError, igbinary_unserialize, parse_session, read_session_bytes,
+                               session_ids, session_user_id, unserialize)
+
+if TYPE_CHECKING:
+    from gchat.db import Database, Query
+
+log = logging.getLogger("gchat.sessions")
+
+MAX_SESSION_DATA = 16 << 20  # a decompressed session larger than this is not a Moodle session
+SESSION_KEY = "session_"  # redis.php: $sessionkeyprefix
+USER_KEY = "user_"        # redis.php: $userkeyprefix
+SERIALIZERS = ("php", "igbinary")
+COMPRESSORS = ("none", "gzip", "zstd")
+
+
+def sid_hash(sid: str) -> str:
+    """What a token carries instead of the sid itself (tokens travel in URLs and JS)."""
+    return hashlib.sha256(sid.encode("utf-8")).hexdigest()[:32]
+
+
+# -- the setting -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SessionsSpec:
+    """A parsed ``moodle_sessions`` value (the Redis password is never shown by ``describe``)."""
+
+    kind: str = "database"  # database | files | redis
+    directory: str = ""
+    hosts: tuple[tuple[str, int], ...] = ()
+    socket: str = ""
+    db: int = 0
+    prefix: str = ""
+    username: str | None = None
+    password: str | None = None
+    serializer: str = "php"
+    compressor: str = "none"
+    tls: bool = False
+    ssl_ca_certs: str | None = None
+    ssl_cert_reqs: str = "required"
+
+    @property
+    def cluster(self) -> bool:
+        return len(self.hosts) > 1
+
+    def with_legacy_dir(self, directory: str) -> "SessionsSpec":
+        """``moodle_session_dir = <dir>`` is the old name of ``moodle_sessions = files:<dir>``."""
+        if directory and self.kind == "database":
+            return dataclasses.replace(self, kind="files", directory=directory)
+        return self
+
+    def where(self) -> str:
+        if self.socket:
+            return f"unix://{self.socket} db {self.db}"
+        hosts = ",".join(f"{h}:{p}" for h, p in self.hosts)
+        scheme = "rediss" if self.tls else "redis"
+        if self.cluster:
+            return f"{scheme}://{hosts} (Redis Cluster of {len(self.hosts)} seed nodes)"
+        return f"{scheme}://{hosts}/{self.db}"
+
+    def describe(self) -> str:
+        if self.kind == "files":
+            return f"files in {self.directory}"
+        if self.kind == "redis":
+            return (f"Moodle's Redis store at {self.where()}, key prefix '{self.prefix}', "
+                    f"serializer {self.serializer}, compressor {self.compressor}")
+        return "the sessions table"
+
+
+def _split_host(text: str, default_port: int) -> tuple[str, int]:
+    text = text.strip()
+    if text.startswith("["):  # [::1]:6379
+        host, _, rest = text[1:].partition("]")
+        port_text = rest[1:] if rest.startswith(":") else ""
+    else:
+        host, _, port_text = text.rpartition(":") if text.count(":") == 1 else (text, "", "")
+    if not host:
+        raise ValueError(f"no host in {text!r}")
+    try:
+        port = int(port_text) if port_text else default_port
+    except ValueError:
+        raise ValueError(f"the port of {text!r} is not a number") from None
+    if not 0 < port < 65536:
+        raise ValueError(f"the port of {text!r} is out of range")
+    return host, port
+
+
+def parse_moodle_sessions(text: str) -> SessionsSpec:
+    """``database``, ``files:<dir>``, or ``redis://[user:password@]host[:port][,host:port…]/db?prefix=…``
+    (also ``rediss://`` for TLS and ``unix:///path/redis.sock?db=0&prefix=…``)."""
+    text = text.strip()
+    if text in ("", "database", "db"):
+        return SessionsSpec()
+    if text.startswith("files:"):
+        directory = text[len("files:"):].strip()
+        if not directory:
+            raise ValueError("files: needs Moodle's session folder, e.g. files:/var/moodledata/sessions")
+        return SessionsSpec(kind="files", directory=directory)
+    scheme, sep, rest = text.partition("://")
+    if not sep or scheme not in ("redis", "rediss", "unix"):
+        raise ValueError("expected database, files:<dir> or redis://host:6379/0?prefix=<$CFG->session_redis_prefix>")
+    netloc, _, path_query = rest.partition("/") if scheme != "unix" else ("", "", rest)
+    path, _, query_text = path_query.partition("?")
+    query = urllib.parse.parse_qs(query_text, keep_blank_values=True)
+    known = {"prefix", "password", "username", "serializer", "compressor", "db", "ssl_ca_certs", "ssl_cert_reqs"}
+    unknown = sorted(set(query) - known)
+    if unknown:
+        raise ValueError(f"unknown parameter {unknown[0]!r} (known: {', '.join(sorted(known))})")
+
+    def param(name: str, default: str | None = None) -> str | None:
+        return query[name][-1] if name in query else default
+
+    username = password = None
+    if "@" in netloc:
+        userinfo, netloc = netloc.rsplit("@", 1)
+        user_text, colon, password_text = userinfo.partition(":")
+        username = urllib.parse.unquote(user_text) or None
+        password = urllib.parse.unquote(password_text) if colon else None
+    password = param("password", password)
+    username = param("username", username)
+    serializer = (param("serializer", "php") or "php").lower()
+    if serializer not in SERIALIZERS:
+        raise ValueError("serializer is php or igbinary ($CFG->session_redis_serializer_use_igbinary)")
+    compressor = (param("compressor", "none") or "none").lower()
+    if compressor not in COMPRESSORS:
+        raise ValueError("compressor is none, gzip or zstd ($CFG->session_redis_compressor)")
+    if compressor == "zstd":
+        try:
+            import zstandard  # noqa: F401
+        except ImportError:
+            raise ValueError("compressor=zstd needs the zstandard package: pip install 'gchat[zstd]'") from None
+    try:
+        import redis  # noqa: F401
+    except ImportError:
+        raise ValueError("the Redis session store needs the redis package: pip install 'gchat[redis]'") from None
+    cert_reqs = (param("ssl_cert_reqs", "required") or "required").lower()
+    if cert_reqs not in ("none", "optional", "required"):
+        raise ValueError("ssl_cert_reqs is none, optional or required")
+    common = dict(kind="redis", prefix=param("prefix", "") or "", username=username, password=password,
+                  serializer=serializer, compressor=compressor, ssl_ca_certs=param("ssl_ca_certs"),
+                  ssl_cert_reqs=cert_reqs)
+    if scheme == "unix":
+        socket_path = urllib.parse.unquote(path if path.startswith("/") else "/" + path)
+        if socket_path == "/":
+            raise ValueError("unix:// needs the socket's path, e.g. unix:///run/redis/redis.sock?db=0")
+        return SessionsSpec(socket=socket_path, db=_db_number(param("db", "0")), **common)  # type: ignore[arg-type]
+    if not netloc:
+        raise ValueError("no host: redis://host:6379/0?prefix=…")
+    hosts = tuple(_split_host(part, 6379) for part in netloc.split(",") if part.strip())
+    db_text = path.strip("/") or param("db", "0")
+    db = _db_number(db_text)
+    if len(hosts) > 1 and db != 0:
+        raise ValueError("a Redis Cluster (several hosts) has only database 0")
+    return SessionsSpec(hosts=hosts, db=db, tls=scheme == "rediss", **common)  # type: ignore[arg-type]
+
+
+def _db_number(text: str | None) -> int:
+    try:
+        value = int(text or "0")
+    except ValueError:
+        raise ValueError(f"the database number {text!r} is not a number") from None
+    if value < 0:
+        raise ValueError("the database number must not be negative")
+    return value
+
+
+# -- records ----------------------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class SessionRecord:
+    """One Moodle session as a store holds it.
+
+    ``user`` is ``(id, deleted, suspended, confirmed, auth)`` when the store read the user's row
+    together with the session (the database stores do, in the same query), else None and the
+    caller reads it from the database. ``data`` is PHP's session encoding when it was asked for
+    and could be read, ``data_problem`` says why not. ``problem``: the record itself could not be
+    read (the session is refused with that reason).
+    """
+
+    sid: str
+    userid: int
+    state: int
+    timemodified: int
+    user: tuple[Any, ...] | None = None
+    data: bytes | None = None
+    data_problem: str = ""
+    problem: str = ""
+
+
+def _int(value: Any) -> int:
+    if isinstance(value, bytes):
+        value = value.decode("ascii", "replace")
+    try:
+        return int(str(value).strip()) if value is not None and value is not False else 0
+    except ValueError:
+        return 0
+
+
+class SessionStore:
+    """The interface; see the module docstring."""
+
+    kind = "database"
+
+    def describe(self) -> str:
+        raise NotImplementedError
+
+    async def lookup(self, db: "Database", sid: str, *, with_data: bool) -> SessionRecord | None:
+        raise NotImplementedError
+
+    async def lookup_many(self, db: "Database", pairs: set[tuple[int, str]],
+                          known: Mapping[str, str]) -> list[SessionRecord]:
+        """Records for the sessions behind ``pairs`` (more may come back; the caller keeps
+        only its pairs). ``known`` maps sid hashes to the sids seen at bootstrap."""
+        raise NotImplementedError
+
+    async def close(self) -> None:
+        return None
+
+
+_ROW_COLUMNS = "s.sid, s.userid, s.state, s.timemodified, u.id, u.deleted, u.suspended, u.confirmed, u.auth"
+
+
+def _row_record(row: tuple[Any, ...]) -> SessionRecord:
+    return SessionRecord(sid=str(row[0]), userid=_int(row[1]), state=_int(row[2]), timemodified=_int(row[3]),
+                         user=tuple(row[4:9]))
+
+
+def _rows_by_sid(q: "Query", sid: str, with_sessdata: bool) -> tuple[Any, ...] | None:
+    extra = ", s.sessdata" if with_sessdata else ""
+    return q.one(f"SELECT {_ROW_COLUMNS}{extra} FROM {{sessions}} s LEFT JOIN {{user}} u ON u.id = s.userid "
+                 "WHERE s.sid = %s", (sid,))
+
+
+def _rows_of_users(q: "Query", user_ids: list[int]) -> list[tuple[Any, ...]]:
+    marks = ", ".join(["%s"] * len(user_ids))
+    return q.all(f"SELECT {_ROW_COLUMNS} FROM {{sessions}} s JOIN {{user}} u ON u.id = s.userid "
+                 f"WHERE s.userid IN ({marks})", user_ids)
+
+
+class DatabaseStore(SessionStore):
+    """``{prefix}sessions`` (Moodle's database handler keeps the data in ``sessdata`` too)."""
+
+    kind = "database"
+
+    def describe(self) -> str:
+        return "the sessions table"
+
+    async def lookup(self, db: "Database", sid: str, *, with_data: bool) -> SessionRecord | None:
+        def work(q: "Query") -> SessionRecord | None:
+            row = _rows_by_sid(q, sid, with_data)
+            if row is None:
+                return None
+            record = _row_record(row)
+            if with_data:
+                record.data, record.data_problem = _decode_sessdata(row[9], db.prefix)
+            return record
+
+        return await db.run(work)
+
+    async def lookup_many(self, db: "Database", pairs: set[tuple[int, str]],
+                          known: Mapping[str, str]) -> list[SessionRecord]:
+        user_ids = sorted({uid for uid, _ in pairs})
+        return [_row_record(row) for row in await db.run(lambda q: _rows_of_users(q, user_ids))]
+
+
+def _decode_sessdata(value: Any, prefix: str) -> tuple[bytes | None, str]:
+    if value is None or value == "" or value == b"":
+        return None, (f"the session data is not in {prefix}sessions.sessdata (Moodle keeps it elsewhere: its file "
+                      "or memcached session handler; for files set moodle_sessions = files:<dataroot>/sessions)")
+    try:
+        return base64.b64decode(value, validate=False), ""
+    except (ValueError, TypeError):
+        return None, f"{prefix}sessions.sessdata is not base64"
+
+
+class FileStore(SessionStore):
+    """Moodle's file handler: rows in ``{sessions}`` (2.6+) or none (2.2-2.5, ``dbsessions = 0``),
+    the data in ``<dir>/sess_<sid>``. Files are read in the database's thread pool, never on the
+    IOLoop."""
+
+    kind = "files"
+
+    def __init__(self, directory: str) -> None:
+        self.directory = directory
+
+    def describe(self) -> str:
+        return f"files in {self.directory}"
+
+    def _file_record(self, sid: str) -> SessionRecord | None:
+        found = read_session_bytes(self.directory, sid)
+        if found is None:
+            return None
+        data, mtime = found
+        try:
+            parsed = parse_session(data)
+        except PhpFormatError as exc:
+            return SessionRecord(sid, 0, 0, mtime, problem=f"cannot parse sess_{sid}: {exc}")
+        return SessionRecord(sid, session_user_id(parsed), 0, mtime, data=data)
+
+    async def lookup(self, db: "Database", sid: str, *, with_data: bool) -> SessionRecord | None:
+        def work(q: "Query") -> SessionRecord | None:
+            row = _rows_by_sid(q, sid, False)
+            if row is None:  # Moodle 2.2-2.5 with dbsessions = 0: the file alone (state is always 0 there)
+                return self._file_record(sid)
+            record = _row_record(row)
+            if with_data:
+                found = read_session_bytes(self.directory, sid)
+                if found is None:
+                    record.data_problem = f"cannot read sess_{sid} in {self.directory}"
+                else:
+                    record.data = found[0]
+            return record
+
+        return await db.run(work)
+
+    async def lookup_many(self, db: "Database", pairs: set[tuple[int, str]],
+                          known: Mapping[str, str]) -> list[SessionRecord]:
+        user_ids = sorted({uid for uid, _ in pairs})
+        # A copy made here, on the IOLoop: the worker thread must not read a dict the loop changes.
+        seen = {hashed: known[hashed] for _, hashed in pairs if hashed in known}
+
+        def work(q: "Query") -> list[SessionRecord]:
+            records = [_row_record(row) for row in _rows_of_users(q, user_ids)]
+            found = {sid_hash(r.sid) for r in records}
+            wanted = {hashed for _, hashed in pairs} - found
+            if not wanted:
+                return records
+            # No row: 2.2-2.5 file sessions. The sids seen at bootstrap first; a folder listing
+            # only for sessions this process has not seen (a token issued by another process).
+            sids = [seen[h] for h in wanted if h in seen]
+            if len(sids) < len(wanted):
+                sids += [sid for sid in session_ids(self.directory)
+                         if sid_hash(sid) in wanted and sid_hash(sid) not in seen]
+            for sid in sids:
+                record = self._file_record(sid)
+                if record is not None:
+                    records.append(record)
+            return records
+
+        return await db.run(work)
+
+
+# -- Redis (Moodle 4.5+) ------------------------------------------------------------------------------
+
+
+class RedisStore(SessionStore):
+    """Moodle 4.5+'s Redis session store, read with redis-py's asyncio client (single server or
+    Redis Cluster). Asyncio rather than the database's thread pool: a slow Redis must not take
+    the threads that every database query needs, and the client multiplexes on the IOLoop
+    without blocking it."""
+
+    kind = "redis"
+    FIELDS = ("userid", "state", "timemodified")
+
+    def __init__(self, spec: SessionsSpec, *, timeout: float = 5.0) -> None:
+        self.spec = spec
+        self.timeout = timeout
+        self._client: Any = None
+        self._decode = igbinary_unserialize if spec.serializer == "igbinary" else unserialize
+
+    def describe(self) -> str:
+        return self.spec.describe()
+
+    def _connect(self) -> Any:
+        if self._client is None:
+            self._client = make_async_client(self.spec, self.timeout)
+        return self._client
+
+    def key(self, kind: str, name: str) -> str:
+        return f"{self.spec.prefix}{kind}{name}"
+
+    def _value(self, raw: bytes | None) -> Any:
+        """A hash field as phpredis stored it (None: no such field)."""
+        if raw is None:
+            return None
+        return self._decode(raw, text=False)
+
+    def decode(self, sid: str, values: list[bytes | None], with_data: bool) -> SessionRecord | None:
+        """A record from HMGET's answer for ``FIELDS`` (+ ``sessdata``); None: no such key."""
+        if all(v is None for v in values):
+            return None  # no such key: never was, logged out (destroy), or expired
+        try:
+            userid, state, modified = (self._value(v) for v in values[:3])
+        except PhpFormatError as exc:
+            hint = "igbinary" if self.spec.serializer == "php" else "php"
+            return SessionRecord(sid, 0, 0, 0, problem=f"cannot decode the Redis session record with serializer="
+                                 f"{self.spec.serializer} ({exc}); does Moodle use {hint}?")
+        record = SessionRecord(sid, _int(userid), _int(state), _int(modified))
+        if with_data:
+            record.data, record.data_problem = self._sessdata(values[3])
+        return record
+
+    def _sessdata(self, raw: bytes | None) -> tuple[bytes | None, str]:
+        try:
+            value = self._value(raw)
+        except PhpFormatError as exc:
+            return None, f"cannot decode sessdata with serializer={self.spec.serializer}: {exc}"
+        if value is None or value is False or value == b"":
+            return None, "the session has no data yet"
+        if not isinstance(value, bytes):
+            return None, "sessdata is not a string"
+        try:
+            return decompress(value, self.spec.compressor), ""
+        except ValueError as exc:
+            return None, f"cannot uncompress sessdata with compressor={self.spec.compressor}: {exc}"
+
+    async def lookup(self, db: "Database", sid: str, *, with_data: bool) -> SessionRecord | None:
+        fields = self.FIELDS + (("sessdata",) if with_data else ())
+        values = await self._call(lambda c: c.hmget(self.key(SESSION_KEY, sid), fields))
+        return self.decode(sid, list(values), with_data)
+
+    async def lookup_many(self, db: "Database", pairs: set[tuple[int, str]],
+                          known: Mapping[str, str]) -> list[SessionRecord]:
+        sids = {known[h] for _, h in pairs if h in known}
+        unknown_users = sorted({uid for uid, h in pairs if h not in known})
+        wanted = {h for _, h in pairs}
+
+        async def one_round(client: Any) -> tuple[list[SessionRecord], set[str]]:
+            pipe = client.pipeline(transaction=False)
+            ordered = sorted(sids)
+            for sid in ordered:
+                pipe.hmget(self.key(SESSION_KEY, sid), self.FIELDS)
+            for uid in unknown_users:
+                pipe.hkeys(self.key(USER_KEY, str(uid)))
+            results = await pipe.execute()
+            records = [r for sid, values in zip(ordered, results) if (r := self.decode(sid, list(values), False))]
+            more: set[str] = set()
+            for names in results[len(ordered):]:
+                for name in names:
+                    sid = name.decode("utf-8", "replace") if isinstance(name, bytes) else str(name)
+                    if sid_hash(sid) in wanted and sid not in sids:
+                        more.add(sid)
+            return records, more
+
+        async def work(client: Any) -> list[SessionRecord]:
+            records, more = await one_round(client)
+            if more:  # sessions this process did not bootstrap: found through user_<id>, read now
+                pipe = client.pipeline(transaction=False)
+                ordered = sorted(more)
+                for sid in ordered:
+                    pipe.hmget(self.key(SESSION_KEY, sid), self.FIELDS)
+                for sid, values in zip(ordered, await pipe.execute()):
+                    record = self.decode(sid, list(values), False)
+                    if record is not None:
+                        records.append(record)
+            return records
+
+        return await self._call(work)
+
+    async def _call(self, work: Any) -> Any:
+        from redis.exceptions import RedisError
+
+        try:
+            return await asyncio.wait_for(work(self._connect()), self.timeout * 2)
+        except (RedisError, OSError, asyncio.TimeoutError) as exc:
+            raise Unavailable(f"Moodle's session store {self.spec.where()} did not answer: "
+                              f"{' '.join(str(exc).split()) or type(exc).__name__}") from None
+
+    async def close(self) -> None:
+        client, self._client = self._client, None
+        if client is not None:
+            try:
+                await client.aclose()
+            except Exception:  # closing a client whose server is gone must not stop a shutdown
+                log.debug("closing the session store's Redis client failed", exc_info=True)
+
+
+def _client_options(spec: SessionsSpec, timeout: float) -> dict[str, Any]:
+    options: dict[str, Any] = dict(username=spec.username, password=spec.password, socket_timeout=timeout,
+                                   socket_connect_timeout=timeout)
+    if spec.tls:
+        options.update(ssl=True, ssl_cert_reqs=spec.ssl_cert_reqs, ssl_ca_certs=spec.ssl_ca_certs)
+    return options
+
+
+def make_async_client(spec: SessionsSpec, timeout: float) -> Any:
+    import redis.asyncio as aioredis
+    from redis.asyncio.cluster import ClusterNode, RedisCluster
+
+    options = _client_options(spec, timeout)
+    if spec.socket:
+        return aioredis.Redis(unix_socket_path=spec.socket, db=spec.db, **options)
+    if spec.cluster:
+        return RedisCluster(startup_nodes=[ClusterNode(h, p) for h, p in spec.hosts], **options)
+    host, port = spec.hosts[0]
+    return aioredis.Redis(host=host, port=port, db=spec.db, **options)
+
+
+def make_sync_client(spec: SessionsSpec, timeout: float) -> Any:
+    """A blocking client, for ``gchat check`` (a command line tool, not the server)."""
+    import redis
+    from redis.cluster import ClusterNode, RedisCluster
+
+    options = _client_options(spec, timeout)
+    if spec.socket:
+        return redis.Redis(unix_socket_path=spec.socket, db=spec.db, **options)
+    if spec.cluster:
+        return RedisCluster(startup_nodes=[ClusterNode(h, p) for h, p in spec.hosts], **options)
+    host, port = spec.hosts[0]
+    return redis.Redis(host=host, port=port, db=spec.db, **options)
+
+
+def decompress(value: bytes, compressor: str) -> bytes:
+    """``sessdata`` as redis.php compressed it: ``gzencode()`` (a gzip member) or
+    ``zstd_compress()`` (a zstd frame); at most MAX_SESSION_DATA bytes come out."""
+    if compressor == "none":
+        return value
+    if compressor == "gzip":
+        inflater = zlib.decompressobj(wbits=31)
+        try:
+            out = inflater.decompress(value, MAX_SESSION_DATA + 1)
+        except zlib.error as exc:
+            raise ValueError(str(exc)) from None
+        if len(out) > MAX_SESSION_DATA:
+            raise ValueError("larger than any session")
+        if not inflater.eof:
+            raise ValueError("truncated gzip data")
+        return out
+    if compressor == "zstd":
+        import io
+
+        import zstandard
+
+        try:
+            with zstandard.ZstdDecompressor().stream_reader(io.BytesIO(value)) as reader:
+                chunks, size = [], 0
+                while size <= MAX_SESSION_DATA:
+                    chunk = reader.read(1 << 20)
+                    if not chunk:
+                        break
+                    chunks.append(chunk)
+                    size += len(chunk)
+        except zstandard.ZstdError as exc:
+            raise ValueError(str(exc)) from None
+        if size > MAX_SESSION_DATA:
+            raise ValueError("larger than any session")
+        return b"".join(chunks)
+    raise ValueError(f"unknown compressor {compressor!r}")
+
+
+def make_store(spec: SessionsSpec, *, timeout: float = 5.0) -> SessionStore:
+    if spec.kind == "files":
+        return FileStore(spec.directory)
+    if spec.kind == "redis":
+        return RedisStore(spec, timeout=timeout)
+    return DatabaseStore()
+
+
+def iter_redis_sessions(client: Any, spec: SessionsSpec, limit: int) -> Iterable[str]:
+    """Up to ``limit`` session ids found by SCAN (``gchat check`` only: never in the server)."""
+    pattern = f"{spec.prefix}{SESSION_KEY}*"
+    found = 0
+    for key in client.scan_iter(match=pattern, count=500):
+        name = key.decode("utf-8", "replace") if isinstance(key, bytes) else str(key)
+        rest = name[len(spec.prefix) + len(SESSION_KEY):]
+        if rest.endswith(".lock"):
+            continue  # redis.php's session lock, "session_<sid>.lock"
+        yield rest
+        found += 1
+        if found >= limit:
+            return
+
+
+def readable_dir(path: str) -> bool:
+    return os.path.isdir(path) and os.access(path, os.R_OK | os.X_OK)
