@@ -94,7 +94,13 @@ class MoodleSite:
     def reset(self) -> None:
         tables = [self.prefix + table for table in MOODLE_TABLES + CHAT_TABLES]
         if self.engine == "postgresql":
-            self.execute(f"TRUNCATE TABLE {', '.join(tables)} RESTART IDENTITY")
+            # DELETE and restarting the sequences, in one round trip: on tables this small it is
+            # many times faster than TRUNCATE, which gives each table new files.
+            statements = [f"DELETE FROM {table}" for table in tables]
+            statements += [f"SELECT setval(pg_get_serial_sequence('{table}', 'id'), 1, false)" for table in tables
+                           if self._table_has_id(table)]
+            with self.conn.cursor() as cur:
+                cur.execute("; ".join(statements))
         else:
             for table in tables:
                 self.execute(f"TRUNCATE TABLE {table}")
