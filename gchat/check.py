@@ -121,7 +121,8 @@ def _run(settings: Settings, db: Database, report: _Report) -> None:
                                     "gchat initdb (same settings as the server)")
     elif outdated:
         report.warn("gchat tables", f"{'; '.join(outdated)} — bring them up to date with: gchat initdb (same "
-                                    "settings as the server; it rebuilds the table, so run it at a quiet time)")
+                                    "settings as the server; it rebuilds the table: run it at a quiet time, "
+                                    "with --db_timeout=3600 when the table is large)")
     else:
         report.ok("gchat tables", f"present ({prefix}gchat_conversations, {prefix}gchat_members, "
                                   f"{prefix}gchat_messages)")
