@@ -122,7 +122,7 @@ class Query:
 
     def insert(self, sql: str, params: Sequence[Any] = ()) -> int:
         """Insert one row into a table with an ``id`` column; returns the new id."""
-        if self.dialect.name == "postgresql":
+        if self.dialect.returning_ids:
             return int(self.scalar(self.dialect.returning_id(sql), params))
         self.execute(sql, params)
         return int(self._cursor.lastrowid)
@@ -130,8 +130,9 @@ class Query:
     def insert_new(self, sql: str, params: Sequence[Any] = ()) -> bool:
         """Insert one row unless a unique key already holds it; True when it was inserted.
         Either way the transaction goes on (on PostgreSQL a failed INSERT would end it)."""
-        if self.dialect.name == "postgresql":
-            return self.execute(self.dialect.insert_new(sql), params) > 0
+        unless_there = self.dialect.insert_new(sql)
+        if unless_there is not None:
+            return self.execute(unless_there, params) > 0
         try:
             self.execute(sql, params)
             return True
@@ -140,8 +141,9 @@ class Query:
 
     def insert_new_id(self, sql: str, params: Sequence[Any] = ()) -> int | None:
         """``insert_new`` for a table with an ``id`` column: the new id, or None."""
-        if self.dialect.name == "postgresql":
-            row = self.one(self.dialect.returning_id(self.dialect.insert_new(sql)), params)
+        unless_there = self.dialect.insert_new(sql)
+        if unless_there is not None:
+            row = self.one(self.dialect.returning_id(unless_there), params)
             return int(row[0]) if row is not None else None
         try:
             return self.insert(sql, params)
@@ -149,20 +151,13 @@ class Query:
             return None
 
     def multi_row_ids(self) -> bool:
-        """Whether ``insert_many`` can tell the ids of the rows one INSERT adds: always on
-        PostgreSQL (RETURNING); on MySQL/MariaDB when ``innodb_autoinc_lock_mode`` is 0 or 1
-        (the default), which makes them consecutive from LAST_INSERT_ID(); never on SQLite."""
-        if self.dialect.name == "postgresql":
-            return True
-        if self.dialect.name == "mysql":
-            mode = self.scalar("SELECT @@innodb_autoinc_lock_mode")
-            return mode is not None and int(mode) in (0, 1)
-        return False
+        """Whether ``insert_many`` can tell the ids of the rows one INSERT adds (see the dialect)."""
+        return self.dialect.multi_row_ids(self)
 
     def insert_many(self, sql: str, params: Sequence[Any], rows: int) -> list[int]:
         """Run a multi-row INSERT into a table with an ``id`` column; the new ids, in the order
         of the rows (only where ``multi_row_ids`` says it can)."""
-        if self.dialect.name == "postgresql":
+        if self.dialect.returning_ids:
             # The sequence gives ids in the order the VALUES rows are inserted, but RETURNING
             # promises no order of its own: sort them.
             ids = sorted(int(row[0]) for row in self.all(self.dialect.returning_id(sql), params))

@@ -30,8 +30,6 @@ from typing import Any, Mapping, Protocol, Sequence
 _TABLE = re.compile(r"\{(\w+)\}")
 _OLD_NEW = re.compile(r"\b(OLD|NEW)\.(\w+)")
 
-ENGINE_LABELS = {"mysql": "MySQL/MariaDB", "postgresql": "PostgreSQL", "sqlite": "SQLite"}
-
 
 class Rows(Protocol):
     """The part of db.Query the catalog probes use."""
@@ -50,12 +48,10 @@ class Dialect:
     # Whether a failed statement spoils the rest of its transaction (PostgreSQL: "current
     # transaction is aborted"), so that a statement allowed to fail needs a savepoint.
     failed_statement_aborts_transaction = False
+    # Whether a new row's id comes back through RETURNING (else the cursor's lastrowid).
+    returning_ids = False
     version_sql = "SELECT VERSION()"
     schema_sql = "DATABASE()"
-
-    @property
-    def label(self) -> str:
-        return ENGINE_LABELS[self.name]
 
     # -- statements ------------------------------------------------------------------------------
 
@@ -79,10 +75,18 @@ class Dialect:
         """The INSERT of one row, made to give its new id back (see ``Query.insert``)."""
         return insert_sql
 
-    def insert_new(self, insert_sql: str) -> str:
-        """The INSERT, made not to fail when a unique key already holds the row (PostgreSQL);
-        elsewhere it fails with IntegrityError, which ``Query.insert_new`` catches."""
-        return insert_sql
+    def insert_new(self, insert_sql: str) -> str | None:
+        """The INSERT, made not to fail when a unique key already holds the row; None where it
+        is left to fail with IntegrityError, which ``Query.insert_new`` catches (a failed
+        statement costs nothing more on MySQL and SQLite)."""
+        return None
+
+    def multi_row_ids(self, q: Rows) -> bool:
+        """Whether one multi-row INSERT can tell the ids of its rows: on MySQL/MariaDB when
+        ``innodb_autoinc_lock_mode`` is 0 or 1 (the default), which makes them consecutive from
+        LAST_INSERT_ID()."""
+        rows = q.all("SELECT @@innodb_autoinc_lock_mode")
+        return bool(rows) and rows[0][0] is not None and int(rows[0][0]) in (0, 1)
 
     def upsert(self, insert_sql: str, key: Sequence[str], table: str, assignments: Mapping[str, str]) -> str:
         """``insert_sql`` plus what to do when the row with this ``key`` exists: ``assignments``
@@ -139,6 +143,7 @@ class PostgreSQLDialect(Dialect):
     # also waits for a writer of the row that has not committed yet.
     locking_read = " FOR SHARE"
     failed_statement_aborts_transaction = True
+    returning_ids = True
     version_sql = "SHOW server_version"
     schema_sql = "current_schema()"
 
@@ -152,8 +157,11 @@ class PostgreSQLDialect(Dialect):
     def returning_id(self, insert_sql: str) -> str:
         return insert_sql + " RETURNING id"
 
-    def insert_new(self, insert_sql: str) -> str:
+    def insert_new(self, insert_sql: str) -> str | None:
         return insert_sql + " ON CONFLICT DO NOTHING"
+
+    def multi_row_ids(self, q: Rows) -> bool:
+        return True  # RETURNING id
 
     def upsert(self, insert_sql: str, key: Sequence[str], table: str, assignments: Mapping[str, str]) -> str:
         # In DO UPDATE a bare column name is ambiguous between the stored row and EXCLUDED.
@@ -172,6 +180,9 @@ class SQLiteDialect(Dialect):
     placeholder = "?"
     locking_read = ""  # a writer holds the database's write lock: no snapshot older than it
     version_sql = "SELECT sqlite_version()"
+
+    def multi_row_ids(self, q: Rows) -> bool:
+        return False  # one statement per row costs little in-process
 
     def quote(self, name: str) -> str:
         return f'"{name}"'
