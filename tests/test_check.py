@@ -3,6 +3,7 @@ MariaDB and on PostgreSQL."""
 
 from __future__ import annotations
 
+import os
 import secrets
 
 import pytest
@@ -253,6 +254,8 @@ def test_allowed_origins_without_the_wwwroot(clean):
 
 def test_check_command_exit_status(clean, test_db_url, capsys, monkeypatch, tmp_path):
     monkeypatch.chdir(tmp_path)
+    for key in [k for k in os.environ if k.startswith("GCHAT_")]:  # GCHAT_TEST_PG is no gchat setting
+        monkeypatch.delenv(key)
     base = [f"--db_url={test_db_url}", "--moodle_wwwroot=http://moodle.test", f"--data_dir={tmp_path}"]
     with pytest.raises(SystemExit) as exc:
         main(["check", *base])
