@@ -33,6 +33,9 @@ setup(
     install_requires=[
         "tornado>=6.4",         # HTTP, WebSocket, IOLoop
         "PyMySQL>=1.1",         # pure-Python MySQL/MariaDB driver
+        # PostgreSQL, Moodle's other main engine: psycopg 3 is the maintained PostgreSQL driver
+        # (DB-API 2, so DBUtils pools it like PyMySQL); [binary] brings libpq, no compiler needed.
+        "psycopg[binary]>=3.1",
         "DBUtils>=3.0",         # PooledDB: a thread-safe connection pool
         "itsdangerous>=2.1",    # signed, expiring tokens
     ],

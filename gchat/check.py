@@ -54,23 +54,24 @@ def _run(settings: Settings, db: Database, report: _Report) -> None:
     prefix = settings.db_prefix
     if settings.is_demo_db:
         report.warn("db_url", "empty, so gchat runs the embedded demo (SQLite in data_dir) — to serve a Moodle "
-                              "site set db_url = mysql://user:password@host:3306/moodle and run gchat check again")
+                              "site set db_url = mysql://user:password@host:3306/moodle (or postgresql://user:password@"
+                              "host:5432/moodle) and run gchat check again")
         return
 
     # -- the database --------------------------------------------------------------------------------
     try:
-        version = db.run_sync(lambda q: q.scalar("SELECT VERSION()"))
+        version = db.run_sync(lambda q: q.scalar(q.dialect.version_sql))
     except Unavailable as exc:
         report.fail("database", f"cannot connect to {db.where}: {_one_line(exc)} — check the host, port, user, "
                                 "password and database name in db_url, and that this host may connect")
         return
-    report.ok("database", f"{db.where} answers (server {version})")
+    report.ok("database", f"{db.where} answers ({db.sql_dialect.server_name(version)})")
 
     # -- Moodle's tables -----------------------------------------------------------------------------
     moodle = Moodle(db, wwwroot=settings.moodle_wwwroot or "http://localhost", session_timeout=settings.session_timeout)
     missing = db.run_sync(moodle.missing_tables)
     if missing:
-        found = db.run_sync(lambda q: _moodle_prefixes(q, db.dialect))
+        found = db.run_sync(_moodle_prefixes)
         others = [p for p in found if p != prefix]
         if len(missing) < len(REQUIRED_TABLES):
             report.fail("moodle tables", f"{', '.join(prefix + m for m in missing)} missing with db_prefix "
@@ -115,10 +116,16 @@ def _run(settings: Settings, db: Database, report: _Report) -> None:
     _check_cookie(settings, report, config)
 
     # -- gchat's own tables ----------------------------------------------------------------------------
-    chat_missing = db.run_sync(ChatStore(db).missing_tables)
+    store = ChatStore(db)
+    chat_missing = db.run_sync(store.missing_tables)
+    outdated = [] if chat_missing else db.run_sync(store.outdated)
     if chat_missing:
         report.fail("gchat tables", f"{', '.join(prefix + t for t in chat_missing)} missing — create them with: "
                                     "gchat initdb (same settings as the server)")
+    elif outdated:
+        report.warn("gchat tables", f"{'; '.join(outdated)} — bring them up to date with: gchat initdb (same "
+                                    "settings as the server; it rebuilds the table: run it at a quiet time, "
+                                    "with --db_timeout=3600 when the table is large)")
     else:
         report.ok("gchat tables", f"present ({prefix}gchat_conversations, {prefix}gchat_members, "
                                   f"{prefix}gchat_messages)")
@@ -367,13 +374,9 @@ def _check_origins(settings: Settings, report: _Report) -> None:
                                        "setting")
 
 
-def _moodle_prefixes(q: Query, dialect: str) -> list[str]:
+def _moodle_prefixes(q: Query) -> list[str]:
     """Table prefixes under which every table gchat reads exists, Moodle's default ``mdl_`` first."""
-    if dialect == "sqlite":
-        names = {row[0] for row in q.all("SELECT name FROM sqlite_master WHERE type = 'table'")}
-    else:
-        names = {row[0] for row in q.all("SELECT table_name FROM information_schema.tables "
-                                         "WHERE table_schema = DATABASE()")}
+    names = q.table_names()
     marker = "user_enrolments"
     candidates = {name[:-len(marker)] for name in names if name.endswith(marker)}
     found = [p for p in candidates if all(p + table in names for table in REQUIRED_TABLES)]

@@ -100,9 +100,19 @@ def _db_prefix(text: str) -> str:
     return value
 
 
+MYSQL_SCHEMES = ("mysql", "mariadb", "mysql+pymysql")
+POSTGRESQL_SCHEMES = ("postgresql", "postgres", "postgresql+psycopg", "pgsql")
+
+
 @dataclass(frozen=True)
 class DbUrl:
-    """A parsed ``mysql://user:pass@host:port/dbname?charset=utf8mb4&unix_socket=...``."""
+    """A parsed ``mysql://user:pass@host:port/dbname?charset=utf8mb4&unix_socket=...`` or
+    ``postgresql://user:pass@host:port/dbname?host=/run/postgresql&sslmode=require``.
+
+    ``engine`` is ``mysql`` (MySQL and MariaDB, through PyMySQL) or ``postgresql`` (psycopg 3).
+    ``unix_socket`` is the socket file on MySQL and the socket *folder* on PostgreSQL (libpq's
+    ``host=/dir``, as in Moodle's ``$CFG->dboptions['dbsocket']``).
+    """
 
     user: str
     password: str
@@ -111,41 +121,55 @@ class DbUrl:
     database: str
     unix_socket: str | None
     charset: str
+    engine: str = "mysql"
+    sslmode: str | None = None  # PostgreSQL only: libpq's sslmode (disable, require, verify-full, ...)
 
     def redacted(self) -> str:
         """The URL without the password, for log lines and error messages."""
+        scheme = "postgresql" if self.engine == "postgresql" else "mysql"
         if self.unix_socket:
-            return f"mysql://{self.user}@localhost/{self.database} (socket {self.unix_socket})"
-        return f"mysql://{self.user}@{self.host}:{self.port}/{self.database}"
+            return f"{scheme}://{self.user}@localhost/{self.database} (socket {self.unix_socket})"
+        return f"{scheme}://{self.user}@{self.host}:{self.port}/{self.database}"
 
 
 def parse_db_url(text: str) -> DbUrl | None:
-    """Empty means the embedded demo database; anything else must be a mysql:// URL."""
+    """Empty means the embedded demo database; otherwise a mysql:// or postgresql:// URL."""
     text = text.strip()
     if not text:
         return None
     parts = urllib.parse.urlsplit(text)
-    if parts.scheme not in ("mysql", "mariadb", "mysql+pymysql"):
-        raise ValueError("expected mysql://user:password@host:3306/database")
+    if parts.scheme in MYSQL_SCHEMES:
+        engine, known, default_port, default_user = "mysql", ("charset", "unix_socket"), 3306, "root"
+    elif parts.scheme in POSTGRESQL_SCHEMES:
+        engine, known, default_port, default_user = "postgresql", ("host", "sslmode"), 5432, "postgres"
+    else:
+        raise ValueError("expected mysql://user:password@host:3306/database or "
+                         "postgresql://user:password@host:5432/database")
     query = urllib.parse.parse_qs(parts.query)
-    unknown = set(query) - {"charset", "unix_socket"}
+    unknown = set(query) - set(known)
     if unknown:
-        raise ValueError(f"unknown parameter {sorted(unknown)[0]!r} (charset and unix_socket are known)")
+        raise ValueError(f"unknown parameter {sorted(unknown)[0]!r} ({' and '.join(known)} are known)")
     database = parts.path.lstrip("/")
     if not database or "/" in database:
-        raise ValueError("the URL must name a database: mysql://user@host/moodle")
+        raise ValueError(f"the URL must name a database: {parts.scheme}://user@host/moodle")
     try:
-        port = parts.port or 3306
+        port = parts.port or default_port
     except ValueError:
         raise ValueError("the port is not a number") from None
+    socket = query.get("unix_socket" if engine == "mysql" else "host", [None])[0]
+    if engine == "postgresql" and socket is not None and not socket.startswith("/"):
+        raise ValueError("host= in a postgresql:// URL is the folder of the server's Unix socket (an absolute "
+                         "path); put a host name before the port instead")
     return DbUrl(
-        user=urllib.parse.unquote(parts.username or "root"),
+        user=urllib.parse.unquote(parts.username or default_user),
         password=urllib.parse.unquote(parts.password or ""),
         host=parts.hostname or "127.0.0.1",
         port=port,
         database=urllib.parse.unquote(database),
-        unix_socket=query.get("unix_socket", [None])[0],
+        unix_socket=socket,
         charset=query.get("charset", ["utf8mb4"])[0],
+        engine=engine,
+        sslmode=query.get("sslmode", [None])[0],
     )
 
 

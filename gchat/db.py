@@ -1,39 +1,46 @@
-"""Database access: a DBUtils pool over PyMySQL (or sqlite3 for the demo), used off the IOLoop.
+"""Database access: a DBUtils pool over PyMySQL (MySQL/MariaDB), psycopg 3 (PostgreSQL) or
+sqlite3 (the demo), used off the IOLoop.
 
 Every query runs in a bounded thread pool (``Database.run``), one unit of work per call, inside
 one transaction that is committed or rolled back before the connection returns to the pool (a
 pooled MySQL connection left inside a REPEATABLE READ transaction would keep seeing an old
 snapshot). SQL is written once, with ``%s`` parameters and ``{table}`` names; ``Database.sql``
-applies the table prefix and the driver's parameter style in this one place. Nothing from a
-client ever reaches SQL except as a parameter.
+applies the table prefix, quoting and the driver's parameter style in this one place, and
+gchat/dialect.py knows every other difference between the engines. Nothing from a client ever
+reaches SQL except as a parameter.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-import re
 import sqlite3
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Callable, Sequence, TypeVar
+from typing import Any, Callable, Iterator, Sequence, TypeVar
 
+import psycopg
 import pymysql
 from dbutils.pooled_db import PooledDB
 
 from gchat.config import DbUrl
+from gchat.dialect import Dialect, dialect_for
 from gchat.errors import Unavailable
 
 log = logging.getLogger("gchat.db")
 T = TypeVar("T")
 
-_TABLE = re.compile(r"\{(\w+)\}")
-
 # Errors that mean "the database is not there or not answering" rather than "this query is wrong".
+# On PostgreSQL, OperationalError covers a refused or lost connection (class 08), an
+# administrator's shutdown (57P01), a statement cancelled by statement_timeout (57014) and the
+# deadlock and serialization failures (class 40) that _is_deadlock picks out.
 _UNAVAILABLE_ERRORS: tuple[type[BaseException], ...] = (
     pymysql.err.OperationalError,
     pymysql.err.InterfaceError,
+    psycopg.OperationalError,
+    psycopg.InterfaceError,
     ConnectionError,
     TimeoutError,
     sqlite3.OperationalError,
@@ -46,7 +53,44 @@ class _Deadlock(Exception):
     """This unit of work was rolled back as a deadlock victim and may simply be run again."""
 
 
-INTEGRITY_ERRORS: tuple[type[BaseException], ...] = (pymysql.err.IntegrityError, sqlite3.IntegrityError)
+def _is_deadlock(exc: BaseException) -> bool:
+    """A transaction the server rolled back so that another could go on: run it again."""
+    if isinstance(exc, pymysql.err.OperationalError):
+        return bool(exc.args) and exc.args[0] == _ER_LOCK_DEADLOCK
+    # 40P01 deadlock_detected, 40001 serialization_failure
+    return isinstance(exc, (psycopg.errors.DeadlockDetected, psycopg.errors.SerializationFailure))
+
+
+INTEGRITY_ERRORS: tuple[type[BaseException], ...] = (pymysql.err.IntegrityError, psycopg.IntegrityError,
+                                                     sqlite3.IntegrityError)
+
+
+class _PgConnection(psycopg.Connection):  # type: ignore[type-arg]
+    """A psycopg connection DBUtils can ping when it leaves the pool, as it pings PyMySQL's."""
+
+    def ping(self, reconnect: bool = False) -> bool:
+        if self.closed or self.broken:
+            return False
+        # An empty query: one round trip, and no transaction is opened by it.
+        return self.pgconn.exec_(b"").status == psycopg.pq.ExecStatus.EMPTY_QUERY
+
+
+class _PostgreSQLDriver:
+    """What DBUtils needs to pool psycopg connections: the module and a connect function."""
+
+    dbapi = psycopg
+    threadsafety = psycopg.threadsafety
+
+    @staticmethod
+    def connect(**kwargs: Any) -> psycopg.Connection:  # type: ignore[type-arg]
+        return _PgConnection.connect(**kwargs)
+
+
+class _NoFailover(Exception):
+    """Never raised. Given to DBUtils as the only error it may fail over on: DBUtils would
+    otherwise run a statement that failed (a statement_timeout, say) once more on a new
+    connection, in a new transaction without the statements before it, and that half unit of
+    work would then be committed. A connection is checked when it leaves the pool instead."""
 
 
 class Query:
@@ -55,6 +99,7 @@ class Query:
     def __init__(self, db: "Database", conn: Any) -> None:
         self._db = db
         self._cursor = conn.cursor()
+        self.dialect: Dialect = db.sql_dialect
         self.count = 0
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> int:
@@ -75,24 +120,85 @@ class Query:
         row = self.one(sql, params)
         return row[0] if row else None
 
-    @property
-    def lastrowid(self) -> int:
+    def insert(self, sql: str, params: Sequence[Any] = ()) -> int:
+        """Insert one row into a table with an ``id`` column; returns the new id."""
+        if self.dialect.returning_ids:
+            return int(self.scalar(self.dialect.returning_id(sql), params))
+        self.execute(sql, params)
         return int(self._cursor.lastrowid)
 
+    def insert_new(self, sql: str, params: Sequence[Any] = ()) -> bool:
+        """Insert one row unless a unique key already holds it; True when it was inserted.
+        Either way the transaction goes on (on PostgreSQL a failed INSERT would end it)."""
+        unless_there = self.dialect.insert_new(sql)
+        if unless_there is not None:
+            return self.execute(unless_there, params) > 0
+        try:
+            self.execute(sql, params)
+            return True
+        except INTEGRITY_ERRORS:
+            return False
+
+    def insert_new_id(self, sql: str, params: Sequence[Any] = ()) -> int | None:
+        """``insert_new`` for a table with an ``id`` column: the new id, or None."""
+        unless_there = self.dialect.insert_new(sql)
+        if unless_there is not None:
+            row = self.one(self.dialect.returning_id(unless_there), params)
+            return int(row[0]) if row is not None else None
+        try:
+            return self.insert(sql, params)
+        except INTEGRITY_ERRORS:
+            return None
+
+    def multi_row_ids(self) -> bool:
+        """Whether ``insert_many`` can tell the ids of the rows one INSERT adds (see the dialect)."""
+        return self.dialect.multi_row_ids(self)
+
+    def insert_many(self, sql: str, params: Sequence[Any], rows: int) -> list[int]:
+        """Run a multi-row INSERT into a table with an ``id`` column; the new ids, in the order
+        of the rows (only where ``multi_row_ids`` says it can)."""
+        if self.dialect.returning_ids:
+            # The sequence gives ids in the order the VALUES rows are inserted, but RETURNING
+            # promises no order of its own: sort them.
+            ids = sorted(int(row[0]) for row in self.all(self.dialect.returning_id(sql), params))
+            if len(ids) != rows:
+                raise AssertionError(f"{rows} rows inserted, {len(ids)} ids returned")
+            return ids
+        self.execute(sql, params)
+        first = int(self._cursor.lastrowid)  # LAST_INSERT_ID(): the first row's id
+        return list(range(first, first + rows))
+
+    @contextlib.contextmanager
+    def may_fail(self) -> Iterator[None]:
+        """Run statements that may fail (IntegrityError) without losing the rest of the unit
+        of work: a savepoint on PostgreSQL, where a failed statement aborts the transaction;
+        nothing elsewhere, where only the failed statement is undone."""
+        if not self.dialect.failed_statement_aborts_transaction:
+            yield
+            return
+        self.execute("SAVEPOINT gchat_may_fail")
+        try:
+            yield
+        except BaseException:
+            self.execute("ROLLBACK TO SAVEPOINT gchat_may_fail")
+            raise
+        self.execute("RELEASE SAVEPOINT gchat_may_fail")
+
     def table_exists(self, name: str) -> bool:
-        """True when ``{name}`` can be read; the check runs in a savepoint-free way per dialect."""
-        if self._db.dialect == "sqlite":
-            return self.one("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = %s",
-                            (self._db.prefix + name,)) is not None
-        return self.one("SELECT 1 FROM information_schema.tables WHERE table_schema = DATABASE() "
-                        "AND table_name = %s", (self._db.prefix + name,)) is not None
+        """True when the table ``{name}`` exists in the current database (or schema)."""
+        table = self.dialect.table_name(self._db.prefix, name)
+        return table in self.dialect.table_names(self, [table])
+
+    def table_names(self) -> set[str]:
+        """Every table of the current database (or schema), prefix and all."""
+        return self.dialect.table_names(self)
+
+    def column_types(self, table: str) -> dict[str, str]:
+        """The columns of ``{table}``: name → lower-case type (empty when there is no such table)."""
+        return self.dialect.column_types(self, self.dialect.table_name(self._db.prefix, table))
 
     def column_exists(self, table: str, column: str) -> bool:
-        if self._db.dialect == "sqlite":
-            return any(row[1] == column for row in self.all(f"PRAGMA table_info({{{table}}})"))
-        return self.one("SELECT 1 FROM information_schema.columns WHERE table_schema = DATABASE() "
-                        "AND table_name = %s AND column_name = %s",
-                        (self._db.prefix + table, column)) is not None
+        return column in self.column_types(table)
 
 
 class Database:
@@ -102,7 +208,9 @@ class Database:
                  sqlite_path: str | None = None) -> None:
         self.prefix = prefix
         self.url = url
-        self.dialect = "sqlite" if url is None else "mysql"
+        # The engine's name (mysql, postgresql, sqlite) and what differs in its SQL.
+        self.dialect = "sqlite" if url is None else url.engine
+        self.sql_dialect = dialect_for(self.dialect)
         self.queries = 0  # total statements run; read by metrics and query-budget tests
         self.query_seconds = 0.0
         self._count_lock = threading.Lock()
@@ -123,6 +231,10 @@ class Database:
             self._pool = PooledDB(sqlite3, maxconnections=size, blocking=True, ping=0,
                                   database=sqlite_path, check_same_thread=False, timeout=timeout,
                                   setsession=["PRAGMA journal_mode=WAL", "PRAGMA busy_timeout=5000"])
+        elif url.engine == "postgresql":
+            self.where = url.redacted()
+            self._pool = PooledDB(_PostgreSQLDriver, maxconnections=size, blocking=True, ping=1,
+                                  failures=(_NoFailover,), **_postgresql_connect_args(url, timeout))
         else:
             self.where = url.redacted()
             connect: dict[str, Any] = dict(user=url.user, password=url.password, database=url.database,
@@ -143,9 +255,7 @@ class Database:
     def sql(self, text: str) -> str:
         done = self._sql_cache.get(text)
         if done is None:
-            done = _TABLE.sub(lambda m: self.prefix + m.group(1), text)
-            if self.dialect == "sqlite":
-                done = done.replace("%s", "?")
+            done = self.sql_dialect.sql(text, self.prefix)
             if len(self._sql_cache) < 4096:  # statements are a small, fixed set (batches vary in length)
                 self._sql_cache[text] = done
         return done
@@ -188,7 +298,7 @@ class Database:
             return result
         except _UNAVAILABLE_ERRORS as exc:
             _quiet_rollback(conn)
-            if isinstance(exc, pymysql.err.OperationalError) and exc.args and exc.args[0] == _ER_LOCK_DEADLOCK:
+            if _is_deadlock(exc):
                 raise _Deadlock() from exc
             self._mark_down(exc)
             raise Unavailable(f"database {self.where} failed: {exc}") from exc
@@ -252,6 +362,23 @@ class Database:
             self._pool.close()
         except Exception:  # closing a pool whose server is gone must not stop a shutdown
             log.debug("closing the pool failed", exc_info=True)
+
+
+def _postgresql_connect_args(url: DbUrl, timeout: float) -> dict[str, Any]:
+    """psycopg's connection parameters (libpq's names) for ``url``."""
+    args: dict[str, Any] = dict(
+        user=url.user, password=url.password, dbname=url.database, port=url.port,
+        # A unix_socket is libpq's host=/folder; otherwise a host name or address.
+        host=url.unix_socket or url.host,
+        connect_timeout=max(2, int(timeout)),  # libpq takes whole seconds, and treats 1 as 2
+        application_name="gchat", client_encoding="UTF8", autocommit=False,
+        # The server gives up on a statement after db_timeout, as Database.run does: a slow
+        # query then frees its connection too (QueryCanceled, mapped to Unavailable).
+        options=f"-c statement_timeout={max(1, int(timeout * 1000))}",
+    )
+    if url.sslmode:
+        args["sslmode"] = url.sslmode
+    return args
 
 
 def _quiet_rollback(conn: Any) -> None:

@@ -29,7 +29,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from gchat.db import INTEGRITY_ERRORS, Database, Query
+from gchat.db import Database, Query
+from gchat.dialect import Dialect
 from gchat.errors import Unavailable
 from gchat.store import ChatStore
 
@@ -38,8 +39,11 @@ OLD_USER_SESSIONS = "block_gchat_user_sessions"
 OLD_MESSAGES = "block_gchat_messages"
 OLD_TABLES = (OLD_SESSIONS, OLD_USER_SESSIONS, OLD_MESSAGES)
 CLIENT_ID_PREFIX = "block_gchat:"
-# LIKE pattern for the prefix; '!' escapes the '_' wildcard (same syntax in MySQL and SQLite).
-_IMPORTED_LIKE = CLIENT_ID_PREFIX.replace("_", "!_") + "%"
+# client_id holds bytes on every engine (gchat/dialect.py): the imported ones are those from
+# b"block_gchat:" up to, not including, b"block_gchat;" (';' follows ':'), a range the unique
+# (sender, client_id) index serves on MySQL/MariaDB, PostgreSQL and SQLite alike.
+_IMPORTED_FROM = Dialect.client_id_param(CLIENT_ID_PREFIX)
+_IMPORTED_UNTIL = Dialect.client_id_param(CLIENT_ID_PREFIX[:-1] + chr(ord(CLIENT_ID_PREFIX[-1]) + 1))
 
 
 class ImportFailed(Exception):
@@ -147,15 +151,14 @@ def _conversation(q: Query, pair: _Pair, first_ms: int, locking_read: str) -> tu
     row = q.one(find, (pair.low, pair.high))
     if row is not None:
         return int(row[0]), False
-    try:
-        q.execute("INSERT INTO {gchat_conversations} (user_low, user_high, timecreated) VALUES (%s, %s, %s)",
-                  (pair.low, pair.high, first_ms))
-        return q.lastrowid, True
-    except INTEGRITY_ERRORS:
-        # gchat, running meanwhile, created it after this transaction's snapshot: a locking read sees it.
-        row = q.one(find + locking_read, (pair.low, pair.high))
-        assert row is not None
-        return int(row[0]), False
+    new_id = q.insert_new_id("INSERT INTO {gchat_conversations} (user_low, user_high, timecreated) "
+                             "VALUES (%s, %s, %s)", (pair.low, pair.high, first_ms))
+    if new_id is not None:
+        return new_id, True
+    # gchat, running meanwhile, created it after this transaction's snapshot: a locking read sees it.
+    row = q.one(find + locking_read, (pair.low, pair.high))
+    assert row is not None
+    return int(row[0]), False
 
 
 def _import_pair(q: Query, pair: _Pair, locking_read: str) -> ImportReport:
@@ -174,20 +177,21 @@ def _import_pair(q: Query, pair: _Pair, locking_read: str) -> ImportReport:
     else:
         report.conversations_existing += 1
 
-    present = {str(cid) for (cid,) in q.all(
-        "SELECT client_id FROM {gchat_messages} WHERE sender IN (%s, %s) AND client_id LIKE %s ESCAPE '!'",
-        (pair.low, pair.high, _IMPORTED_LIKE))}
+    present = {Dialect.client_id_value(cid) for (cid,) in q.all(
+        "SELECT client_id FROM {gchat_messages} WHERE sender IN (%s, %s) AND client_id >= %s AND client_id < %s",
+        (pair.low, pair.high, _IMPORTED_FROM, _IMPORTED_UNTIL))}
     new = [row for row in wanted if f"{CLIENT_ID_PREFIX}{int(row[0])}" not in present]
     report.messages_present += len(wanted) - len(new)
     if new and not created and q.scalar(
             "SELECT COUNT(*) FROM {gchat_messages} WHERE conversation = %s "
-            "AND (client_id IS NULL OR client_id NOT LIKE %s ESCAPE '!')", (conversation, _IMPORTED_LIKE)):
+            "AND (client_id IS NULL OR client_id < %s OR client_id >= %s)",
+            (conversation, _IMPORTED_FROM, _IMPORTED_UNTIL)):
         report.conversations_mixed += 1
     for old_id, sender, text, timecreated in new:
         q.execute("INSERT INTO {gchat_messages} (conversation, sender, text, client_id, time) "
                   "VALUES (%s, %s, %s, %s, %s)",
-                  (conversation, int(sender), text if text is not None else "", f"{CLIENT_ID_PREFIX}{int(old_id)}",
-                   int(timecreated or 0) * 1000))
+                  (conversation, int(sender), text if text is not None else "",
+                   Dialect.client_id_param(f"{CLIENT_ID_PREFIX}{int(old_id)}"), int(timecreated or 0) * 1000))
     report.messages_imported += len(new)
 
     for user in members:
@@ -205,13 +209,11 @@ def _import_pair(q: Query, pair: _Pair, locking_read: str) -> ImportReport:
                                      (conversation,)))
         unread = int(q.scalar("SELECT COUNT(*) FROM {gchat_messages} WHERE conversation = %s AND id > %s "
                               "AND sender <> %s", (conversation, last_read, user)))
-        try:
-            q.execute("INSERT INTO {gchat_members} (conversation, userid, is_open, minimized, unread, last_read, "
-                      "timemodified) VALUES (%s, %s, %s, 0, %s, %s, %s)",
-                      (conversation, user, int(side.isopen), unread, last_read, _now_ms()))
+        # Not inserted when the user opened the conversation in gchat meanwhile.
+        if q.insert_new("INSERT INTO {gchat_members} (conversation, userid, is_open, minimized, unread, last_read, "
+                        "timemodified) VALUES (%s, %s, %s, 0, %s, %s, %s)",
+                        (conversation, user, int(side.isopen), unread, last_read, _now_ms())):
             report.members_created += 1
-        except INTEGRITY_ERRORS:
-            pass  # the user opened the conversation in gchat meanwhile
     return report
 
 
@@ -230,7 +232,7 @@ def import_history(db: Database, progress: Callable[[str], Any] | None = None) -
     report.messages_skipped += int(db.run_sync(lambda q: q.scalar(
         f"SELECT COUNT(*) FROM {{{OLD_MESSAGES}}} m LEFT JOIN {{{OLD_SESSIONS}}} s ON s.id = m.sessionid "
         "WHERE s.id IS NULL")) or 0)
-    locking_read = "" if db.dialect == "sqlite" else " LOCK IN SHARE MODE"
+    locking_read = db.sql_dialect.locking_read
     for done, pair in enumerate(pairs, 1):
         report.add(db.run_sync(lambda q, pair=pair: _import_pair(q, pair, locking_read)))  # type: ignore[misc]
         if progress is not None and done % 500 == 0:

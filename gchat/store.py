@@ -3,10 +3,13 @@
 * ``gchat_conversations``: one row per unordered pair of users (``user_low < user_high``, unique).
 * ``gchat_members``: each member's view: window open, minimised, unread count, last message read.
 * ``gchat_messages``: text (≤ 1333 characters, utf8mb4), sender, Unix time in milliseconds and the
-  sender's ``client_id``, unique per sender, so that a retried send stores nothing twice.
+  sender's ``client_id``, unique per sender, so that a retried send stores nothing twice. The
+  ``client_id`` is kept as its UTF-8 bytes (VARBINARY, BYTEA, BLOB), so that ids differing only by
+  case or trailing spaces are different ids on every engine (see gchat/dialect.py).
 
-The tables are created by ``gchat initdb`` (the demo creates them itself); production start-up
-only checks that they are there.
+The tables are created by ``gchat initdb`` (the demo creates them itself) on MySQL/MariaDB,
+PostgreSQL or SQLite, with the same names and indexes; ``initdb`` also brings tables of an older
+gchat up to date. Production start-up only checks that they are there.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from gchat.db import INTEGRITY_ERRORS, Database, Query
+from gchat.dialect import Dialect
 
 TABLES = ("gchat_conversations", "gchat_members", "gchat_messages")
 
@@ -44,7 +48,7 @@ _MYSQL_DDL = (
         conversation BIGINT NOT NULL,
         sender BIGINT NOT NULL,
         text VARCHAR(1333) NOT NULL,
-        client_id VARCHAR(64) NULL,
+        client_id VARBINARY(256) NULL,
         time BIGINT NOT NULL,
         UNIQUE KEY gchat_sender_client (sender, client_id),
         KEY gchat_conversation_id (conversation, id)
@@ -67,17 +71,54 @@ _SQLITE_DDL = (
         last_read INTEGER NOT NULL DEFAULT 0,
         timemodified INTEGER NOT NULL,
         PRIMARY KEY (conversation, userid))""",
-    "CREATE INDEX IF NOT EXISTS {gchat_members}_user_open ON {gchat_members} (userid, is_open)",
+    "CREATE INDEX IF NOT EXISTS {gchat_members_user_open} ON {gchat_members} (userid, is_open)",
     """CREATE TABLE IF NOT EXISTS {gchat_messages} (
         id INTEGER PRIMARY KEY AUTOINCREMENT,
         conversation INTEGER NOT NULL,
         sender INTEGER NOT NULL,
         text TEXT NOT NULL,
-        client_id TEXT NULL,
+        client_id BLOB NULL,
         time INTEGER NOT NULL,
         UNIQUE (sender, client_id))""",
-    "CREATE INDEX IF NOT EXISTS {gchat_messages}_conversation_id ON {gchat_messages} (conversation, id)",
+    "CREATE INDEX IF NOT EXISTS {gchat_messages_conversation_id} ON {gchat_messages} (conversation, id)",
 )
+
+# PostgreSQL, the way Moodle's XMLDB makes its own tables there (BIGSERIAL ids, BIGINT, SMALLINT
+# flags, VARCHAR text). Index names live in the schema, not in the table, so they carry the
+# prefix (Moodle's do too); they match MySQL's keys one for one.
+_POSTGRESQL_DDL = (
+    """CREATE TABLE IF NOT EXISTS {gchat_conversations} (
+        id BIGSERIAL PRIMARY KEY,
+        user_low BIGINT NOT NULL,
+        user_high BIGINT NOT NULL,
+        timecreated BIGINT NOT NULL)""",
+    "CREATE UNIQUE INDEX IF NOT EXISTS {gchat_pair} ON {gchat_conversations} (user_low, user_high)",
+    """CREATE TABLE IF NOT EXISTS {gchat_members} (
+        conversation BIGINT NOT NULL,
+        userid BIGINT NOT NULL,
+        is_open SMALLINT NOT NULL DEFAULT 0,
+        minimized SMALLINT NOT NULL DEFAULT 0,
+        unread INTEGER NOT NULL DEFAULT 0,
+        last_read BIGINT NOT NULL DEFAULT 0,
+        timemodified BIGINT NOT NULL,
+        PRIMARY KEY (conversation, userid))""",
+    "CREATE INDEX IF NOT EXISTS {gchat_user_open} ON {gchat_members} (userid, is_open)",
+    """CREATE TABLE IF NOT EXISTS {gchat_messages} (
+        id BIGSERIAL PRIMARY KEY,
+        conversation BIGINT NOT NULL,
+        sender BIGINT NOT NULL,
+        text VARCHAR(1333) NOT NULL,
+        client_id BYTEA NULL,
+        time BIGINT NOT NULL)""",
+    "CREATE UNIQUE INDEX IF NOT EXISTS {gchat_sender_client} ON {gchat_messages} (sender, client_id)",
+    "CREATE INDEX IF NOT EXISTS {gchat_conversation_id} ON {gchat_messages} (conversation, id)",
+)
+
+_DDL = {"mysql": _MYSQL_DDL, "postgresql": _POSTGRESQL_DDL, "sqlite": _SQLITE_DDL}
+# client_id was VARCHAR(64) utf8mb4_bin before it was kept as bytes (a PAD SPACE collation,
+# under which "pad" and "pad " were one id); initdb converts such a column in place.
+_MYSQL_CLIENT_ID = "ALTER TABLE {gchat_messages} MODIFY client_id VARBINARY(256) NULL"
+_TEXT_TYPES = ("varchar", "char", "text", "character varying", "character")
 
 MAX_HISTORY_LIMIT = 50
 MAX_BATCH = 200  # sends written in one transaction at most
@@ -136,7 +177,10 @@ _MESSAGE_COLUMNS = "id, conversation, sender, text, time, client_id"
 
 def _message(row: tuple) -> Message:
     return Message(id=int(row[0]), conversation=int(row[1]), sender=int(row[2]), text=row[3],
-                   time=int(row[4]), client_id=row[5])
+                   time=int(row[4]), client_id=Dialect.client_id_value(row[5]))
+
+
+_cid = Dialect.client_id_param  # a client_id as it is stored and compared: its UTF-8 bytes
 
 
 # pair, sender, text, client_id, history size, and the future the sender awaits
@@ -151,19 +195,31 @@ class ChatStore:
     def __init__(self, db: Database) -> None:
         self.db = db
         # Appended to a SELECT that must see rows committed after this transaction's snapshot
-        # (MySQL/MariaDB REPEATABLE READ); SQLite has no snapshot older than its write lock.
-        self._latest = "" if db.dialect == "sqlite" else " LOCK IN SHARE MODE"
+        # (MySQL/MariaDB REPEATABLE READ), or wait for a writer of it that has not committed
+        # (PostgreSQL); SQLite has no snapshot older than its write lock.
+        self._latest = db.sql_dialect.locking_read
         self._pairs: dict[int, Pair] = {}  # immutable rows: a plain dict cache, bounded below
         self._pending: list[_PendingSend] = []  # sends waiting for the next batch
         self._writing = False
         self._writer: asyncio.Task[None] | None = None  # referenced so the loop cannot drop it
-        self._batch_inserts: bool | None = None  # multi-row inserts give consecutive ids (MySQL)
+        self._batch_inserts: bool | None = None  # one multi-row INSERT tells its ids (see Query)
 
     # -- schema -----------------------------------------------------------------------------
 
     def create_tables(self, q: Query) -> None:
-        for ddl in (_SQLITE_DDL if self.db.dialect == "sqlite" else _MYSQL_DDL):
+        """Create the tables that are missing and bring older ones up to date (``gchat initdb``)."""
+        for ddl in _DDL[self.db.dialect]:
             q.execute(ddl)
+        if self.db.dialect == "mysql" and self.outdated(q):
+            q.execute(_MYSQL_CLIENT_ID)  # rebuilds the table (and its unique key) with the new column
+
+    def outdated(self, q: Query) -> list[str]:
+        """What ``gchat initdb`` would still change in the existing tables, for ``gchat check``."""
+        kind = q.column_types("gchat_messages").get("client_id")
+        if kind in _TEXT_TYPES:
+            return [f"{self.db.prefix}gchat_messages.client_id is {kind.upper()}: ids that differ only by "
+                    "trailing spaces (or by case) count as one, so such a message is lost as a 'retry'"]
+        return []
 
     def missing_tables(self, q: Query) -> list[str]:
         return [name for name in TABLES if not q.table_exists(name)]
@@ -203,27 +259,23 @@ class ChatStore:
         low, high = min(a, b), max(a, b)
         row = q.one("SELECT id FROM {gchat_conversations} WHERE user_low = %s AND user_high = %s", (low, high))
         if row is None:
-            try:
-                q.execute("INSERT INTO {gchat_conversations} (user_low, user_high, timecreated) VALUES (%s, %s, %s)",
-                          (low, high, now_ms()))
-                return Pair(q.lastrowid, low, high)
-            except INTEGRITY_ERRORS:
-                # Both users opened at once: the other transaction created it first. A plain
-                # SELECT would read this transaction's REPEATABLE READ snapshot, taken before that
-                # row was committed; a locking read sees it.
-                row = q.one("SELECT id FROM {gchat_conversations} WHERE user_low = %s AND user_high = %s"
-                            + self._latest, (low, high))
-                assert row is not None
+            new_id = q.insert_new_id("INSERT INTO {gchat_conversations} (user_low, user_high, timecreated) "
+                                     "VALUES (%s, %s, %s)", (low, high, now_ms()))
+            if new_id is not None:
+                return Pair(new_id, low, high)
+            # Both users opened at once: the other transaction created it first. A plain
+            # SELECT would read this transaction's REPEATABLE READ snapshot, taken before that
+            # row was committed; a locking read sees it.
+            row = q.one("SELECT id FROM {gchat_conversations} WHERE user_low = %s AND user_high = %s"
+                        + self._latest, (low, high))
+            assert row is not None
         return Pair(int(row[0]), low, high)
 
     def _ensure_members(self, q: Query, pair: Pair) -> None:
         for user in (pair.low, pair.high):
             if q.one("SELECT 1 FROM {gchat_members} WHERE conversation = %s AND userid = %s", (pair.id, user)) is None:
-                try:
-                    q.execute("INSERT INTO {gchat_members} (conversation, userid, timemodified) VALUES (%s, %s, %s)",
-                              (pair.id, user, now_ms()))
-                except INTEGRITY_ERRORS:
-                    pass
+                q.insert_new("INSERT INTO {gchat_members} (conversation, userid, timemodified) VALUES (%s, %s, %s)",
+                             (pair.id, user, now_ms()))
 
     def _state(self, q: Query, conversation: int, user: int) -> MemberState:
         row = q.one("SELECT is_open, minimized, unread, last_read FROM {gchat_members} "
@@ -337,24 +389,23 @@ class ChatStore:
             self._writing = False
 
     def _store_batch(self, q: Query, items: list[tuple[Pair, int, str, str | None, int]]) -> list[Stored]:
-        """A batch in three statements on MariaDB/MySQL: one multi-row INSERT (its ids are
-        consecutive from LAST_INSERT_ID() when innodb_autoinc_lock_mode is 0 or 1, the
-        default), one read of the peers' windows, one upsert adding each peer's unread count.
-        A repeated client_id in the batch fails the INSERT whole; then, as on SQLite, each
-        message goes its own way (and its duplicate is found)."""
-        if len(items) == 1 or not self._consecutive_ids(q):
+        """A batch in three statements on MariaDB/MySQL and PostgreSQL: one multi-row INSERT
+        that tells its ids (``Query.insert_many``), one read of the peers' windows, one upsert
+        adding each peer's unread count. A repeated client_id in the batch fails the INSERT
+        whole; then, as on SQLite, each message goes its own way (and its duplicate is found)."""
+        if len(items) == 1 or not self._multi_row_ids(q):
             return [self._store_message(q, *item) for item in items]
         stamp = now_ms()
         values = [value for pair, sender, text, client_id, _ in items
-                  for value in (pair.id, sender, text, client_id, stamp)]
+                  for value in (pair.id, sender, text, _cid(client_id), stamp)]
         try:
-            q.execute("INSERT INTO {gchat_messages} (conversation, sender, text, client_id, time) VALUES "
-                      + ", ".join(["(%s, %s, %s, %s, %s)"] * len(items)), values)
+            with q.may_fail():
+                ids = q.insert_many("INSERT INTO {gchat_messages} (conversation, sender, text, client_id, time) "
+                                    "VALUES " + ", ".join(["(%s, %s, %s, %s, %s)"] * len(items)), values, len(items))
         except INTEGRITY_ERRORS:
             return [self._store_message(q, *item) for item in items]
-        first = q.lastrowid
-        messages = [Message(first + i, pair.id, sender, text, stamp, client_id)
-                    for i, (pair, sender, text, client_id, _) in enumerate(items)]
+        messages = [Message(message_id, pair.id, sender, text, stamp, client_id)
+                    for message_id, (pair, sender, text, client_id, _) in zip(ids, items)]
         unread: dict[tuple[int, int], int] = {}
         for pair, sender, _, _, _ in items:
             key = (pair.id, pair.peer_of(sender))
@@ -364,11 +415,11 @@ class ChatStore:
                      + ", ".join(["(%s, %s)"] * len(keys)) + ")", [v for key in keys for v in key])
         opened = {(int(c), int(u)) for c, u, is_open in rows if not int(is_open)}
         opened |= set(keys) - {(int(c), int(u)) for c, u, _ in rows}
-        q.execute("INSERT INTO {gchat_members} (conversation, userid, is_open, unread, timemodified) VALUES "
-                  + ", ".join(["(%s, %s, 1, %s, %s)"] * len(keys))
-                  + " ON DUPLICATE KEY UPDATE is_open = 1, unread = unread + VALUES(unread), "
-                    "timemodified = VALUES(timemodified)",
-                  [v for key in keys for v in (key[0], key[1], unread[key], stamp)])
+        q.execute(q.dialect.upsert(
+            "INSERT INTO {gchat_members} (conversation, userid, is_open, unread, timemodified) VALUES "
+            + ", ".join(["(%s, %s, 1, %s, %s)"] * len(keys)), ("conversation", "userid"), "gchat_members",
+            {"is_open": "1", "unread": "OLD.unread + NEW.unread", "timemodified": "NEW.timemodified"}),
+            [v for key in keys for v in (key[0], key[1], unread[key], stamp)])
         results = []
         for message, (pair, sender, _, _, history) in zip(messages, items):
             key = (pair.id, pair.peer_of(sender))
@@ -381,10 +432,9 @@ class ChatStore:
                 results.append(Stored(message, False, None))
         return results
 
-    def _consecutive_ids(self, q: Query) -> bool:
+    def _multi_row_ids(self, q: Query) -> bool:
         if self._batch_inserts is None:
-            mode = q.scalar("SELECT @@innodb_autoinc_lock_mode") if self.db.dialect == "mysql" else None
-            self._batch_inserts = mode is not None and int(mode) in (0, 1)
+            self._batch_inserts = q.multi_row_ids()
         return self._batch_inserts
 
     def _store_message(self, q: Query, pair: Pair, sender: int, text: str, client_id: str | None,
@@ -395,16 +445,16 @@ class ChatStore:
         rows exist: ``open`` creates them with the conversation."""
         peer = pair.peer_of(sender)
         stamp = now_ms()
-        try:
-            q.execute("INSERT INTO {gchat_messages} (conversation, sender, text, client_id, time) "
-                      "VALUES (%s, %s, %s, %s, %s)", (pair.id, sender, text, client_id, stamp))
-        except INTEGRITY_ERRORS:
+        message_id = q.insert_new_id("INSERT INTO {gchat_messages} (conversation, sender, text, client_id, time) "
+                                     "VALUES (%s, %s, %s, %s, %s)", (pair.id, sender, text, _cid(client_id), stamp))
+        if message_id is None:
             # A locking read: earlier statements of the batch may have fixed an older snapshot.
             existing = self._by_client_id(q, sender, client_id, latest=True) if client_id is not None else None
             if existing is None:
-                raise
+                raise RuntimeError(f"{self.db.prefix}gchat_messages refused client_id {client_id!r} of user {sender} "
+                                   "but holds no message with it: run gchat initdb to bring the table up to date")
             return Stored(existing, True, None)
-        message = Message(q.lastrowid, pair.id, sender, text, stamp, client_id)
+        message = Message(message_id, pair.id, sender, text, stamp, client_id)
         if q.execute("UPDATE {gchat_members} SET unread = unread + 1, timemodified = %s "
                      "WHERE conversation = %s AND userid = %s AND is_open = 1", (stamp, pair.id, peer)):
             return Stored(message, False, None)
@@ -415,7 +465,7 @@ class ChatStore:
 
     def _by_client_id(self, q: Query, sender: int, client_id: str | None, latest: bool = False) -> Message | None:
         row = q.one(f"SELECT {_MESSAGE_COLUMNS} FROM {{gchat_messages}} WHERE sender = %s AND client_id = %s"
-                    + (self._latest if latest else ""), (sender, client_id))
+                    + (self._latest if latest else ""), (sender, _cid(client_id)))
         return _message(row) if row else None
 
     def _last_messages(self, q: Query, conversation: int, limit: int) -> list[Message]:

@@ -1,5 +1,11 @@
-"""Fixtures: a real MariaDB (shared or throwaway), a Moodle 2.2-shaped site in a throwaway
-database per run, and the gchat application built by production's own make_app."""
+"""Fixtures: a real MariaDB and a real PostgreSQL (shared or throwaway), a Moodle 2.2-shaped site
+in a throwaway database per run and engine, and the gchat application built by production's own
+make_app.
+
+The database fixtures are parametrised by ``engine``: a test module that sets
+``ENGINES = ("mariadb", "postgresql")`` runs each of its database tests on both; every other
+module runs on MariaDB only.
+"""
 
 from __future__ import annotations
 
@@ -15,10 +21,24 @@ from gchat.app import build_services, make_app  # noqa: E402
 from gchat.config import Settings, parse_db_url  # noqa: E402
 from gchat.db import Database  # noqa: E402
 from gchat.store import ChatStore  # noqa: E402
-from tests.moodle_site import MoodleSite, moodle22_statements  # noqa: E402
-from tests.services import MariaDBInstance, mysql_connect, shared_mariadb_url, with_database  # noqa: E402
+from tests.moodle_site import MoodleSite, create_database, drop_database, moodle22_statements  # noqa: E402
+from tests.services import (MariaDBInstance, PostgreSQLInstance, db_connect, shared_mariadb_url,  # noqa: E402
+                            shared_postgresql_url, with_database)
 
 PREFIX = "mdl_"
+ENGINES = ("mariadb", "postgresql")
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "engine" in metafunc.fixturenames:
+        engines = getattr(metafunc.module, "ENGINES", ("mariadb",))
+        metafunc.parametrize("engine", engines, indirect=True, scope="session")
+
+
+@pytest.fixture(scope="session")
+def engine(request):
+    """mariadb or postgresql: the engine of test_db_url (see pytest_generate_tests)."""
+    return getattr(request, "param", "mariadb")
 
 
 @pytest.fixture(scope="session")
@@ -36,27 +56,43 @@ def mariadb_url():
 
 
 @pytest.fixture(scope="session")
-def test_db_url(mariadb_url):
+def postgresql_url():
+    url = shared_postgresql_url()
+    if url:
+        yield url
+        return
+    instance = PostgreSQLInstance()
+    instance.start()
+    try:
+        yield instance.url
+    finally:
+        instance.destroy()
+
+
+@pytest.fixture(scope="session")
+def server_url(request, engine):
+    """The database server of ``engine`` (without a database name)."""
+    return request.getfixturevalue("postgresql_url" if engine == "postgresql" else "mariadb_url")
+
+
+@pytest.fixture(scope="session")
+def test_db_url(server_url, engine):
     """A throwaway database holding the Moodle 2.2 tables and gchat's, for this run only."""
     name = f"gchat_test_{os.getpid()}_{secrets.token_hex(3)}"
-    admin = mysql_connect(mariadb_url)
-    with admin.cursor() as cur:
-        cur.execute(f"CREATE DATABASE `{name}` CHARACTER SET utf8mb4 COLLATE utf8mb4_unicode_ci")
-    url = with_database(mariadb_url, name)
-    conn = mysql_connect(mariadb_url, name)
-    with conn.cursor() as cur:
-        for statement in moodle22_statements(PREFIX):
-            cur.execute(statement)
-    conn.close()
-    db = Database(parse_db_url(url), prefix=PREFIX, pool_size=1, timeout=5)
-    db.run_sync(ChatStore(db).create_tables)
-    db.close()
+    create_database(server_url, name)
+    url = with_database(server_url, name)
     try:
+        conn = db_connect(url, name)
+        with conn.cursor() as cur:
+            for statement in moodle22_statements(PREFIX, engine):
+                cur.execute(statement)
+        conn.close()
+        db = Database(parse_db_url(url), prefix=PREFIX, pool_size=1, timeout=5)
+        db.run_sync(ChatStore(db).create_tables)
+        db.close()
         yield url
     finally:
-        with admin.cursor() as cur:
-            cur.execute(f"DROP DATABASE IF EXISTS `{name}`")
-        admin.close()
+        drop_database(server_url, name)
 
 
 @pytest.fixture

@@ -1,14 +1,17 @@
-"""The real services the tests need: MariaDB and Redis.
+"""The real services the tests need: MariaDB, PostgreSQL and Redis.
 
-The ones already listening are used when they answer (127.0.0.1:3306 as root, 127.0.0.1:6379, or
-GCHAT_TEST_MYSQL / GCHAT_TEST_REDIS); otherwise a throwaway instance is started in a private
-folder on a Unix socket, and the package is installed with apt-get first when it is missing and
-we are root. Nothing is skipped: a service that cannot be had fails the run loudly.
+The ones already listening are used when they answer (127.0.0.1:3306 as root, 127.0.0.1:5432 as
+postgres, 127.0.0.1:6379, or GCHAT_TEST_MYSQL / GCHAT_TEST_PG / GCHAT_TEST_REDIS); otherwise a
+throwaway instance is started in a private folder on a Unix socket, and the package is installed
+with apt-get first when it is missing and we are root. Nothing is skipped: a service that cannot
+be had fails the run loudly.
 """
 
 from __future__ import annotations
 
+import glob
 import os
+import pwd
 import shutil
 import signal
 import socket
@@ -16,7 +19,9 @@ import subprocess
 import tempfile
 import time
 import urllib.parse
+from typing import Any
 
+import psycopg
 import pymysql
 
 
@@ -64,6 +69,27 @@ def mysql_connect(url: str, database: str | None = None, **kw) -> pymysql.connec
     if database:
         args["database"] = database
     return pymysql.connect(**args)
+
+
+def db_connect(url: str, database: str | None = None) -> Any:
+    """An autocommit DB-API connection to ``database`` of the MariaDB or PostgreSQL at ``url``."""
+    if is_postgresql(url):
+        return pg_connect(url, database)
+    return mysql_connect(url, database)
+
+
+def is_postgresql(url: str) -> bool:
+    return urllib.parse.urlsplit(url).scheme in ("postgresql", "postgres")
+
+
+def pg_connect(url: str, database: str | None = None) -> psycopg.Connection:
+    parts = urllib.parse.urlsplit(url)
+    query = urllib.parse.parse_qs(parts.query)
+    return psycopg.connect(host=query.get("host", [parts.hostname or "127.0.0.1"])[0], port=parts.port or 5432,
+                           user=urllib.parse.unquote(parts.username or "postgres"),
+                           password=urllib.parse.unquote(parts.password or ""),
+                           dbname=database or parts.path.lstrip("/") or "postgres", autocommit=True,
+                           connect_timeout=3)
 
 
 def with_database(url: str, database: str) -> str:
@@ -130,6 +156,86 @@ def shared_mariadb_url() -> str | None:
         mysql_connect(url).close()
         return url
     except pymysql.err.MySQLError:
+        return None
+
+
+def _postgresql_bin() -> str:
+    """The folder of initdb and pg_ctl: Debian keeps one per major version."""
+    def newest() -> str | None:
+        found = sorted(glob.glob("/usr/lib/postgresql/*/bin/pg_ctl"),
+                       key=lambda p: int(p.split("/")[-3]) if p.split("/")[-3].isdigit() else 0)
+        return os.path.dirname(found[-1]) if found else None
+
+    if newest() is None:
+        _apt_install("postgresql", "pg_ctlcluster")
+    folder = newest()
+    if folder is None:
+        raise ServiceError("apt-get installed postgresql but /usr/lib/postgresql/*/bin/pg_ctl is still missing")
+    return folder
+
+
+class PostgreSQLInstance:
+    """A private PostgreSQL cluster (initdb + pg_ctl) on a Unix socket in a temporary folder.
+
+    PostgreSQL refuses to run as root: as root, the cluster belongs to the ``postgres`` user
+    (which Debian's package creates) or to ``nobody``."""
+
+    def __init__(self) -> None:
+        self.bin = _postgresql_bin()
+        self.dir = tempfile.mkdtemp(prefix="gchat-pg-")
+        self.data = os.path.join(self.dir, "data")
+        with socket.socket() as sock:  # the port names the socket file (.s.PGSQL.<port>)
+            sock.bind(("127.0.0.1", 0))
+            self.port = sock.getsockname()[1]
+        self.owner: str | None = None
+        if os.geteuid() == 0:
+            for name in ("postgres", "nobody"):
+                try:
+                    entry = pwd.getpwnam(name)
+                except KeyError:
+                    continue
+                self.owner = name
+                os.chown(self.dir, entry.pw_uid, entry.pw_gid)
+                break
+            else:
+                raise ServiceError("no user to run PostgreSQL as (it refuses root): create 'postgres'")
+        self._run([os.path.join(self.bin, "initdb"), "-D", self.data, "-U", "postgres", "--auth=trust",
+                   "-E", "UTF8", "--locale=C.UTF-8", "--no-sync"])
+
+    def _run(self, cmd: list[str], **kw: Any) -> None:
+        if self.owner:
+            cmd = ["runuser", "-u", self.owner, "--", *cmd]
+        subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, **kw)
+
+    @property
+    def url(self) -> str:
+        return f"postgresql://postgres@localhost:{self.port}?host={urllib.parse.quote(self.dir)}"
+
+    def start(self) -> None:
+        options = (f"-k {self.dir} -p {self.port} -c listen_addresses='' -c fsync=off "
+                   "-c synchronous_commit=off -c full_page_writes=off -c shared_buffers=32MB")
+        self._run([os.path.join(self.bin, "pg_ctl"), "-D", self.data, "-l", os.path.join(self.dir, "server.log"),
+                   "-o", options, "-w", "-t", "60", "start"])
+        _wait_until(lambda: pg_connect(self.url).close() or True, 30, "the throwaway PostgreSQL")
+
+    def stop(self) -> None:
+        if os.path.exists(os.path.join(self.data, "postmaster.pid")):
+            self._run([os.path.join(self.bin, "pg_ctl"), "-D", self.data, "-m", "fast", "-w", "stop"])
+
+    def destroy(self) -> None:
+        try:
+            self.stop()
+        finally:
+            shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def shared_postgresql_url() -> str | None:
+    """The PostgreSQL already listening, if it answers."""
+    url = os.environ.get("GCHAT_TEST_PG", "postgresql://postgres@127.0.0.1:5432")
+    try:
+        pg_connect(url).close()
+        return url
+    except psycopg.Error:
         return None
 
 

@@ -1,7 +1,9 @@
-"""``gchat check``: one line per check, and the specific advice for each misconfiguration."""
+"""``gchat check``: one line per check, and the specific advice for each misconfiguration, on
+MariaDB and on PostgreSQL."""
 
 from __future__ import annotations
 
+import os
 import secrets
 
 import pytest
@@ -10,9 +12,10 @@ from gchat.check import moodle_cookie_path, run_check
 from gchat.config import Settings, parse_db_url
 from gchat.db import Database
 from gchat.main import main
-from tests.moodle_site import moodle22_statements
-from tests.services import mysql_connect, with_database
+from tests.moodle_site import create_database, drop_database, moodle22_statements
+from tests.services import db_connect, with_database
 
+ENGINES = ("mariadb", "postgresql")
 OTHER = "zchk_"  # Moodle's tables without gchat's, beside the run's mdl_ site
 
 
@@ -43,13 +46,23 @@ def clean(site, settings):
     return settings
 
 
-def test_clean_site_is_all_ok(clean):
+def test_clean_site_is_all_ok(clean, engine, server_url):
     ok, lines = check(clean)
     assert ok, lines
     assert all(line.startswith("OK ") for line in lines), lines
     for topic in ("database", "moodle tables", "moodle version", "blocks", "dbsessions", "sessions",
                   "session cookie", "cookie path", "gchat tables", "allowed_origins"):
         line_of(lines, topic)
+    # The engine and its version, as the server itself reports them.
+    conn = db_connect(server_url)
+    with conn.cursor() as cur:
+        cur.execute("SHOW server_version" if engine == "postgresql" else "SELECT VERSION()")
+        version = cur.fetchone()[0]
+    conn.close()
+    database = line_of(lines, "database")
+    name = "PostgreSQL" if engine == "postgresql" else "MariaDB"
+    assert f"({name} {version})" in database, database
+    assert database.split()[2].startswith("postgresql://" if engine == "postgresql" else "mysql://")
     assert "2.2.9" in line_of(lines, "moodle version")
     assert "MoodleSession" in line_of(lines, "session cookie")
     assert "http://moodle.test" in line_of(lines, "allowed_origins")
@@ -162,11 +175,11 @@ def test_wrong_prefix_prefers_mdl_and_names_the_others(clean, moodle_without_cha
 
 
 @pytest.fixture(scope="module")
-def moodle_without_chat_tables(test_db_url):
+def moodle_without_chat_tables(test_db_url, engine):
     database = test_db_url.split("?")[0].rsplit("/", 1)[1]
-    conn = mysql_connect(test_db_url, database)
+    conn = db_connect(test_db_url, database)
     with conn.cursor() as cur:
-        for statement in moodle22_statements(OTHER):
+        for statement in moodle22_statements(OTHER, engine):
             cur.execute(statement)
         for name, value in (("release", "2.2.9 (Build: 20130114)"), ("dbsessions", "1")):
             cur.execute(f"INSERT INTO {OTHER}config (name, value) VALUES (%s, %s)", (name, value))
@@ -186,15 +199,11 @@ def test_missing_gchat_tables(clean, moodle_without_chat_tables):
 
 
 @pytest.fixture
-def empty_database(mariadb_url):
+def empty_database(server_url):
     name = f"gchat_check_{secrets.token_hex(4)}"
-    admin = mysql_connect(mariadb_url)
-    with admin.cursor() as cur:
-        cur.execute(f"CREATE DATABASE `{name}`")
-    yield with_database(mariadb_url, name)
-    with admin.cursor() as cur:
-        cur.execute(f"DROP DATABASE `{name}`")
-    admin.close()
+    create_database(server_url, name)
+    yield with_database(server_url, name)
+    drop_database(server_url, name)
 
 
 def test_database_without_moodle(settings, empty_database):
@@ -204,8 +213,9 @@ def test_database_without_moodle(settings, empty_database):
     assert line.startswith("FAIL") and "is db_url the Moodle database" in line
 
 
-def test_unreachable_database(settings):
-    ok, lines = check(settings.replace(db_url=parse_db_url("mysql://nobody@127.0.0.1:1/moodle")))
+@pytest.mark.parametrize("url", ["mysql://nobody@127.0.0.1:1/moodle", "postgresql://nobody@127.0.0.1:1/moodle"])
+def test_unreachable_database(settings, url):
+    ok, lines = check(settings.replace(db_url=parse_db_url(url)))
     assert not ok
     assert lines == [line_of(lines, "database")]
     assert lines[0].startswith("FAIL") and "db_url" in lines[0]
@@ -244,6 +254,8 @@ def test_allowed_origins_without_the_wwwroot(clean):
 
 def test_check_command_exit_status(clean, test_db_url, capsys, monkeypatch, tmp_path):
     monkeypatch.chdir(tmp_path)
+    for key in [k for k in os.environ if k.startswith("GCHAT_")]:  # GCHAT_TEST_PG is no gchat setting
+        monkeypatch.delenv(key)
     base = [f"--db_url={test_db_url}", "--moodle_wwwroot=http://moodle.test", f"--data_dir={tmp_path}"]
     with pytest.raises(SystemExit) as exc:
         main(["check", *base])

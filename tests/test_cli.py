@@ -1,10 +1,13 @@
 """The operator's commands as real processes: exit status, the one-line errors, start and stop,
-initdb, the console script and a real ``pip install .``."""
+initdb (on MariaDB and PostgreSQL, and bringing an older gchat's table up to date), the console
+script and a real ``pip install .``."""
 
 from __future__ import annotations
 
+import asyncio
 import importlib.util
 import os
+import secrets
 import shutil
 import signal
 import site as site_module
@@ -15,10 +18,18 @@ import time
 import urllib.error
 import urllib.request
 
+import psycopg
+import pymysql
 import pytest
 
-from tests.moodle_site import moodle22_statements
-from tests.services import mysql_connect
+from gchat.check import run_check
+from gchat.config import Settings, parse_db_url
+from gchat.db import Database
+from gchat.store import ChatStore, Pair
+from tests.moodle_site import create_database, drop_database, moodle22_statements
+from tests.services import db_connect, with_database
+
+ENGINES = ("mariadb", "postgresql")
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MAIN = os.path.join(ROOT, "gchat", "main.py")
@@ -137,8 +148,9 @@ def serves_and_stops(server: Server) -> None:
 # -- one-line errors ---------------------------------------------------------------------------------
 
 
-def test_unreachable_database_exits_2_with_one_line(tmp_path):
-    result = run([PYTHON, MAIN, "--db_url=mysql://nobody@127.0.0.1:1/x"], cwd=str(tmp_path))
+@pytest.mark.parametrize("url", ["mysql://nobody@127.0.0.1:1/x", "postgresql://nobody@127.0.0.1:1/x"])
+def test_unreachable_database_exits_2_with_one_line(tmp_path, url):
+    result = run([PYTHON, MAIN, f"--db_url={url}"], cwd=str(tmp_path))
     assert_one_line_error(result, "db_url")
     assert result.stdout == ""
 
@@ -160,12 +172,12 @@ CLI = "cli_"
 
 
 @pytest.fixture(scope="module")
-def moodle_without_chat_tables(test_db_url):
+def moodle_without_chat_tables(test_db_url, engine):
     """Moodle's tables under prefix cli_ in the run's database, and none of gchat's."""
     database = test_db_url.split("?")[0].rsplit("/", 1)[1]
-    conn = mysql_connect(test_db_url, database)
+    conn = db_connect(test_db_url, database)
     with conn.cursor() as cur:
-        for statement in moodle22_statements(CLI):
+        for statement in moodle22_statements(CLI, engine):
             cur.execute(statement)
         cur.execute(f"INSERT INTO {CLI}config (name, value) VALUES ('siteguest', '1'), ('sessiontimeout', '7200')")
     yield conn
@@ -173,10 +185,27 @@ def moodle_without_chat_tables(test_db_url):
 
 
 def chat_tables(conn) -> set[str]:
+    schema = "current_schema()" if isinstance(conn, psycopg.Connection) else "DATABASE()"
     with conn.cursor() as cur:
-        cur.execute("SELECT table_name FROM information_schema.tables WHERE table_schema = DATABASE() "
+        cur.execute(f"SELECT table_name FROM information_schema.tables WHERE table_schema = {schema} "
                     "AND table_name LIKE %s", (CLI.replace("_", "\\_") + "gchat\\_%",))
         return {row[0] for row in cur.fetchall()}
+
+
+def chat_indexes(conn) -> set[tuple[str, str]]:
+    """(table, column list) of every index on the cli_gchat_ tables, the primary key included."""
+    with conn.cursor() as cur:
+        if isinstance(conn, psycopg.Connection):
+            cur.execute("SELECT t.relname, i.indisunique, "
+                        "array_to_string(array(SELECT a.attname FROM unnest(i.indkey) WITH ORDINALITY k(n, o) "
+                        "JOIN pg_attribute a ON a.attrelid = t.oid AND a.attnum = k.n ORDER BY k.o), ',') "
+                        "FROM pg_index i JOIN pg_class t ON t.oid = i.indrelid "
+                        "WHERE t.relname LIKE %s", (CLI + "gchat%",))
+        else:
+            cur.execute("SELECT table_name, non_unique = 0, GROUP_CONCAT(column_name ORDER BY seq_in_index) "
+                        "FROM information_schema.statistics WHERE table_schema = DATABASE() AND table_name LIKE %s "
+                        "GROUP BY table_name, index_name, non_unique", (CLI + "gchat%",))
+        return {(table, ("unique " if unique else "") + columns) for table, unique, columns in cur.fetchall()}
 
 
 def test_missing_gchat_tables_then_initdb_twice_then_it_serves(tmp_path, test_db_url, moodle_without_chat_tables,
@@ -192,6 +221,12 @@ def test_missing_gchat_tables_then_initdb_twice_then_it_serves(tmp_path, test_db
         assert "Traceback" not in result.stderr
         assert chat_tables(moodle_without_chat_tables) == {f"{CLI}gchat_conversations", f"{CLI}gchat_members",
                                                            f"{CLI}gchat_messages"}
+    # The same keys on every engine: what the store's queries and its duplicate detection rely on.
+    c, m, g = (f"{CLI}gchat_{t}" for t in ("conversations", "members", "messages"))
+    assert chat_indexes(moodle_without_chat_tables) == {
+        (c, "unique id"), (c, "unique user_low,user_high"),
+        (m, "unique conversation,userid"), (m, "userid,is_open"),
+        (g, "unique id"), (g, "unique sender,client_id"), (g, "conversation,id")}
 
     server = servers([PYTHON, MAIN, *settings])
     assert get(server.base + "/gchat/demo")[0] == 404, "no demo pages on a real database"
@@ -279,3 +314,101 @@ def test_pip_install_serves_static_and_templates_from_the_installed_package(tmp_
     assert status == 200
     assert MARKER.encode() in page
     assert server.terminate() == 0
+
+
+# -- initdb brings an older gchat's table up to date (MariaDB) ---------------------------------------
+
+OLD = "old_"
+# gchat's tables as gchat created them before client_id was kept as bytes: utf8mb4_bin is a PAD
+# SPACE collation, so the unique key of gchat_messages took "pad " for "pad" (issue 12, hole 5).
+OLD_DDL = ("""CREATE TABLE {p}gchat_conversations (
+        id BIGINT NOT NULL AUTO_INCREMENT PRIMARY KEY,
+        user_low BIGINT NOT NULL,
+        user_high BIGINT NOT NULL,
+        timecreated BIGINT NOT NULL,
+        UNIQUE KEY gchat_pair (user_low, user_high)
+    ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin""", """CREATE TABLE {p}gchat_members (
+        conversation BIGINT NOT NULL,
+        userid BIGINT NOT NULL,
+        is_open TINYINT NOT NULL DEFAULT 0,
+        minimized TINYINT NOT NULL DEFAULT 0,
+        unread INT NOT NULL DEFAULT 0,
+        last_read BIGINT NOT NULL DEFAULT 0,
+        timemodified BIGINT NOT NULL,
+        PRIMARY KEY (conversation, userid),
+        KEY gchat_user_open (userid, is_open)
+    ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin""", """CREATE TABLE {p}gchat_messages (
+        id BIGINT NOT NULL AUTO_INCREMENT PRIMARY KEY,
+        conversation BIGINT NOT NULL,
+        sender BIGINT NOT NULL,
+        text VARCHAR(1333) NOT NULL,
+        client_id VARCHAR(64) NULL,
+        time BIGINT NOT NULL,
+        UNIQUE KEY gchat_sender_client (sender, client_id),
+        KEY gchat_conversation_id (conversation, id)
+    ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin""")
+
+
+@pytest.fixture
+def older_gchat(mariadb_url):
+    """A Moodle site whose gchat tables an older gchat made, with one message in them."""
+    name = f"gchat_old_{secrets.token_hex(4)}"
+    create_database(mariadb_url, name)
+    url = with_database(mariadb_url, name)
+    try:
+        conn = db_connect(url, name)
+        with conn.cursor() as cur:
+            for statement in moodle22_statements(OLD):
+                cur.execute(statement)
+            cur.execute(f"INSERT INTO {OLD}config (name, value) VALUES ('release', '2.2.9'), ('dbsessions', '1')")
+            for ddl in OLD_DDL:
+                cur.execute(ddl.replace("{p}", OLD))
+            cur.execute(f"INSERT INTO {OLD}gchat_messages (conversation, sender, text, client_id, time) "
+                        "VALUES (1, 11, 'from before', 'pad', 1000)")
+            with pytest.raises(pymysql.err.IntegrityError):  # the flaw itself
+                cur.execute(f"INSERT INTO {OLD}gchat_messages (conversation, sender, text, client_id, time) "
+                            "VALUES (1, 11, 'lost', 'pad ', 2000)")
+        conn.close()
+        yield url
+    finally:
+        drop_database(mariadb_url, name)
+
+
+def gchat_tables_line(url: str, tmp_path) -> str:
+    lines: list[str] = []
+    settings = Settings(db_url=parse_db_url(url), db_prefix=OLD, data_dir=str(tmp_path),
+                        moodle_wwwroot="http://moodle.test")
+    db = Database(settings.db_url, prefix=OLD, pool_size=1, timeout=5)
+    try:
+        run_check(settings, db, lines.append)
+    finally:
+        db.close()
+    [line] = [line for line in lines if " gchat tables:" in line]
+    return line
+
+
+def test_initdb_converts_the_client_id_of_an_older_gchat(tmp_path, older_gchat):
+    line = gchat_tables_line(older_gchat, tmp_path)
+    assert line.startswith("WARN") and "client_id is VARCHAR" in line and "gchat initdb" in line, line
+
+    for _ in range(2):  # safe to run twice
+        result = run([PYTHON, MAIN, "initdb", f"--db_url={older_gchat}", f"--db_prefix={OLD}",
+                      f"--data_dir={tmp_path}"], cwd=str(tmp_path))
+        assert result.returncode == 0, result.stderr
+    assert gchat_tables_line(older_gchat, tmp_path).startswith("OK"), "initdb left the table outdated"
+
+    async def sends() -> tuple:
+        db = Database(parse_db_url(older_gchat), prefix=OLD, pool_size=2, timeout=5)
+        try:
+            store = ChatStore(db)
+            pair = Pair(1, 11, 12)
+            padded = await store.add_message(pair, 11, "now kept", "pad ", 10)
+            retried = await store.add_message(pair, 11, "a retry", "pad", 10)
+            return padded, retried, await store.history(1, None, 10)
+        finally:
+            db.close()
+
+    padded, retried, history = asyncio.run(sends())
+    assert not padded.duplicate, "pad and 'pad ' are still one id"
+    assert retried.duplicate and retried.message.text == "from before" and retried.message.client_id == "pad"
+    assert [(m.text, m.client_id) for m in history] == [("from before", "pad"), ("now kept", "pad ")]

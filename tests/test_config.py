@@ -187,7 +187,7 @@ BAD_VALUES = [
     ("port", "http"), ("port", "0"), ("port", "-1"), ("port", "80.5"),
     ("db_pool_size", "0"), ("db_timeout", "soon"), ("db_timeout", "0"),
     ("url_prefix", "/"), ("url_prefix", ""),
-    ("db_url", "postgres://u@h/moodle"), ("db_url", "mysql://u@h"), ("db_url", "mysql://u@h:port/moodle"),
+    ("db_url", "oracle://u@h/moodle"), ("db_url", "mysql://u@h"), ("db_url", "mysql://u@h:port/moodle"),
     ("db_url", "mysql://u@h/moodle?sslmode=require"),
     ("db_prefix", "mdl-"), ("db_prefix", "mdl_;drop"),
     ("moodle_wwwroot", "moodle.example"), ("moodle_wwwroot", "ftp://moodle.example"),

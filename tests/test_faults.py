@@ -45,6 +45,7 @@ from typing import Any
 
 import pytest
 
+from gchat.dialect import Dialect
 from tests.fault_clients import Failed, Ledger, PollTab, Tab, WSTab, http_request
 from tests.moodle_site import MoodleSite, moodle22_statements
 from tests.services import MariaDBInstance, mysql_connect, with_database
@@ -399,7 +400,7 @@ def check(report: dict[str, Any], instance: MariaDBInstance) -> None:
     conn = mysql_connect(instance.url, DATABASE)
     with conn.cursor() as cur:
         cur.execute(f"SELECT id, conversation, sender, client_id, text FROM {PREFIX}gchat_messages ORDER BY id")
-        rows = list(cur.fetchall())
+        rows = [(*row[:3], Dialect.client_id_value(row[3]), row[4]) for row in cur.fetchall()]  # bytes stored
     conn.close()
     stored_by_key = collections.Counter((sender, cid) for _, _, sender, cid, _ in rows)
     row_by_key = {(sender, cid): (mid, conv, text) for mid, conv, sender, cid, text in rows}

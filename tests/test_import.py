@@ -1,7 +1,8 @@
-"""``gchat import-block-gchat`` on a block_gchat fixture in the run's MariaDB database.
+"""``gchat import-block-gchat`` on a block_gchat fixture in the run's MariaDB and PostgreSQL databases.
 
 The old tables are written the way Moodle 2.2's XMLDB would have created them from the plugin's
-db/install.xml (BIGINT(10) UNSIGNED ids, TINYINT flags, VARCHAR(1333) text, utf8 tables), filled
+db/install.xml (on MariaDB: BIGINT(10) UNSIGNED ids, TINYINT flags, VARCHAR(1333) text, utf8
+tables; on PostgreSQL: BIGSERIAL ids, BIGINT, SMALLINT flags, VARCHAR(1333)), filled
 with a small but awkward history: a pair that had two sessions (one in each direction), an
 unseen flag, a window left open, a message from someone who was not in the session, a message
 whose session is gone, a session with one user only. Run twice: everything once.
@@ -17,9 +18,11 @@ import pytest
 
 from gchat.config import parse_db_url
 from gchat.db import Database
+from gchat.dialect import Dialect
 from gchat.import_block_gchat import ImportFailed, import_history, run_command
 from tests.clients import WSClient, bootstrap
 
+ENGINES = ("mariadb", "postgresql")
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 T0 = 1_350_000_000  # October 2012, when block_gchat was current
 
@@ -72,6 +75,49 @@ OLD_DDL_COMMON = (
     ) ENGINE=InnoDB DEFAULT CHARSET=utf8 COLLATE=utf8_unicode_ci
       COMMENT='Table to store global chat messages for each session.'""",
 )
+# The same tables as Moodle's XMLDB makes them on PostgreSQL (lib/ddl/postgres_sql_generator.php).
+PG_DDL_WITH_PAIR = (
+    """CREATE TABLE {p}block_gchat_users (
+        id BIGSERIAL,
+        status VARCHAR(10) NOT NULL DEFAULT 'online',
+        userid BIGINT NOT NULL DEFAULT 0,
+        CONSTRAINT {p}blocgchause_id_pk PRIMARY KEY (id))""",
+    "CREATE UNIQUE INDEX {p}blocgchause_use_uix ON {p}block_gchat_users (userid)",
+    """CREATE TABLE {p}block_gchat_sessions (
+        id BIGSERIAL,
+        userfrom BIGINT NOT NULL DEFAULT 0,
+        userto BIGINT NOT NULL DEFAULT 0,
+        CONSTRAINT {p}blocgchasess_id_pk PRIMARY KEY (id))""",
+    "CREATE UNIQUE INDEX {p}blocgchasess_useuse_uix ON {p}block_gchat_sessions (userfrom, userto)",
+    "CREATE INDEX {p}blocgchasess_use_ix ON {p}block_gchat_sessions (userfrom)",
+    "CREATE INDEX {p}blocgchasess_use2_ix ON {p}block_gchat_sessions (userto)",
+)
+PG_DDL_PAIRLESS = (
+    """CREATE TABLE {p}block_gchat_sessions (
+        id BIGSERIAL,
+        CONSTRAINT {p}blocgchasess_id_pk PRIMARY KEY (id))""",
+)
+PG_DDL_COMMON = (
+    """CREATE TABLE {p}block_gchat_user_sessions (
+        id BIGSERIAL,
+        isopen SMALLINT NOT NULL DEFAULT 1,
+        unseen SMALLINT NOT NULL DEFAULT 1,
+        sessionid BIGINT NOT NULL DEFAULT 0,
+        userid BIGINT NOT NULL DEFAULT 0,
+        CONSTRAINT {p}blocgchausersess_id_pk PRIMARY KEY (id))""",
+    "CREATE UNIQUE INDEX {p}blocgchausersess_sesuse_uix ON {p}block_gchat_user_sessions (sessionid, userid)",
+    "CREATE INDEX {p}blocgchausersess_ses_ix ON {p}block_gchat_user_sessions (sessionid)",
+    "CREATE INDEX {p}blocgchausersess_use_ix ON {p}block_gchat_user_sessions (userid)",
+    """CREATE TABLE {p}block_gchat_messages (
+        id BIGSERIAL,
+        text VARCHAR(1333) NOT NULL DEFAULT '',
+        timecreated BIGINT NOT NULL DEFAULT 0,
+        sessionid BIGINT NOT NULL DEFAULT 0,
+        userid BIGINT NOT NULL DEFAULT 0,
+        CONSTRAINT {p}blocgchamess_id_pk PRIMARY KEY (id))""",
+    "CREATE INDEX {p}blocgchamess_ses_ix ON {p}block_gchat_messages (sessionid)",
+    "CREATE INDEX {p}blocgchamess_use_ix ON {p}block_gchat_messages (userid)",
+)
 OLD_TABLES = ("block_gchat_users", "block_gchat_sessions", "block_gchat_user_sessions", "block_gchat_messages")
 LONG_TEXT = ("Relatório da aula: " + "ção " * 400)[:1333]
 
@@ -84,7 +130,11 @@ class OldPlugin:
         self.with_pair = with_pair
         for table in OLD_TABLES:
             site.execute(f"DROP TABLE IF EXISTS {{p}}{table}")
-        for ddl in (OLD_DDL_WITH_PAIR if with_pair else OLD_DDL_PAIRLESS) + OLD_DDL_COMMON:
+        if site.engine == "postgresql":
+            ddls = (PG_DDL_WITH_PAIR if with_pair else PG_DDL_PAIRLESS) + PG_DDL_COMMON
+        else:
+            ddls = (OLD_DDL_WITH_PAIR if with_pair else OLD_DDL_PAIRLESS) + OLD_DDL_COMMON
+        for ddl in ddls:
             site.execute(ddl)
 
     def session(self, userfrom: int, userto: int, sides: dict[int, tuple[int, int]] | None = None) -> int:
@@ -92,7 +142,7 @@ class OldPlugin:
             sid = self.site.execute("INSERT INTO {p}block_gchat_sessions (userfrom, userto) VALUES (%s, %s)",
                                     (userfrom, userto))
         else:
-            sid = self.site.execute("INSERT INTO {p}block_gchat_sessions () VALUES ()")
+            sid = self.site.execute("INSERT INTO {p}block_gchat_sessions (id) VALUES (DEFAULT)")
         for user, (isopen, unseen) in (sides or {}).items():
             self.site.execute("INSERT INTO {p}block_gchat_user_sessions (isopen, unseen, sessionid, userid) "
                               "VALUES (%s, %s, %s, %s)", (isopen, unseen, sid, user))
@@ -146,7 +196,8 @@ def chat_rows(site):
     conversations = site.rows("SELECT id, user_low, user_high, timecreated FROM {p}gchat_conversations ORDER BY id")
     members = site.rows("SELECT conversation, userid, is_open, minimized, unread, last_read "
                         "FROM {p}gchat_members ORDER BY conversation, userid")
-    messages = site.rows("SELECT id, conversation, sender, text, client_id, time FROM {p}gchat_messages ORDER BY id")
+    messages = [(*row[:4], Dialect.client_id_value(row[4]), row[5]) for row in site.rows(
+        "SELECT id, conversation, sender, text, client_id, time FROM {p}gchat_messages ORDER BY id")]
     return conversations, members, messages
 
 
@@ -213,7 +264,7 @@ def test_history_added_later_is_imported_and_gchat_state_kept(site, old, db):
     report = import_history(db)
     assert (report.messages_imported, report.messages_present, report.conversations_mixed) == (1, 1, 0)
     rows = site.rows("SELECT text, client_id FROM {p}gchat_messages ORDER BY id")
-    assert [r[0] for r in rows] == ["one", "two"] and rows[1][1] == f"block_gchat:{late}"
+    assert [r[0] for r in rows] == ["one", "two"] and bytes(rows[1][1]) == f"block_gchat:{late}".encode()
     assert site.rows("SELECT is_open FROM {p}gchat_members WHERE userid = %s", (ben,)) == [(0,)]
 
 

@@ -1,4 +1,5 @@
-"""Every Moodle rule gchat applies, against a real MariaDB holding Moodle 2.2's tables.
+"""Every Moodle rule gchat applies, against a real MariaDB and a real PostgreSQL holding Moodle
+2.2's tables (as XMLDB creates them on each engine).
 
 Each rule has a case that is refused and a case that is accepted, so that dropping the rule (or
 getting it backwards) fails a test. Rows are written with tests/moodle_site.py the way Moodle
@@ -18,8 +19,9 @@ from gchat.moodle import Moodle, sid_hash
 from gchat.store import ChatStore
 from tests.conftest import PREFIX
 from tests.moodle_site import GUEST_ID, MoodleSite, moodle22_statements
-from tests.services import mysql_connect
+from tests.services import db_connect
 
+ENGINES = ("mariadb", "postgresql")
 WWWROOT = "http://moodle.test"
 FOREVER = 2147483647  # ENROL_MAX_TIMESTAMP, Moodle's "no end"
 HOUR = 3600
@@ -85,7 +87,8 @@ async def test_session_state_other_than_0_is_refused(site, moodle, state):
 async def test_userid_0_is_refused_even_when_a_user_0_row_exists(site, moodle):
     # A visitor who is not logged in has userid 0. Give user 0 a perfectly valid row, so that only
     # the "userid > 0" rule can refuse the session.
-    site.execute("SET SESSION sql_mode = CONCAT(@@sql_mode, ',NO_AUTO_VALUE_ON_ZERO')")
+    if site.engine == "mariadb":  # MySQL would take an id of 0 to mean "the next id"
+        site.execute("SET SESSION sql_mode = CONCAT(@@sql_mode, ',NO_AUTO_VALUE_ON_ZERO')")
     site.execute("INSERT INTO {p}user (id, auth, confirmed, mnethostid, username, firstname, lastname) "
                  "VALUES (0, 'manual', 1, 1, 'nobody', 'No', 'Body')")
     assert site.rows("SELECT id FROM {p}user WHERE username = 'nobody'") == [(0,)]
@@ -489,17 +492,10 @@ async def test_moodle2_contact_that_is_not_blocked_stays_a_mate(site, moodle):
 M36 = "m36_"
 
 
-@pytest.fixture(scope="module")
-def moodle36_tables(test_db_url):
-    """A second site in the run's database, prefix m36_, with Moodle 3.6's messaging tables."""
-    database = test_db_url.split("?")[0].rsplit("/", 1)[1]
-    conn = mysql_connect(test_db_url, database)
-    with conn.cursor() as cur:
-        for statement in moodle22_statements(M36):
-            cur.execute(statement)
-        cur.execute(f"ALTER TABLE {M36}message_contacts DROP COLUMN blocked, "
-                    "ADD COLUMN timecreated BIGINT(10) NULL")
-        cur.execute(f"""CREATE TABLE {M36}message_users_blocked (
+M36_DDL = {
+    "mariadb": (
+        f"ALTER TABLE {M36}message_contacts DROP COLUMN blocked, ADD COLUMN timecreated BIGINT(10) NULL",
+        f"""CREATE TABLE {M36}message_users_blocked (
             id BIGINT(10) NOT NULL AUTO_INCREMENT,
             userid BIGINT(10) NOT NULL,
             blockeduserid BIGINT(10) NOT NULL,
@@ -508,7 +504,31 @@ def moodle36_tables(test_db_url):
             UNIQUE KEY {M36}messuserbloc_useblo_uix (userid, blockeduserid),
             KEY {M36}messuserbloc_use_ix (userid),
             KEY {M36}messuserbloc_blo_ix (blockeduserid)
-        ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_unicode_ci""")
+        ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_unicode_ci""",
+    ),
+    "postgresql": (
+        f"ALTER TABLE {M36}message_contacts DROP COLUMN blocked, ADD COLUMN timecreated BIGINT NULL",
+        f"""CREATE TABLE {M36}message_users_blocked (
+            id BIGSERIAL,
+            userid BIGINT NOT NULL,
+            blockeduserid BIGINT NOT NULL,
+            timecreated BIGINT NULL,
+            CONSTRAINT {M36}messuserbloc_id_pk PRIMARY KEY (id))""",
+        f"CREATE UNIQUE INDEX {M36}messuserbloc_useblo_uix ON {M36}message_users_blocked (userid, blockeduserid)",
+        f"CREATE INDEX {M36}messuserbloc_use_ix ON {M36}message_users_blocked (userid)",
+        f"CREATE INDEX {M36}messuserbloc_blo_ix ON {M36}message_users_blocked (blockeduserid)",
+    ),
+}
+
+
+@pytest.fixture(scope="module")
+def moodle36_tables(test_db_url, engine):
+    """A second site in the run's database, prefix m36_, with Moodle 3.6's messaging tables."""
+    database = test_db_url.split("?")[0].rsplit("/", 1)[1]
+    conn = db_connect(test_db_url, database)
+    with conn.cursor() as cur:
+        for statement in moodle22_statements(M36, engine) + list(M36_DDL[engine]):
+            cur.execute(statement)
     conn.close()
     chat = Database(parse_db_url(test_db_url), prefix=M36, pool_size=1, timeout=5)
     chat.run_sync(ChatStore(chat).create_tables)

@@ -1,10 +1,11 @@
-"""gchat's own tables (conversations, members, messages) on a real MariaDB."""
+"""gchat's own tables (conversations, members, messages) on a real MariaDB and a real PostgreSQL."""
 
 from __future__ import annotations
 
 import asyncio
 import time
 
+import psycopg
 import pymysql
 import pytest
 
@@ -13,8 +14,9 @@ from gchat.db import Database
 from gchat.errors import Unavailable
 from gchat.store import MAX_HISTORY_LIMIT, ChatStore, MemberState
 from tests.conftest import PREFIX
-from tests.services import mysql_connect
+from tests.services import db_connect
 
+ENGINES = ("mariadb", "postgresql")
 A, B, C = 101, 202, 303
 
 
@@ -57,18 +59,29 @@ async def test_conversation_of_an_unordered_pair_is_unique(store, site):
 
 
 class Gate:
-    """Makes a race certain instead of likely: a transaction on a side connection holds an InnoDB
-    gap lock where the racing rows would go, so every racer gets past its reads and then waits on
-    its INSERT; the gate opens once all of them are waiting."""
+    """Makes a race certain instead of likely: a transaction on a side connection holds a lock
+    where the racing rows would go, so every racer gets past its reads and then waits on its
+    INSERT; the gate opens once all of them are waiting. On MariaDB the lock is an InnoDB gap
+    lock (``SELECT ... FOR UPDATE`` of the rows that are not there yet); PostgreSQL locks no
+    row that does not exist, so there the side transaction locks the table against writes."""
 
-    def __init__(self, url: str, site, sql: str, params: tuple) -> None:
+    def __init__(self, url: str, site, table: str, where: str, params: tuple) -> None:
         self.site = site
-        self.conn = mysql_connect(url, url.split("?")[0].rsplit("/", 1)[1])
-        self.conn.begin()
+        self.conn = db_connect(url, url.split("?")[0].rsplit("/", 1)[1])
+        if site.engine == "postgresql":
+            self.conn.autocommit = False  # psycopg: the next statement opens a transaction
+        else:
+            self.conn.begin()
         with self.conn.cursor() as cur:
-            cur.execute(sql.replace("{p}", PREFIX), params)
+            if site.engine == "postgresql":
+                cur.execute(f"LOCK TABLE {PREFIX}{table} IN SHARE MODE")
+            else:
+                cur.execute(f"SELECT id FROM {PREFIX}{table} WHERE {where} FOR UPDATE", params)
 
     def waiting(self) -> int:
+        if self.site.engine == "postgresql":
+            return count(self.site, "SELECT COUNT(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                                    "AND datname = current_database()")
         return count(self.site, "SELECT COUNT(*) FROM information_schema.innodb_trx t "
                                 "JOIN information_schema.processlist p ON p.id = t.trx_mysql_thread_id "
                                 "WHERE t.trx_state = 'LOCK WAIT' AND p.db = DATABASE()")
@@ -91,14 +104,13 @@ class Gate:
 
 @pytest.fixture
 def gate(test_db_url, site):
-    return lambda sql, params: Gate(test_db_url, site, sql, params)
+    return lambda table, where, params: Gate(test_db_url, site, table, where, params)
 
 
 @pytest.mark.gen_test(timeout=30)
 @pytest.mark.parametrize("racers", [2, 4])
 async def test_racing_opens_of_one_pair_give_one_conversation(store, site, gate, racers):
-    gate = gate("SELECT id FROM {p}gchat_conversations WHERE user_low = %s AND user_high = %s FOR UPDATE",
-                (A, B))
+    gate = gate("gchat_conversations", "user_low = %s AND user_high = %s", (A, B))
     results = await gate.race(*(store.open(A, B, 10) if i % 2 else store.open(B, A, 10) for i in range(racers)))
     assert len({pair.id for pair, _, _ in results}) == 1
     assert all(state.open for _, state, _ in results)
@@ -200,8 +212,7 @@ async def test_racing_sends_with_one_client_id_store_one_message(store, db, site
     # processes: two stores over the same database.
     other_process = ChatStore(db)
     pair, _, _ = await store.open(A, B, 10)
-    gate = gate("SELECT id FROM {p}gchat_messages WHERE sender = %s AND client_id = %s FOR UPDATE",
-                (A, "raced"))
+    gate = gate("gchat_messages", "sender = %s AND client_id = %s", (A, b"raced"))
     results = await gate.race(send(store, pair, A, "try 0", "raced"), send(other_process, pair, A, "try 1", "raced"))
     assert len({r.message.id for r in results}) == 1
     assert sorted(r.duplicate for r in results) == [False, True]
@@ -227,6 +238,42 @@ async def test_both_members_sending_at_once_store_every_message(store, site):
     await store.open(B, A, 10)
     await asyncio.gather(*(send(store, pair, A if i % 2 else B, f"m{i}", f"x{i}") for i in range(20)))
     assert count(site, "SELECT COUNT(*) FROM {p}gchat_messages") == 20
+
+
+@pytest.mark.gen_test
+@pytest.mark.parametrize("first,second", [("pad", "pad "), ("pad ", "pad"), ("pad", "pad  "), ("Case", "case"),
+                                          ("x", "X "), ("\u00e9", "e\u0301")],
+                         ids=["trailing space", "space first", "two spaces", "case", "case and space", "nfc-nfd"])
+async def test_client_ids_are_compared_exactly(store, site, first, second):
+    """Issue 12, hole 5: on MariaDB's utf8mb4_bin (a PAD SPACE collation) "pad " was "pad", so
+    the second send was answered with the first message as a retry, and lost."""
+    pair, _, _ = await store.open(A, B, 10)
+    one = await send(store, pair, A, "first", first)
+    two = await send(store, pair, A, "second", second)
+    assert not two.duplicate, f"{second!r} was taken for a retry of {first!r}"
+    assert two.message.id != one.message.id and two.message.text == "second"
+    assert (one.message.client_id, two.message.client_id) == (first, second)
+    assert [(m.text, m.client_id) for m in await store.history(pair.id, None, 10)] == [
+        ("first", first), ("second", second)]
+    # Each is still its own retry key.
+    again = await send(store, pair, A, "second, retried", second)
+    assert again.duplicate and again.message == two.message
+    assert count(site, "SELECT COUNT(*) FROM {p}gchat_messages") == 2
+    assert (await store.state(pair.id, B)).unread == 2
+
+
+@pytest.mark.gen_test
+async def test_exact_client_ids_in_one_batch(store, site):
+    # Several sends in one multi-row INSERT: the unique key, not a lookup, decides there.
+    pair, _, _ = await store.open(A, B, 10)
+    ids = ["pad", "pad ", "PAD", "pad\t", "pad\x00", "\ud800 lone surrogate"]
+    results = await asyncio.gather(*(send(store, pair, A, f"m{i}", cid) for i, cid in enumerate(ids)))
+    assert [r.duplicate for r in results] == [False] * len(ids)
+    assert [m.client_id for m in await store.history(pair.id, None, 10)] == ids
+    assert count(site, "SELECT COUNT(*) FROM {p}gchat_messages") == len(ids)
+    retried = await asyncio.gather(*(send(store, pair, A, "again", cid) for cid in reversed(ids)))
+    assert all(r.duplicate for r in retried)
+    assert [r.message.client_id for r in retried] == list(reversed(ids))
 
 
 @pytest.mark.gen_test
@@ -365,10 +412,18 @@ async def test_closing_a_window_clears_unread(store):
 DEADLOCK = "Deadlock found when trying to get lock; try restarting transaction"
 
 
+def deadlock(engine: str) -> Exception:
+    """What the driver raises for a deadlock victim: MySQL's 1213, PostgreSQL's 40P01 (and 40001)."""
+    if engine == "postgresql":
+        return psycopg.errors.DeadlockDetected("deadlock detected")
+    return pymysql.err.OperationalError(1213, DEADLOCK)
+
+
 @pytest.mark.gen_test
-async def test_a_deadlock_victim_is_run_again_and_is_no_outage(db):
-    """Racing member updates can make InnoDB pick a transaction as deadlock victim (1213): the
-    whole unit of work is rolled back and must simply run again, without the 'unreachable' fuse."""
+async def test_a_deadlock_victim_is_run_again_and_is_no_outage(db, engine):
+    """Racing member updates can make InnoDB (1213) or PostgreSQL (40P01) pick a transaction as
+    deadlock victim: the whole unit of work is rolled back and must simply run again, without
+    the 'unreachable' fuse."""
     calls = []
 
     def work(q):
@@ -376,7 +431,7 @@ async def test_a_deadlock_victim_is_run_again_and_is_no_outage(db):
         q.execute("INSERT INTO {gchat_conversations} (user_low, user_high, timecreated) VALUES (%s, %s, 0)",
                   (len(calls), 999))
         if len(calls) == 1:
-            raise pymysql.err.OperationalError(1213, DEADLOCK)
+            raise deadlock(engine)
         return "done"
 
     assert await db.run(work) == "done"
@@ -385,7 +440,7 @@ async def test_a_deadlock_victim_is_run_again_and_is_no_outage(db):
     assert rows == [(2,)], "the victim's first attempt was rolled back"
 
     def always(q):
-        raise pymysql.err.OperationalError(1213, DEADLOCK)
+        raise deadlock(engine)
 
     with pytest.raises(Unavailable):
         await db.run(always)
