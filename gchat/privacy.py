@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Iterator, TextIO, TypeVar
 
 from gchat.db import Database, Query
+from gchat.dialect import Dialect
 from gchat.errors import Unavailable
 
 log = logging.getLogger("gchat.privacy")
@@ -302,7 +303,7 @@ def _messages_of(db: Database, conversation: int, limit: int) -> Iterator[dict[s
             "ORDER BY id LIMIT %s", (conversation, after, limit)))
         for message_id, sender, text, stamp, client_id in rows:
             yield {"id": int(message_id), "from": int(sender), "text": text, "time": int(stamp),
-                   "client_id": client_id}
+                   "client_id": Dialect.client_id_value(client_id)}
         if len(rows) < limit:
             return
         after = int(rows[-1][0])
