@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from gchat.broker import encode_event
+from gchat.wire import encode_event
 from tests.clients import PollClient, WSClient, bootstrap
 from tests.server_thread import ServerThread
 

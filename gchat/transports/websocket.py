@@ -9,7 +9,6 @@ growing the server's memory.
 
 from __future__ import annotations
 
-import json
 import logging
 from typing import Any
 
@@ -22,6 +21,7 @@ from gchat.errors import (WS_CLOSE_GOING_AWAY, WS_CLOSE_POLICY, WS_CLOSE_SERVER_
                           WS_CLOSE_TRY_AGAIN, GchatError)
 from gchat.router import Client, Router
 from gchat.transports.base import OriginPolicy
+from gchat.wire import dumps, error_event, loads
 
 log = logging.getLogger("gchat.websocket")
 
@@ -120,12 +120,12 @@ class WebSocketHandler(tornado.websocket.WebSocketHandler):
                 "too_long", f"a frame may have at most {self.gchat_settings.max_frame_bytes} bytes"))
         else:
             try:
-                command = json.loads(message)
+                command = loads(message)
             except ValueError:
                 reply = self.router.error_reply(None, GchatError("bad_json", "the frame is not valid JSON"))
             else:
                 reply = await self.router.handle(client.identity, command)
-        self.send(json.dumps(reply, ensure_ascii=False, separators=(",", ":")))
+        self.send(dumps(reply))
 
     def send(self, text: str) -> bool:
         """Write one frame; False when the connection is gone or was cut off for not reading."""
@@ -144,7 +144,7 @@ class WebSocketHandler(tornado.websocket.WebSocketHandler):
 
     def fail(self, error: GchatError, close_code: int) -> None:
         """Tell the client why (an ``error`` event, no cursor) and close the socket."""
-        self.send(json.dumps({"type": "error", "code": error.code, "message": error.message}))
+        self.send(error_event(error))
         self.close(close_code, error.code)
 
     def on_close(self) -> None:
