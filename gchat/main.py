@@ -162,9 +162,9 @@ def main(argv: list[str] | None = None, embedding: Embedding = Embedding()) -> N
     if args and not args[0].startswith("-"):
         command = args.pop(0)
     if command in ("help", "-h", "--help") or "--help" in args or "-h" in args:
-        from gchat.config import OPTIONS
+        from gchat.config import render_help
 
-        print(USAGE + "\n".join(f"  --{o.name:<28} {o.help} (default: {o.default or 'empty'})" for o in OPTIONS))
+        print(USAGE + render_help())
         raise SystemExit(0)
     try:
         if command not in ("serve", *COMMANDS):
