@@ -12,7 +12,7 @@ from gchat.config import parse_db_url
 from gchat.db import Database
 from gchat.moodle import Moodle, sid_hash
 from gchat.php_session import parse_session
-from tests.clients import bootstrap
+from tests.support.clients import bootstrap
 
 
 def php_string(text: str) -> str:

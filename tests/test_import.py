@@ -18,7 +18,7 @@ import pytest
 from gchat.config import parse_db_url
 from gchat.db import Database
 from gchat.import_block_gchat import ImportFailed, import_history, run_command
-from tests.clients import WSClient, bootstrap
+from tests.support.clients import WSClient, bootstrap
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 T0 = 1_350_000_000  # October 2012, when block_gchat was current

@@ -18,7 +18,6 @@ from gchat.wire import CursorGone, encode_event
 from gchat.config import ConfigError
 from gchat.errors import Unavailable
 from gchat.redis_broker import RedisBroker
-from tests.redis_fixtures import private_redis, redis_prefix, redis_url  # noqa: F401
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 

@@ -2,6 +2,8 @@
 
 Both keep every event they receive (in order) and the last cursor; ``command`` sends one command
 and returns its reply; ``wait_for`` awaits an event matching a predicate (no sleeps).
+:func:`connect` is the one way a test logs a user in and connects them; :class:`People` keeps
+a test's clients and closes them when it ends.
 """
 
 from __future__ import annotations
@@ -9,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import secrets
-from typing import Any, Callable
+from typing import Any, Callable, Protocol
 from urllib.parse import quote, urlsplit
 
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
@@ -217,3 +219,53 @@ class PollClient(BaseClient):
 
 
 CLIENTS = {"websocket": WSClient, "longpoll": PollClient}
+
+
+class MoodleLogin(Protocol):
+    def login(self, user_id: int) -> str:
+        """A valid Moodle session for the user; returns its sid."""
+
+
+async def connect(base_url: str, site: MoodleLogin, user: int, transport: str | type[BaseClient] = "websocket",
+                  *, prefix: str = "/gchat", **options: Any) -> Any:
+    """Log ``user`` in to Moodle, bootstrap, connect over ``transport`` (``websocket``,
+    ``longpoll`` or a client class) with ``options`` (``cursor``, ``origin``), and return the
+    client once its ``ready`` arrived."""
+    code, boot = await bootstrap(base_url, site.login(user), prefix)
+    assert code == 200, boot
+    kind = CLIENTS[transport] if isinstance(transport, str) else transport
+    client = await kind(base_url, boot["token"], prefix).connect(**options)
+    await client.wait_type("ready")
+    return client
+
+
+class People:
+    """The people of one test on one server: ``await people.connect(ana, "longpoll")``, and
+    ``await people.chat(first, second)`` for the usual set-up of two course-mates, connected,
+    with a conversation open. Every client is closed when the test ends."""
+
+    def __init__(self, base_url: str, site: Any) -> None:
+        self.base_url = base_url
+        self.site = site
+        self.clients: list[BaseClient] = []
+
+    def track(self, client: BaseClient) -> BaseClient:
+        self.clients.append(client)
+        return client
+
+    async def connect(self, user: int, transport: str | type[BaseClient] = "websocket", **options: Any) -> Any:
+        return self.track(await connect(self.base_url, self.site, user, transport, **options))
+
+    async def chat(self, first: str = "websocket", second: str = "websocket",
+                   names: tuple[str, str] = ("Ana", "Ben")) -> tuple[int, int, Any, Any, int]:
+        """Two course-mates connected (over ``first`` and ``second``), the first having opened
+        a conversation with the second: (first's id, second's id, their clients, conversation)."""
+        one, two = self.site.classmates(*names)
+        a = await self.connect(one, first)
+        b = await self.connect(two, second)
+        conversation = (await a.command("open", user=two))["conversation"]["id"]
+        return one, two, a, b, conversation
+
+    async def close(self) -> None:
+        for client in self.clients:
+            await client.close()
