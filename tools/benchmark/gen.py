@@ -1,6 +1,6 @@
 """The load generator: one worker process holding many client connections on one event loop.
 
-The orchestrator (tools/bench.py) drives workers over a ``multiprocessing`` pipe with small
+The orchestrator (tools/benchmark/run.py) drives workers over a ``multiprocessing`` pipe with small
 commands: connect pairs, start an open-loop step, collect it, connect idle clients, close.
 
 Open loop: sends are scheduled by the clock (the j-th send of a step is due at
@@ -27,7 +27,8 @@ from collections import deque
 from typing import Any
 from urllib.parse import quote
 
-from tools.bench.wire import HTTPClient, ws_connect
+from tools.benchmark.procfs import raise_nofile
+from tools.benchmark.wire import HTTPClient, ws_connect
 
 MONO = time.monotonic_ns
 TEXT_SIZE = 100
@@ -645,14 +646,6 @@ def make_conn(worker: Worker, target: dict[str, Any], spec: list[Any]) -> Conn:
 
 
 # -- process entry ------------------------------------------------------------------------
-
-def raise_nofile() -> None:
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    try:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (200_000, 200_000))
-    except (ValueError, OSError):
-        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-
 
 async def _serve(pipe: Any) -> None:
     worker = Worker()
