@@ -1,6 +1,6 @@
 """Read-only lookups in the Moodle database: sessions, users, course-mates, blocks, config.
 
-gchat never writes Moodle's core tables. The rules (shared/moodle-facts.md, DESIGN.md):
+gchat never writes Moodle's core tables. The rules (docs/design.md, "Where each rule lives"):
 
 * a session cookie names ``{sessions}.sid``; it is valid when the row exists with ``state = 0``,
   ``userid > 0``, ``userid <> siteguest`` and ``timemodified + sessiontimeout >= now``, and the

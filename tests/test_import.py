@@ -42,7 +42,7 @@ OLD_DDL_WITH_PAIR = (
     ) ENGINE=InnoDB DEFAULT CHARSET=utf8 COLLATE=utf8_unicode_ci COMMENT='Table to store global chat sessions.'""",
 )
 OLD_DDL_PAIRLESS = (
-    # The shape DESIGN.md describes: a session row is only an id, its users are its user_sessions.
+    # The other shape of the old plugin: a session row is only an id, its users are its user_sessions.
     """CREATE TABLE {p}block_gchat_sessions (
         id BIGINT(10) UNSIGNED NOT NULL AUTO_INCREMENT,
         PRIMARY KEY (id)
