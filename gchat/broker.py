@@ -7,8 +7,9 @@ offline; the next log of that user gets a new epoch. So a cursor is resumable on
 epoch is the live one and nothing after it has been trimmed: otherwise the router answers with
 ``ready`` and ``reset: true`` — never a silent gap. The database stays the source of truth.
 
-The wire side of cursors and events is gchat/wire.py. The :class:`Broker` interface is small so that a Redis implementation (several processes,
-several hosts) can stand beside :class:`MemoryBroker`, the default and the fast path.
+The wire side of cursors and events is gchat/wire.py. The :class:`Broker` interface is small so
+that a Redis implementation (several processes, several hosts) can stand beside
+:class:`MemoryBroker`, the default and the fast path.
 """
 
 from __future__ import annotations

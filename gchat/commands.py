@@ -123,7 +123,7 @@ class Commands:
         self.closing = True
         try:
             await asyncio.wait_for(self._idle.wait(), timeout_secs)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             return False
         return True
 

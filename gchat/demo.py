@@ -17,7 +17,8 @@ from typing import Any
 
 import tornado.web
 
-from gchat.db import Query
+from gchat.db import Database, Query
+from gchat.moodle import Moodle
 
 _SQLITE_MOODLE_DDL = (
     """CREATE TABLE IF NOT EXISTS {config} (id INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE, value TEXT NOT NULL)""",
@@ -104,7 +105,7 @@ def demo_users(q: Query) -> list[dict[str, Any]]:
 class DemoHandler(tornado.web.RequestHandler):
     """Base of the demo pages: reads the demo Moodle's session cookie like Moodle would."""
 
-    def initialize(self, router: Any, settings: Any, moodle: Any, db: Any, **_: Any) -> None:
+    def initialize(self, router: Any, settings: Any, moodle: Moodle, db: Database, **_: Any) -> None:
         self.router = router
         self.gchat_settings = settings
         self.moodle = moodle
@@ -189,7 +190,7 @@ class DemoCoursePage(DemoHandler):
 class DemoAvatar(tornado.web.RequestHandler):
     """``/demo/user/pix.php/<id>/f2.jpg``: an SVG disc with initials, standing in for Moodle's."""
 
-    def initialize(self, moodle: Any, **_: Any) -> None:
+    def initialize(self, moodle: Moodle, **_: Any) -> None:
         self.moodle = moodle
 
     async def get(self, user_id: str) -> None:

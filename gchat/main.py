@@ -99,7 +99,7 @@ async def serve(settings: Settings, embedding: Embedding = Embedding()) -> None:
         services.db.close()
         raise Fatal(f"port: cannot listen on {settings.address}:{settings.port}: {exc.strerror}") from None
     await services.start()
-    mode = "demo (SQLite at %s)" % services.db.where if settings.is_demo_db else services.db.where
+    mode = f"demo (SQLite at {services.db.where})" if settings.is_demo_db else services.db.where
     log.info("gchat listening on http://%s:%d%s — database %s, broker %s", settings.address, settings.port,
              settings.url_prefix, mode, services.broker.name)
     if settings.demo:
@@ -117,7 +117,7 @@ async def serve(settings: Settings, embedding: Embedding = Embedding()) -> None:
     await services.stop()
     try:
         await asyncio.wait_for(server.close_all_connections(), timeout=CLOSE_CONNECTIONS_SECS)
-    except asyncio.TimeoutError:
+    except TimeoutError:
         log.warning("some connections did not close in time")
     await services.aclose()
     log.info("stopped")

@@ -89,7 +89,7 @@ COMMAND_BUCKETS_SECS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
 DELIVERY_BUCKETS_SECS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 
 
-class _StateCollector(Collector):  # type: ignore[misc]
+class _StateCollector(Collector):
     """Reads, at scrape time, what the router, the database and the broker already count."""
 
     def __init__(self, router: Router, db: Database, broker: Broker) -> None:

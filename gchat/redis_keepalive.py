@@ -66,7 +66,7 @@ class RedisKeepAlive:
             await self._orphaned(orphans)
             try:
                 await asyncio.wait_for(probe.wait(), delay)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
 
     async def beat(self) -> list[int]:

@@ -134,5 +134,5 @@ class RedisPublisher:
             return
         try:
             await asyncio.wait_for(asyncio.shield(self._writer), self._publish_timeout)
-        except (asyncio.TimeoutError, Exception):
+        except (TimeoutError, Exception):
             self._writer.cancel()

@@ -232,7 +232,7 @@ async def chatter(tab: Tab, stop: asyncio.Event) -> None:
     while not stop.is_set():
         try:
             await asyncio.wait_for(stop.wait(), random.uniform(0.5, 1.3))
-        except asyncio.TimeoutError:
+        except TimeoutError:
             count += 1
             tab.queue_message(f"{tab.name} #{count}: olá, grüß dich ✓")
 

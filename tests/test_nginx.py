@@ -23,7 +23,7 @@ import shutil
 import socket
 import subprocess
 import tempfile
-from typing import Callable, Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 import tornado.httpserver

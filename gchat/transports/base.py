@@ -41,7 +41,7 @@ class OriginPolicy:
         origin = origin.lower().rstrip("/")
         if origin in self.origins:
             return True
-        return bool(host) and urllib.parse.urlsplit(origin).netloc == host.lower()
+        return host is not None and host != "" and urllib.parse.urlsplit(origin).netloc == host.lower()
 
 
 class JsonHandler(tornado.web.RequestHandler):

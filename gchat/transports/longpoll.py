@@ -27,7 +27,7 @@ class LongPollTab(Client):
     transport = "longpoll"
     __slots__ = ("tab_id", "_tabs", "_waiter", "_owner", "_active", "_idle", "ended")
 
-    def __init__(self, tabs: "PollTabs", identity: Identity, address: str, tab_id: str) -> None:
+    def __init__(self, tabs: PollTabs, identity: Identity, address: str, tab_id: str) -> None:
         super().__init__(identity, address)
         self.tab_id = tab_id
         self._tabs = tabs
@@ -69,7 +69,12 @@ class LongPollTab(Client):
             loop = asyncio.get_running_loop()
             waiter = self._waiter = loop.create_future()
             self._owner = owner
-            timer = loop.call_later(timeout, lambda: waiter.done() or waiter.set_result("timeout"))
+
+            def expire() -> None:  # this wait's own waiter: a newer poll may have its own by then
+                if not waiter.done():
+                    waiter.set_result("timeout")
+
+            timer = loop.call_later(timeout, expire)
             try:
                 outcome = await waiter
             finally:

@@ -37,7 +37,7 @@ class WebSocketClient(Client):
     transport = "websocket"
     __slots__ = ("handler", "cursor", "_pumping", "_again")
 
-    def __init__(self, handler: "WebSocketHandler", identity: Identity, address: str) -> None:
+    def __init__(self, handler: WebSocketHandler, identity: Identity, address: str) -> None:
         super().__init__(identity, address)
         self.handler = handler
         self.cursor: str | None = None
@@ -96,7 +96,7 @@ class WebSocketHandler(tornado.websocket.WebSocketHandler):
         # Small frames must leave at once: with Nagle's algorithm on (Tornado's default) a reply
         # or event can wait for the peer's delayed ACK, tens of milliseconds.
         self.set_nodelay(True)
-        stream = self.ws_connection.stream if self.ws_connection else None  # type: ignore[attr-defined]
+        stream = self.ws_connection.stream if self.ws_connection else None
         if stream is not None:
             stream.max_write_buffer_size = self.gchat_settings.max_output_bytes
         try:

@@ -11,7 +11,8 @@ from __future__ import annotations
 import asyncio
 import json
 import secrets
-from typing import Any, Callable, Protocol
+from typing import Any, Protocol
+from collections.abc import Callable
 from urllib.parse import quote, urlsplit
 
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
@@ -96,6 +97,9 @@ class BaseClient:
     async def raw(self, command: Any) -> dict[str, Any]:
         raise NotImplementedError
 
+    async def close(self) -> None:
+        raise NotImplementedError
+
     async def send_text(self, conversation: int, text: str, client_id: str | None = None) -> dict[str, Any]:
         return await self.command("send", conversation=conversation, text=text,
                                   client_id=client_id or secrets.token_hex(8))
@@ -104,7 +108,7 @@ class BaseClient:
 class WSClient(BaseClient):
     transport = "websocket"
 
-    async def connect(self, cursor: str | None = None, origin: str | None = None) -> "WSClient":
+    async def connect(self, cursor: str | None = None, origin: str | None = None) -> WSClient:
         url = self.base_url.replace("http", "ws", 1) + f"{self.prefix}/ws?token={quote(self.token)}"
         if cursor:
             url += f"&cursor={quote(cursor)}"
@@ -146,14 +150,14 @@ class WSClient(BaseClient):
         self.conn.close()
         try:
             await asyncio.wait_for(self._reader, 5)
-        except (asyncio.TimeoutError, Exception):
+        except (TimeoutError, Exception):
             pass
 
 
 class PollClient(BaseClient):
     transport = "longpoll"
 
-    async def connect(self, cursor: str | None = None) -> "PollClient":
+    async def connect(self, cursor: str | None = None) -> PollClient:
         self.tab = secrets.token_hex(6)
         self.cursor = cursor
         self.http = AsyncHTTPClient(force_instance=True)
@@ -201,12 +205,12 @@ class PollClient(BaseClient):
             response = await self.http.fetch(f"{self.base_url}{self.prefix}/api/send", method="POST", body=body,
                                              headers={"X-Gchat-Token": self.token,
                                                       "Content-Type": "application/json"})
-            return json.loads(response.body)
+            reply: dict[str, Any] = json.loads(response.body)
         except HTTPClientError as exc:
             assert exc.response is not None
             reply = json.loads(exc.response.body)
             reply["http_status"] = exc.code
-            return reply
+        return reply
 
     async def close(self) -> None:
         self._stop = True
@@ -233,7 +237,7 @@ async def connect(base_url: str, site: MoodleLogin, user: int, transport: str | 
     client once its ``ready`` arrived."""
     code, boot = await bootstrap(base_url, site.login(user), prefix)
     assert code == 200, boot
-    kind = CLIENTS[transport] if isinstance(transport, str) else transport
+    kind: Any = CLIENTS[transport] if isinstance(transport, str) else transport
     client = await kind(base_url, boot["token"], prefix).connect(**options)
     await client.wait_type("ready")
     return client

@@ -41,7 +41,7 @@ class ServerThread:
         server.stop()
         await self.services.aclose(drain_secs=1)
 
-    def start(self) -> "ServerThread":
+    def start(self) -> ServerThread:
         self._thread.start()
         if not self._ready.wait(10):
             raise RuntimeError("the test server did not start")

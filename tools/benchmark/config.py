@@ -53,7 +53,7 @@ class Config:
     quiet_wait: float = 120.0      # seconds to wait, before each target, for the machine to calm down
 
     @classmethod
-    def quick(cls) -> "Config":
+    def quick(cls) -> Config:
         return cls(ws_pairs=10, poll_pairs=10, mixed_pairs=4, start_rate=100.0, factor=2.0, max_steps=3, refine=0,
                    warmup=0.3, measure=1.2, half_measure=1.5, drain=1.5, idle_levels=(300,), idle_settle=0.5,
                    idle_window=1.5, idle_hb_ws=1.0, idle_hb_poll=1.0, idle_hb_socketio_poll=1.0, quiet_wait=0.0)

@@ -115,7 +115,7 @@ class Worker:
         conns = [make_conn(self, target, c) for c in clients]
         try:
             await asyncio.wait_for(self._connect_all(conns, concurrency), limit)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             for c in conns:
                 c.close()
             done = sum(1 for c in conns if c.ready.done() and not c.ready.cancelled() and c.ready.exception() is None)
@@ -123,7 +123,7 @@ class Worker:
         self.groups.setdefault(group, []).extend(conns)
         return {"connected": len(conns), "seconds": time.monotonic() - started}
 
-    async def _connect_all(self, conns: list["Conn"], concurrency: int, attempts: int = 4) -> None:
+    async def _connect_all(self, conns: list[Conn], concurrency: int, attempts: int = 4) -> None:
         """Connect every client; a refused or dropped one tries again after a pause (as a real
         client backs off), up to ``attempts`` times in all."""
         todo = list(conns)
@@ -153,7 +153,7 @@ class Worker:
         self._sched = asyncio.get_running_loop().create_task(self._schedule(rate, t0, w1, self.senders))
         return {"senders": len(self.senders)}
 
-    async def _schedule(self, rate: float, t0: int, t_end: int, senders: list["Conn"]) -> None:
+    async def _schedule(self, rate: float, t0: int, t_end: int, senders: list[Conn]) -> None:
         period = 1e9 / rate
         n = len(senders)
         j = 0
@@ -406,7 +406,7 @@ class NativePoll(Conn):
             path = base if self.cursor is None else f"{base}&cursor={quote(self.cursor)}"
             try:
                 status, body = await self.poll_http.request(b"GET", path.encode(), self.headers)
-            except (ConnectionError, OSError, asyncio.TimeoutError) as exc:
+            except (TimeoutError, ConnectionError, OSError) as exc:
                 if self.closed:
                     return
                 failures += 1
@@ -462,7 +462,7 @@ class NativePoll(Conn):
                 body = self.outq.popleft()
                 try:
                     status, reply = await self.send_http.request(b"POST", path, headers, body)
-                except (ConnectionError, OSError, asyncio.TimeoutError):
+                except (TimeoutError, ConnectionError, OSError):
                     self.worker.error("send:connection")
                     continue
                 if b'"ref":"s' in reply:
@@ -490,10 +490,13 @@ class NativePoll(Conn):
             self.send_http.close()
 
 
-class SioMixin:
+class SioMixin(Conn):
     """Socket.IO v5 over Engine.IO v4 packets, shared by both transports."""
 
-    def _packet(self, p: bytes) -> None:  # type: ignore[misc]
+    def _out(self, packet: bytes) -> None:
+        raise NotImplementedError
+
+    def _packet(self, p: bytes) -> None:
         c = p[:1]
         if c == b"4":
             kind = p[1:2]
@@ -528,11 +531,11 @@ class SioMixin:
         elif c == b"1":
             self.lost()
 
-    def send_text(self, text: bytes) -> None:  # type: ignore[misc]
+    def send_text(self, text: bytes) -> None:
         self._out(b'42%d["cmd",{"type":"send","ref":%d,"conversation":%d,"text":"%s","client_id":"c%d-%d"}]'
                   % (self.seq, self.seq, self.conv, text, self.uid, self.seq))
 
-    async def command(self, cmd: dict[str, Any]) -> dict[str, Any]:  # type: ignore[misc]
+    async def command(self, cmd: dict[str, Any]) -> dict[str, Any]:
         self._setup_n += 1
         ack = SETUP_ACK + self._setup_n
         future = self._setup[ack] = asyncio.get_running_loop().create_future()
@@ -540,7 +543,7 @@ class SioMixin:
         return await asyncio.wait_for(future, 30)
 
 
-class SioWS(SioMixin, Conn):
+class SioWS(SioMixin):
     transport = "ws"
 
     async def connect(self) -> None:
@@ -570,7 +573,7 @@ class SioWS(SioMixin, Conn):
             self.ws.close()
 
 
-class SioPoll(SioMixin, Conn):
+class SioPoll(SioMixin):
     """Engine.IO long-polling: a waiting GET, and POSTs carrying every queued packet at once
     (``\\x1e``-separated), as the Engine.IO client does."""
 
@@ -594,7 +597,7 @@ class SioPoll(SioMixin, Conn):
         while not self.closed:
             try:
                 status, body = await self.poll_http.request(b"GET", self.path)
-            except (ConnectionError, OSError, asyncio.TimeoutError) as exc:
+            except (TimeoutError, ConnectionError, OSError) as exc:
                 if not self.closed:
                     self.lost()
                     self.fail_ready(repr(exc))
@@ -621,7 +624,7 @@ class SioPoll(SioMixin, Conn):
                 self.outq.clear()
                 try:
                     status, _ = await self.send_http.request(b"POST", self.path, headers, b"\x1e".join(packets))
-                except (ConnectionError, OSError, asyncio.TimeoutError):
+                except (TimeoutError, ConnectionError, OSError):
                     self.worker.error("send:connection")
                     continue
                 if status != 200:

@@ -43,7 +43,7 @@ class Generators:
         return self.call(op, [kwargs] * len(self.pipes), timeout)
 
     def cpu(self) -> float:
-        return sum(proc_cpu(p.pid) for p in self.procs)
+        return sum((proc_cpu(p.pid) for p in self.procs if p.pid is not None), 0.0)
 
     def close(self) -> None:
         for pipe in self.pipes:

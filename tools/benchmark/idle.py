@@ -36,9 +36,10 @@ class IdlePhase:
             tokens = self.bench.tokens(target, idle_users, bootstrap=False)
             clients = [[u.id, tokens[u.id], transport] for u in idle_users]
             warm, rest = clients[:20], clients[20:]
-            self.bench.gens.call("connect_idle", [{"target": spec, "group": "idle", "clients": warm[i::len(self.bench.gens)],
-                                             "concurrency": self.bench.args.connect_concurrency}
-                                            for i in range(len(self.bench.gens))])
+            gens = self.bench.gens
+            gens.call("connect_idle", [{"target": spec, "group": "idle", "clients": warm[i::len(gens)],
+                                        "concurrency": self.bench.args.connect_concurrency}
+                                       for i in range(len(gens))])
             time.sleep(cfg.idle_settle)
             server.stats(collect=True)
             base_rss = proc_rss_kb(server.pid)
@@ -51,10 +52,10 @@ class IdlePhase:
                 batch = rest[connected:level]
                 started = time.monotonic()
                 try:
-                    self.bench.gens.call("connect_idle", [{"target": spec, "group": "idle", "clients": batch[i::len(self.bench.gens)],
-                                                     "concurrency": self.bench.args.connect_concurrency,
-                                                     "limit": cfg.idle_connect_limit}
-                                                    for i in range(len(self.bench.gens))], timeout=cfg.idle_connect_limit + 60)
+                    gens.call("connect_idle", [{"target": spec, "group": "idle", "clients": batch[i::len(gens)],
+                                                "concurrency": self.bench.args.connect_concurrency,
+                                                "limit": cfg.idle_connect_limit}
+                                               for i in range(len(gens))], timeout=cfg.idle_connect_limit + 60)
                 except RuntimeError as exc:
                     self.bench.warn(f"{target}: could not open {level:,} idle {transport} connections: "
                               f"{str(exc).strip().splitlines()[-1][:200]}")
@@ -70,7 +71,8 @@ class IdlePhase:
                     traced = {"by_line": http_get_json(server.port, "/bench/stats?tm=diff&top=40", timeout=300),
                               "by_file": http_get_json(server.port, "/bench/stats?tm=diff&top=25&key=filename",
                                                        timeout=300)}
-                    with open(os.path.join(self.bench.run_dir, f"tracemalloc-{target}-{transport}-{level}.json"), "w") as fh:
+                    traced_path = os.path.join(self.bench.run_dir, f"tracemalloc-{target}-{transport}-{level}.json")
+                    with open(traced_path, "w") as fh:
                         json.dump(traced, fh, indent=1)
                 hb0 = sum(c["heartbeats"] for c in self.bench.gens.call_all("counters", group="idle"))
                 window = max(cfg.idle_window * 2, interval * 1.2) if level == max(cfg.idle_levels) \

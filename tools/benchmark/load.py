@@ -71,7 +71,7 @@ class LoadPhase:
         total_sent = sum(sent.values())
         lost = total_sent - overall["n"]
         lag_summary = summarise(lag)
-        result = {
+        result: dict[str, Any] = {
             "rate": rate, "sent": total_sent, "received": overall["n"], "lost": lost, "dups": dups,
             "errors": errors, "replies_ok": ok,
             "delivered_per_s": arrivals / measure, "latency": overall, "pairings": pairings,
@@ -131,7 +131,8 @@ class LoadPhase:
             per_worker[i % len(self.bench.gens)].append([[a.id, tokens[a.id], ta], [b.id, tokens[b.id], tb]])
         spec = self.bench.target_spec(target)
         started = time.monotonic()
-        results = self.bench.gens.call("connect_pairs", [{"target": spec, "group": key, "pairs": p} for p in per_worker])
+        results = self.bench.gens.call("connect_pairs",
+                                       [{"target": spec, "group": key, "pairs": p} for p in per_worker])
         self.bench.gens.senders = [2 * len(p) for p in per_worker]
         missing = sum(r["warm_missing"] for r in results)
         log(f"{target}: {len(users)} clients of {len(pairs)} {key} pairs connected and warmed in "
@@ -207,7 +208,8 @@ class LoadPhase:
         """Run ``work()`` while py-spy samples the server; summary and raw stacks in the run folder."""
         assert self.bench.server is not None
         path = os.path.join(self.bench.run_dir, f"profile-{name}.txt")
-        spy = profile.record(self.bench.server.pid, (seconds or self.bench.args.profile) + self.bench.cfg.warmup + 0.3, path,
+        spy = profile.record(self.bench.server.pid,
+                             (seconds or self.bench.args.profile) + self.bench.cfg.warmup + 0.3, path,
                              self.bench.args.gen_cpu)
         if spy is None:
             self.bench.warn("py-spy is not installed: no profile (pip install py-spy)")

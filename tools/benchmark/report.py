@@ -26,7 +26,8 @@ def machine_info(args: argparse.Namespace) -> dict[str, Any]:
     except OSError:
         pass
     probe = ("import sys, tornado\ntry:\n import tornado.speedups; s = True\nexcept ImportError:\n s = False\n"
-             "try:\n from importlib.metadata import version; sio = version('python-socketio')\nexcept Exception:\n sio = None\n"
+             "try:\n from importlib.metadata import version; sio = version('python-socketio')\n"
+             "except Exception:\n sio = None\n"
              "try:\n import uvloop; uv = uvloop.__version__\nexcept Exception:\n uv = None\n"
              "import json; print(json.dumps({'python': sys.version.split()[0], 'tornado': tornado.version, "
              "'speedups': s, 'socketio': sio, 'uvloop': uv}))")
@@ -42,7 +43,8 @@ def machine_info(args: argparse.Namespace) -> dict[str, Any]:
         conn = mysql_connect(args.mysql)
         with conn.cursor() as cur:
             cur.execute("SELECT VERSION()")
-            mariadb = cur.fetchone()[0]
+            row = cur.fetchone()
+            mariadb = row[0] if row else None
         conn.close()
     except Exception:
         pass
@@ -121,7 +123,8 @@ def report(results: dict[str, Any], elapsed: float) -> str:
     row("mixed run rate (msgs/s, ½ the lower knee)", lambda o: (o.get("mixed") or {}).get("rate"))
     row("server CPU per delivered WS message at the knee (µs)",
         lambda o: ((o.get("ws") or {}).get("knee") or {}).get("server_cpu_us_per_msg"), 0)
-    row("server CPU at the WS knee (% of a core)", lambda o: ((o.get("ws") or {}).get("knee") or {}).get("server_cpu"), 0)
+    row("server CPU at the WS knee (% of a core)",
+        lambda o: ((o.get("ws") or {}).get("knee") or {}).get("server_cpu"), 0)
     row("MariaDB CPU at the WS knee (% of a core)", lambda o: ((o.get("ws") or {}).get("knee") or {}).get("db_cpu"), 0)
     levels = results["config"]["idle_levels"]
     for kind, name in (("idle_ws", "idle WebSocket"), ("idle_poll", "idle long-poll")):
@@ -146,12 +149,14 @@ def report(results: dict[str, Any], elapsed: float) -> str:
                          f"{fmt(total)} ({fmt(per_hb, 3)} per heartbeat)")
         lines.append("")
     m = results["machine"]
-    lines.append(f"Machine: {m.get('cpu')}, {m.get('cores')} cores, {m.get('memory_gib')} GiB, Linux {m.get('kernel')}; "
+    dirty = " with uncommitted changes in gchat/" if m.get("gchat_dirty") else ""
+    lines.append(f"Machine: {m.get('cpu')}, {m.get('cores')} cores, {m.get('memory_gib')} GiB, "
+                 f"Linux {m.get('kernel')}; "
                  f"Python {m.get('python')}, Tornado {m.get('tornado')} (speedups "
                  f"{'built' if m.get('speedups') else 'NOT built'}), python-socketio {m.get('socketio') or '–'}, "
                  f"MariaDB {m.get('mariadb') or '–'}; server on CPU {m.get('server_cpu')}, {m.get('gen_procs')} "
                  f"generator process(es) on CPU {m.get('gen_cpu')} (uvloop {m.get('uvloop') or 'off'}); "
-                 f"gchat at commit {m.get('commit') or '?'}{' with uncommitted changes in gchat/' if m.get('gchat_dirty') else ''}. "
+                 f"gchat at commit {m.get('commit') or '?'}{dirty}. "
                  f"Run took {elapsed:.0f} s.")
     for target, out in targets.items():
         for key in ("ws", "poll"):
@@ -173,10 +178,12 @@ def steps_table(results: dict[str, Any]) -> str:
              "server CPU % | generator CPU % | MariaDB CPU % | q/msg | |", "|" + "---|" * 14]
     for target, out in results["targets"].items():
         for key in ("ws", "poll"):
-            for s in (out.get(key) or {}).get("steps", []) + ([out[key]["half"]] if (out.get(key) or {}).get("half") else []):
+            phase = out.get(key) or {}
+            for s in phase.get("steps", []) + ([phase["half"]] if phase.get("half") else []):
                 lat = s["latency"]
-                lines.append(f"| {target} | {key} | {s['rate']:.0f} | {s['delivered_per_s']:.0f} | {fmt(lat['p50'], 1)} | "
-                             f"{fmt(lat['p99'], 1)} | {fmt(lat['p999'], 1)} | {s['lost']} | {sum(s['errors'].values())} | "
+                lines.append(f"| {target} | {key} | {s['rate']:.0f} | {s['delivered_per_s']:.0f} | "
+                             f"{fmt(lat['p50'], 1)} | {fmt(lat['p99'], 1)} | {fmt(lat['p999'], 1)} | {s['lost']} | "
+                             f"{sum(s['errors'].values())} | "
                              f"{s['server_cpu']:.0f} | {s['gen_cpu']:.0f} | {fmt(s['db_cpu'])} | "
                              f"{fmt(s.get('queries_per_msg'), 2)} | {'pass' if s['passed'] else 'FAIL'}"
                              f"{' gen-bound' if s['gen_bound'] else ''} |")

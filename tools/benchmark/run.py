@@ -22,6 +22,7 @@ from tools.benchmark.load import LoadPhase
 from tools.benchmark.procfs import busy_pct, cpu_times, find_pid, mysql_port, proc_cpu, proc_rss_kb
 from tools.benchmark.report import machine_info
 from tools.benchmark.servers import Server
+from tools.benchmark.site import BenchSite, BenchUser
 from tools.benchmark.stats import Sample
 
 
@@ -30,7 +31,7 @@ class Bench:
         self.args = args
         self.cfg: Config = args.cfg
         self.run_dir = args.out
-        self.site = None
+        self.site: BenchSite | None = None
         self.db_pid = find_pid(("mariadbd", "mysqld"), mysql_port(args.mysql))
         self.results: dict[str, Any] = {"targets": {}, "warnings": [], "config": asdict(self.cfg)}
         self.gens: Generators | None = None
@@ -80,8 +81,6 @@ class Bench:
                      "mixed": [("ws", "ws"), ("ws", "poll"), ("poll", "poll")] * cfg.mixed_pairs}
         idle_n = max(cfg.idle_levels) + 20  # 20 warm-up clients before the baseline RSS
         if "gchat" in targets:
-            from tools.benchmark.site import BenchSite
-
             name = f"gchat_bench_{os.getpid()}"
             self.site = BenchSite(self.args.mysql, name)
             self.results["database"] = name
@@ -93,8 +92,6 @@ class Bench:
             log(f"MariaDB database {name}: {sum(len(s) for s in sets.values()) * 2 + len(idle)} users, sessions "
                 f"and courses in {time.monotonic() - started:.1f} s")
         else:
-            from tools.benchmark.site import BenchUser
-
             next_id = [10]
 
             def user() -> BenchUser:
