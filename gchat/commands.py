@@ -25,7 +25,7 @@ from gchat.errors import GchatError, bad_command, not_allowed
 from gchat.feed import Feed
 from gchat.limits import RateLimits
 from gchat.ports import ChatStorage, MoodleLookups, Observer
-from gchat.store import MAX_HISTORY_LIMIT, Pair
+from gchat.store import MAX_HISTORY_LIMIT, MemberState, Pair
 from gchat.text import normalise_text
 from gchat.wire import command_ref, error_reply, ok_reply
 
@@ -153,7 +153,7 @@ class ChatCommands:
             raise not_allowed("you are not a member of this conversation")
         return pair
 
-    async def _publish_state(self, uid: int, pair: Pair, state: Any) -> None:
+    async def _publish_state(self, uid: int, pair: Pair, state: MemberState) -> None:
         await self._feed.publish([uid], await self._feed.conversation_event(uid, pair, state, None))
 
     async def cmd_open(self, identity: Identity, cmd: dict[str, Any]) -> dict[str, Any]:

@@ -46,7 +46,7 @@ class Router:
         self.settings = settings
         self.broker = broker
         self.signer = signer
-        self.observer = observer
+        self._observer = observer
         self._background = Background()
         self._feed = Feed(settings, broker=broker, moodle=moodle, store=store)
         self._presence = Presence(settings, broker=broker, moodle=moodle, publish=self._feed.publish,
@@ -118,6 +118,11 @@ class Router:
         return self._commands.refuse(ref, error)
 
     # -- read-only counts (health, /metrics, the benchmark) ---------------------------------
+
+    @property
+    def observer(self) -> Observer | None:
+        """What was told about every command and message (gchat/metrics.py's Metrics), if any."""
+        return self._observer
 
     @property
     def command_types(self) -> tuple[str, ...]:

@@ -14,11 +14,10 @@ from prometheus_client.parser import text_string_to_metric_families
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError
 
 import gchat.metrics
-from gchat.app import build_services, make_app
 from tests.support.clients import connect
 from tests.support.process import ROOT, ServerProcess, free_port, health_status
 from tests.support.redis import with_params
-from tests.support.serving import running, serve
+from tests.support.serving import running
 
 
 async def scrape(base_url, accept=None):
@@ -120,9 +119,7 @@ async def test_openmetrics_on_request_and_unknown_commands_do_not_make_labels(ht
 @pytest.mark.gen_test(timeout=30)
 async def test_without_prometheus_client_metrics_answer_501_and_chat_runs(site, settings, monkeypatch):
     monkeypatch.setattr(gchat.metrics, "prometheus_client", None)
-    services = build_services(settings)
-    server, base = serve(make_app(services))
-    try:
+    async with running(settings) as (services, base):
         with pytest.raises(HTTPClientError) as caught:
             await AsyncHTTPClient().fetch(base + "/gchat/metrics")
         body = caught.value.response.body.decode()
@@ -135,17 +132,11 @@ async def test_without_prometheus_client_metrics_answer_501_and_chat_runs(site, 
         await client.close()
         health = await AsyncHTTPClient().fetch(base + "/gchat/health")
         assert health.code == 200
-    finally:
-        server.stop()
-        services.db.close()
 
 
 @pytest.mark.gen_test(timeout=30)
 async def test_each_application_has_its_own_registry(site, settings):
-    first, second = build_services(settings), build_services(settings)
-    server1, base1 = serve(make_app(first))
-    server2, base2 = serve(make_app(second))
-    try:
+    async with running(settings) as (_, base1), running(settings) as (_, base2):
         (ana,) = site.classmates("Ana")
         client = await connect(base1, site, ana, "websocket")
         await client.command("ping")
@@ -156,10 +147,6 @@ async def test_each_application_has_its_own_registry(site, settings):
         assert value(two, "gchat_commands_total", type="ping") == 0
         # Nothing of gchat's lands in the library's global registry.
         assert not [m for m in prometheus_client.REGISTRY.collect() if m.name.startswith("gchat")]
-    finally:
-        for server, services in ((server1, first), (server2, second)):
-            server.stop()
-            services.db.close()
 
 
 @pytest.mark.gen_test(timeout=30)
