@@ -42,7 +42,7 @@ RoutesFor = Callable[["Services"], Sequence[Route]]
 class Services:
     """gchat's parts, started and stopped together::
 
-        async with build_services(settings) as services:   # start(): broker, router
+        async with build_services(settings) as services:   # start(): router, broker
             ...                                             # aclose(): stop, broker, database
 
     ``stop()`` alone lets the commands in flight finish and tells every client to reconnect
@@ -55,7 +55,7 @@ class Services:
     store: ChatStore
     broker: Broker
     router: Router
-    _stopped: bool = field(default=False, repr=False)
+    _stopped: bool = field(default=False, init=False, repr=False)
 
     async def start(self) -> None:
         # The router first: it hears of users a crashed process left behind from the broker's
