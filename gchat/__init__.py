@@ -1,6 +1,6 @@
 """gchat: a real-time chat server for Moodle sites.
 
-Architecture and rules: DESIGN.md; wire contract: docs/protocol.md.
+Architecture and rules: docs/design.md; wire contract: docs/protocol.md.
 """
 
 __version__ = "0.1.0"

@@ -1,10 +1,17 @@
-"""Wiring: build gchat's parts from Settings and put them behind one Tornado Application."""
+"""Wiring: build gchat's parts from Settings and put them behind one Tornado Application.
+
+:func:`build_services` builds the parts; :class:`Services` starts and stops them (production's
+``gchat serve``, the test fixtures and the benchmark all go through it); :func:`make_app` puts
+the router behind the HTTP and WebSocket routes.
+"""
 
 from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from types import TracebackType
 from typing import Any
 
 import tornado.httpserver
@@ -16,11 +23,11 @@ from gchat.broker import Broker, MemoryBroker
 from gchat.config import Settings
 from gchat.db import Database
 from gchat.demo import demo_routes
-from gchat.metrics import MetricsHandler, build_metrics
+from gchat.metrics import MetricsHandler, build_metrics, new_observer
 from gchat.moodle import Moodle
 from gchat.paths import static_dir, template_dir
 from gchat.privacy import Purger
-from gchat.router import Router
+from gchat.router import DRAIN_SECS, Router
 from gchat.sessions import make_store
 from gchat.store import ChatStore
 from gchat.transports.base import OriginPolicy
@@ -28,8 +35,22 @@ from gchat.transports.http import BootstrapHandler, HealthHandler
 from gchat.transports.longpoll import PollHandler, PollTabs, SendHandler
 from gchat.transports.websocket import WebSocketHandler
 
+# A Tornado route: (pattern, handler class, initialize() keyword arguments).
+Route = tuple[str, Any, dict[str, Any]]
+RoutesFor = Callable[["Services"], Sequence[Route]]
+
+
 @dataclass
 class Services:
+    """gchat's parts, started and stopped together::
+
+        async with build_services(settings) as services:   # start(): router, broker
+            ...                                             # aclose(): stop, broker, database
+
+    ``stop()`` alone lets the commands in flight finish and tells every client to reconnect
+    (``gchat serve`` does it before closing the HTTP connections).
+    """
+
     settings: Settings
     db: Database
     moodle: Moodle
@@ -37,19 +58,36 @@ class Services:
     broker: Broker
     router: Router
     purger: Purger | None = None  # history retention and deleted users (gchat/privacy.py)
+    _stopped: bool = field(default=False, init=False, repr=False)
 
-    def start_purge(self) -> None:
-        """Start the background purge (call with the server; a no-op when nothing is to purge)."""
+    async def start(self) -> None:
+        # The router first: it hears of users a crashed process left behind from the broker's
+        # first heartbeat on.
+        self.router.start()
+        await self.broker.start()
         if self.purger is not None:
             self.purger.start()
 
-    async def close(self) -> None:
-        if self.purger is not None:
-            await self.purger.stop()
-        await self.router.stop()
+    async def stop(self, drain_secs: float = DRAIN_SECS) -> None:
+        if not self._stopped:
+            self._stopped = True
+            if self.purger is not None:
+                await self.purger.stop()
+            await self.router.stop(drain_secs)
+
+    async def aclose(self, drain_secs: float = DRAIN_SECS) -> None:
+        await self.stop(drain_secs)
         await self.broker.close()
         await self.moodle.close()
         self.db.close()
+
+    async def __aenter__(self) -> Services:
+        await self.start()
+        return self
+
+    async def __aexit__(self, kind: type[BaseException] | None, exc: BaseException | None,
+                        tb: TracebackType | None) -> None:
+        await self.aclose()
 
 
 def demo_db_path(settings: Settings) -> str:
@@ -71,11 +109,20 @@ def make_broker(settings: Settings) -> Broker:
     return MemoryBroker(log_size=settings.event_log_size)
 
 
+def open_database(settings: Settings, **pool_options: Any) -> Database:
+    """The database of ``db_url`` (the demo's SQLite file without one). ``pool_options`` go to
+    the connection pool (the benchmark's what-if runs)."""
+    if settings.is_demo_db:
+        os.makedirs(settings.data_dir, exist_ok=True)
+    return Database(settings.db_url, prefix=settings.db_prefix, pool_size=settings.db_pool_size,
+                    timeout=settings.db_timeout, sqlite_path=demo_db_path(settings) if settings.is_demo_db else None,
+                    **pool_options)
+
+
 def build_services(settings: Settings, db: Database | None = None, broker: Broker | None = None) -> Services:
+    """Build (not start) gchat's parts; without ``db``, the database of the settings."""
     if db is None:
-        db = Database(settings.db_url, prefix=settings.db_prefix, pool_size=settings.db_pool_size,
-                      timeout=settings.db_timeout,
-                      sqlite_path=demo_db_path(settings) if settings.is_demo_db else None)
+        db = open_database(settings)
     wwwroot = effective_wwwroot(settings)
     if settings.moodle_wwwroot != wwwroot:
         settings = settings.replace(moodle_wwwroot=wwwroot)
@@ -87,7 +134,7 @@ def build_services(settings: Settings, db: Database | None = None, broker: Broke
     broker = broker or make_broker(settings)
     secret = settings.secret_key or load_or_create_secret(settings.data_dir)
     router = Router(settings, moodle=moodle, store=store, broker=broker,
-                    signer=TokenSigner(secret, settings.token_ttl))
+                    signer=TokenSigner(secret, settings.token_ttl), observer=new_observer())
     purger = Purger(db, retention_days=settings.history_retention_days, deleted_users=settings.purge_deleted_users)
     return Services(settings, db, moodle, store, broker, router, purger)
 
@@ -107,24 +154,30 @@ def log_request(handler: tornado.web.RequestHandler) -> None:
     access_log.log(level, "%d %s %.2fms", status, handler._request_summary(), 1000.0 * request.request_time())
 
 
-def make_app(services: Services, **app_settings: Any) -> tornado.web.Application:
+def make_app(services: Services, *, extra_routes: RoutesFor | None = None,
+             **app_settings: Any) -> tornado.web.Application:
+    """gchat's routes over ``services``; ``extra_routes(services)`` adds routes of a program that
+    embeds gchat (the benchmark's statistics route)."""
     settings = services.settings
     prefix = settings.url_prefix
     origins = OriginPolicy(settings)
-    common = dict(router=services.router, settings=settings, origins=origins)
+    common: dict[str, Any] = dict(router=services.router, settings=settings, origins=origins)
     tabs = PollTabs(services.router, idle_secs=settings.longpoll_idle)
-    routes: list[Any] = [
+    metrics = build_metrics(services.router, services.db, services.broker)
+    routes: list[Route] = [
         (prefix + "/api/bootstrap", BootstrapHandler, common),
         (prefix + "/api/poll", PollHandler, dict(common, tabs=tabs)),
         (prefix + "/api/send", SendHandler, common),
         (prefix + "/ws", WebSocketHandler, common),
-        (prefix + "/health", HealthHandler, common),
-        (prefix + "/metrics", MetricsHandler, {"metrics": build_metrics(services)}),
+        (prefix + "/health", HealthHandler, dict(common, db=services.db)),
+        (prefix + "/metrics", MetricsHandler, {"metrics": metrics}),
         (prefix + "/static/(.*)", tornado.web.StaticFileHandler, {"path": static_dir()}),
     ]
     if settings.demo:
-        routes += demo_routes(prefix, common)
+        routes += demo_routes(prefix, dict(common, moodle=services.moodle, db=services.db))
         routes.append((r"/", tornado.web.RedirectHandler, {"url": prefix + "/demo"}))
+    if extra_routes is not None:
+        routes += extra_routes(services)
     return tornado.web.Application(
         routes,
         template_path=template_dir(),

@@ -7,52 +7,35 @@ offline; the next log of that user gets a new epoch. So a cursor is resumable on
 epoch is the live one and nothing after it has been trimmed: otherwise the router answers with
 ``ready`` and ``reset: true`` — never a silent gap. The database stays the source of truth.
 
-The :class:`Broker` interface is small so that a Redis implementation (several processes,
-several hosts) can stand beside :class:`MemoryBroker`, the default and the fast path.
+The wire side of cursors and events is gchat/wire.py. The :class:`Broker` interface is small so
+that a Redis implementation (several processes, several hosts) can stand beside
+:class:`MemoryBroker`, the default and the fast path.
 """
 
 from __future__ import annotations
 
 import abc
-import json
 import logging
 import secrets
 from collections import deque
-from typing import Any, Callable, Iterable
+from collections.abc import Callable, Iterable
+
+from gchat.wire import CursorGone, format_cursor, parse_cursor, with_cursor
 
 log = logging.getLogger("gchat.broker")
 
 Wakeup = Callable[[], None]
-
-
-class CursorGone(Exception):
-    """The cursor cannot be resumed: unknown epoch, trimmed, from the future, or malformed."""
-
-
-def encode_event(event: dict[str, Any]) -> str:
-    """JSON of an event without its cursor; encoded once however many users receive it."""
-    return json.dumps(event, ensure_ascii=False, separators=(",", ":"))
-
-
-def with_cursor(cursor: str, body: str) -> str:
-    """Splice ``"cursor"`` in front of an encoded event (bodies always start with ``{"type"``)."""
-    return '{"cursor":"' + cursor + '",' + body[1:]
-
-
-def parse_cursor(cursor: str) -> tuple[str, int]:
-    epoch, sep, seq = cursor.partition(":")
-    if not sep or not epoch or not seq.isdigit() or len(cursor) > 64:
-        raise CursorGone(f"malformed cursor {cursor!r}")
-    return epoch, int(seq)
+OrphanHandler = Callable[[int], None]
 
 
 class Broker(abc.ABC):
-    """Per-user event logs, wake-ups and presence counts."""
+    """Per-user event logs, wake-ups and presence counts.
+
+    ``name`` says which kind it is (health, metrics, logs); :meth:`stats` offers its own counts
+    to /metrics (integers by lower-case name).
+    """
 
     name = "broker"
-    # Called with a user id whose last connection vanished without a detach on this process
-    # (another process crashed or stopped); the router then runs its grace-period check.
-    on_orphan: Callable[[int], None] | None = None
 
     async def start(self) -> None:
         """Connect and start background work (nothing for the memory broker)."""
@@ -84,6 +67,13 @@ class Broker(abc.ABC):
 
     def __init__(self) -> None:
         self._wakeups: dict[int, list[Wakeup]] = {}  # this process's clients, by user
+        # Called with a user id whose last connection vanished without a detach on this process
+        # (another process crashed or stopped); the router then runs its grace-period check.
+        self.on_orphan: OrphanHandler | None = None
+
+    def report_orphans_to(self, handler: OrphanHandler) -> None:
+        """Who hears of users left online with no live connection (the router's presence)."""
+        self.on_orphan = handler
 
     def subscribe(self, user_id: int, wakeup: Wakeup) -> None:
         """Call ``wakeup()`` whenever ``user_id``'s log grows (on this process's IOLoop)."""
@@ -127,6 +117,10 @@ class Broker(abc.ABC):
 
     async def healthy(self) -> bool:
         return True
+
+    @abc.abstractmethod
+    def stats(self) -> dict[str, int]:
+        """This broker's own counts for /metrics (names are lower-case words)."""
 
 
 class _Log:
@@ -180,7 +174,7 @@ class MemoryBroker(Broker):
         if user_log is None:
             await self.ensure_log(user_id)
             user_log = self._logs[user_id]
-        return f"{user_log.epoch}:{user_log.last}"
+        return format_cursor(user_log.epoch, user_log.last)
 
     async def read(self, user_id: int, cursor: str) -> tuple[list[str], str]:
         epoch, seq = parse_cursor(cursor)
@@ -190,9 +184,9 @@ class MemoryBroker(Broker):
         if seq > user_log.last or seq < user_log.first - 1:
             raise CursorGone("cursor outside the log")
         start = seq - user_log.first + 1
-        events = [with_cursor(f"{epoch}:{user_log.first + i}", user_log.bodies[i])
+        events = [with_cursor(format_cursor(epoch, user_log.first + i), user_log.bodies[i])
                   for i in range(start, len(user_log.bodies))]
-        return events, f"{epoch}:{user_log.last}"
+        return events, format_cursor(epoch, user_log.last)
 
     async def add_connection(self, user_id: int, conn_id: str) -> bool:
         self._connections.setdefault(user_id, set()).add(conn_id)

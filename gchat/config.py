@@ -1,10 +1,18 @@
 """Settings: one frozen, typed object, read once at start-up.
 
-Every setting is a command-line flag (``--port=8888``), a ``name = value`` line in the config
-file (``--config=PATH``, default ``conf/gchat.conf`` when it exists) and an environment variable
-``GCHAT_<NAME>``. Precedence: flag > environment > file > default. A wrong value raises
+Every setting is declared once, as a field of :class:`Settings` made by :func:`setting`: its
+default (as written in a config file), the parser that checks and converts it, its unit, a
+one-line help and a longer explanation. From that declaration follow the command-line flag
+(``--port=8888``), the ``name = value`` line of the config file (``--config=PATH``, default
+``conf/gchat.conf`` when it exists), the environment variable ``GCHAT_<NAME>``, ``gchat --help``
+and conf/gchat.conf.example (``python -m gchat.config > conf/gchat.conf.example``; a test keeps
+the file in step). Precedence: flag > environment > file > default. A wrong value raises
 :class:`ConfigError`, which ``main`` turns into one line on stderr and exit status 2.
 This is the only module that reads the environment or the config file.
+
+Adding a setting: append a field to :class:`Settings` with ``setting(...)``, then regenerate the
+example file. A setting's name never changes once released (it is in admins' config files); a
+duration whose name has no unit says it in ``unit``.
 """
 
 from __future__ import annotations
@@ -12,17 +20,25 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
+import textwrap
 import urllib.parse
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
-from gchat.sessions import SessionsSpec, parse_moodle_sessions
+from gchat.session_spec import SessionsSpec, parse_moodle_sessions
 
 DEFAULT_CONFIG_FILE = os.path.join("conf", "gchat.conf")
+# The message column's size (VARCHAR in gchat_messages): no setting may allow longer messages.
+MAX_MESSAGE_LENGTH = 1333
+SECONDS = "seconds"
 
 
 class ConfigError(Exception):
     """A setting is unknown or has a value gchat cannot use."""
+
+
+# -- parsers: text → value, or ValueError with a short reason -----------------------------------
 
 
 def _parse_bool(text: str) -> bool:
@@ -32,6 +48,14 @@ def _parse_bool(text: str) -> bool:
     if value in ("0", "false", "no", "off"):
         return False
     raise ValueError("expected true or false")
+
+
+def _parse_bool_or_auto(text: str) -> bool | None:
+    """A switch that may be left empty: None, decided from other settings."""
+    return None if text.strip() == "" else _parse_bool(text)
+
+
+SWITCHES = (_parse_bool, _parse_bool_or_auto)  # a flag of these may stand alone: --demo
 
 
 def _parse_range(text: str) -> tuple[float, float]:
@@ -64,10 +88,41 @@ def _non_negative(kind: Callable[[str], Any]) -> Callable[[str], Any]:
     return parse
 
 
+def _message_length(text: str) -> int:
+    value = int(_positive(int)(text))
+    if value > MAX_MESSAGE_LENGTH:
+        raise ValueError(f"at most {MAX_MESSAGE_LENGTH} (the column holds {MAX_MESSAGE_LENGTH} characters)")
+    return value
+
+
 def _prefix(text: str) -> str:
     value = "/" + text.strip().strip("/")
     if value == "/":
         raise ValueError("must name a path such as /gchat")
+    return value
+
+
+def _http_url(text: str) -> str:
+    """Empty, or an http(s) URL without its trailing slash."""
+    value = text.strip().rstrip("/")
+    if value and urllib.parse.urlsplit(value).scheme not in ("http", "https"):
+        raise ValueError(f"{value!r} is not an http(s) URL")
+    return value
+
+
+def _origins(text: str) -> tuple[str, ...]:
+    """Comma-separated http(s) origins."""
+    origins = tuple(o.strip().rstrip("/") for o in text.split(",") if o.strip())
+    for origin in origins:
+        if urllib.parse.urlsplit(origin).scheme not in ("http", "https"):
+            raise ValueError(f"{origin!r} is not an http(s) origin")
+    return origins
+
+
+def _broker_url(text: str) -> str:
+    value = text.strip()
+    if value and not value.startswith(("redis://", "rediss://", "unix://")):
+        raise ValueError(f"{value!r} is not a redis:// URL")
     return value
 
 
@@ -173,128 +228,325 @@ def parse_db_url(text: str) -> DbUrl | None:
     )
 
 
+# -- declarations -----------------------------------------------------------------------------
+
+
 @dataclass(frozen=True)
 class Option:
+    """One setting as the outside sees it (flag, file key, environment variable)."""
+
     name: str
     parse: Callable[[str], Any]
-    default: str
-    help: str
+    default: str  # as written in a config file
+    help: str  # one line, for --help
+    unit: str = ""  # seconds, bytes, characters, ... ("" for names, switches and counts)
+    doc: str = ""  # the explanation in conf/gchat.conf.example (default: the help)
+    section: str = ""  # starts a new section of the example file
+
+    @property
+    def switch(self) -> bool:
+        """``--name`` alone means true."""
+        return self.parse in SWITCHES
 
 
-# The single list of settings: flags, file keys and environment names all come from it.
-# conf/gchat.conf.example documents each one; a test keeps the two in step.
-OPTIONS: Sequence[Option] = (
-    Option("address", str, "127.0.0.1", "address to listen on"),
-    Option("port", _positive(int), "8888", "port to listen on"),
-    Option("url_prefix", _prefix, "/gchat", "path prefix of every route, e.g. /moodle/gchat"),
-    Option("db_url", parse_db_url, "", "Moodle database, mysql://user:pass@host:3306/moodle; empty = embedded demo"),
-    Option("db_prefix", _db_prefix, "mdl_", "Moodle's $CFG->prefix"),
-    Option("db_pool_size", _positive(int), "8", "database connections and worker threads"),
-    Option("db_timeout", _positive(float), "5", "seconds before a database connect or query is given up"),
-    Option("moodle_wwwroot", str, "", "Moodle's $CFG->wwwroot (default http://localhost; demo: this server)"),
-    Option("allowed_origins", str, "", "comma-separated WebSocket origins (default: the wwwroot's origin)"),
-    Option("session_cookie", str, "", "Moodle cookie name (default MoodleSession + Moodle's sessioncookie)"),
-    Option("moodle_session_dir", str, "", "Moodle 2.2-2.5 with dbsessions = 0: $CFG->dataroot/sessions (read-only)"),
-    Option("session_timeout", _non_negative(int), "0", "seconds; 0 = Moodle's sessiontimeout config"),
-    Option("secret_key", str, "", "token signing key (default: generated once and kept in data_dir)"),
-    Option("data_dir", str, "", "folder for the generated secret and the demo database"),
-    Option("broker_url", str, "", "empty = in-process; redis://127.0.0.1:6379/0 to run several processes"),
-    Option("history_size", _positive(int), "10", "messages shown per chat window"),
-    Option("max_message_length", _positive(int), "1333", "characters per message (at most 1333)"),
-    Option("longpoll_timeout", _parse_range, "45-55", "seconds a long-poll waits when idle (randomised range)"),
-    Option("longpoll_idle", _positive(float), "15", "seconds after its last poll ended that a long-poll tab stops counting"),
-    Option("presence_grace", _non_negative(float), "10", "seconds before a user whose last tab closed is offline"),
-    Option("token_ttl", _positive(int), "3600", "seconds a bootstrap token stays valid"),
-    Option("session_check_interval", _positive(float), "60", "seconds between re-checks of connected Moodle sessions"),
-    Option("session_cache_ttl", _non_negative(float), "10", "seconds a valid Moodle session lookup is cached"),
-    Option("cache_ttl", _non_negative(float), "30", "seconds course-mates, profiles and blocks are cached"),
-    Option("ws_ping_interval", _non_negative(float), "25", "seconds between WebSocket pings (0 = off)"),
-    Option("event_log_size", _positive(int), "1000", "events kept per user for resuming"),
-    Option("max_frame_bytes", _positive(int), "16384", "largest WebSocket frame or api/send body"),
-    Option("send_rate", _positive(float), "5", "sends and opens per second per user (token bucket refill)"),
-    Option("send_burst", _positive(int), "20", "sends and opens a user may make at once (bucket size)"),
-    Option("opens_per_minute", _positive(int), "30", "new conversations a user may start per minute"),
-    Option("max_connections_per_user", _positive(int), "20", "WebSockets and long-poll tabs per user"),
-    Option("max_connections_per_address", _positive(int), "500", "WebSockets and long-poll tabs per client address"),
-    Option("max_output_bytes", _positive(int), str(1024 * 1024), "pending output after which a slow client is cut off"),
-    Option("idle_connection_timeout", _positive(float), "15",
-           "seconds an HTTP connection may sit without a request before it is closed"),
-    Option("color_header", _css_color, "#2F922C", "chat window header colour (as in block_gchat)"),
-    Option("color_header_unread", _css_color, "#5ECC76", "header colour of a window with unread messages"),
-    Option("color_header_text", _css_color, "#B0DDBA", "header text colour"),
-    Option("color_border", _css_color, "#888", "window border colour"),
-    Option("chat_container", _selector, "body", "element the chat attaches to: body, or #page for themes that scroll inside it"),
-    Option("demo", _parse_bool, "", "serve the /demo pages (log in as anyone!); default on without db_url"),
-    Option("xheaders", _parse_bool, "false", "trust X-Real-Ip/X-Forwarded-For from a reverse proxy"),
-    Option("log_level", _log_level, "info", "debug, info, warning or error"),
-    Option("honour_moodle_messaging", _parse_bool, "true",
-           "follow Moodle's site switch 'messaging': when it is off, so is the chat"),
-    Option("history_retention_days", _non_negative(int), "0",
-           "days chat messages are kept; older ones are purged in the background (0 = keep forever)"),
-    Option("purge_deleted_users", _parse_bool, "true",
-           "purge the conversations and messages of users deleted in Moodle, in the background"),
-    Option("moodle_sessions", parse_moodle_sessions, "database",
-           "where Moodle keeps sessions: database, files:<dir>, or redis://host:6379/0?prefix=... (Moodle 4.5+)"),
-)
-OPTION_NAMES = {opt.name for opt in OPTIONS}
+_UNSET: Any = object()
+
+
+def setting(default: str, parse: Callable[[str], Any], help: str, *, unit: str = "", doc: str = "",
+            section: str = "", value: Any = _UNSET) -> Any:
+    """Declare a field of :class:`Settings`. ``default`` is text, as in a config file; the
+    field's default value is ``parse(default)`` unless ``value`` is given (a setting decided
+    from others when left empty)."""
+    spec = {"parse": parse, "default": default, "help": help, "unit": unit, "doc": doc, "section": section}
+    return field(default=parse(default) if value is _UNSET else value, metadata={"gchat": spec})
+
+
+LISTEN, DATABASE, MOODLE, SECURITY, SCALE = ("Where gchat listens", "The Moodle database", "Moodle",
+                                             "Security and storage", "Running several processes")
+LOOK, CHAT, TRANSPORTS, CACHES, LIMITS, LOGGING = ("Look", "Chat", "Transports and presence",
+                                                   "Caches and re-checks", "Limits", "Logging")
+PRIVACY = "Moodle's messaging rules and personal data"
 
 
 @dataclass(frozen=True)
 class Settings:
-    address: str = "127.0.0.1"
-    port: int = 8888
-    url_prefix: str = "/gchat"
-    db_url: DbUrl | None = None
-    db_prefix: str = "mdl_"
-    db_pool_size: int = 8
-    db_timeout: float = 5.0
-    moodle_wwwroot: str = ""
-    allowed_origins: tuple[str, ...] = ()
-    session_cookie: str = ""
-    moodle_session_dir: str = ""
-    session_timeout: int = 0
-    secret_key: str = ""
-    data_dir: str = ""
-    broker_url: str = ""
-    history_size: int = 10
-    max_message_length: int = 1333
-    longpoll_timeout: tuple[float, float] = (45.0, 55.0)
-    longpoll_idle: float = 15.0
-    presence_grace: float = 10.0
-    token_ttl: int = 3600
-    session_check_interval: float = 60.0
-    session_cache_ttl: float = 10.0
-    cache_ttl: float = 30.0
-    ws_ping_interval: float = 25.0
-    event_log_size: int = 1000
-    max_frame_bytes: int = 16384
-    send_rate: float = 5.0
-    send_burst: int = 20
-    opens_per_minute: int = 30
-    max_connections_per_user: int = 20
-    max_connections_per_address: int = 500
-    max_output_bytes: int = 1024 * 1024
-    idle_connection_timeout: float = 15.0
-    color_header: str = "#2F922C"
-    color_header_unread: str = "#5ECC76"
-    color_header_text: str = "#B0DDBA"
-    color_border: str = "#888"
-    chat_container: str = "body"
-    demo: bool = False
-    xheaders: bool = False
-    log_level: str = "info"
-    honour_moodle_messaging: bool = True
-    history_retention_days: int = 0
-    purge_deleted_users: bool = True
-    moodle_sessions: SessionsSpec = SessionsSpec()
+    # -- where gchat listens
+    address: str = setting(
+        "127.0.0.1", str, "address to listen on", section=LISTEN,
+        doc="Address to listen on. Keep 127.0.0.1 when nginx or Apache on the same host proxies gchat; "
+            "use 0.0.0.0 only when a proxy on another host must reach it.")
+    port: int = setting("8888", _positive(int), "port to listen on",
+                        doc="TCP port to listen on (the proxy forwards /gchat/ to it).")
+    url_prefix: str = setting(
+        "/gchat", _prefix, "path prefix of every route, e.g. /moodle/gchat",
+        doc="Path prefix of every gchat route (API, WebSocket, widget files, health). Moodle's session "
+            "cookie must reach this path: when Moodle lives under a sub-path such as http://host/moodle, "
+            "proxy gchat under /moodle/gchat and set url_prefix to /moodle/gchat to match, or set "
+            "Moodle's sessioncookiepath to / (Site administration > Server > Session handling).")
+    xheaders: bool = setting(
+        "false", _parse_bool, "trust X-Real-Ip/X-Forwarded-For from a reverse proxy",
+        doc="Trust the X-Real-Ip / X-Forwarded-For headers of the reverse proxy for client addresses "
+            "(per-address connection limits and logs). Turn on only behind a proxy that sets them.")
+    idle_connection_timeout: float = setting(
+        "15", _positive(float), "seconds an HTTP connection may sit without a request before it is closed",
+        unit=SECONDS, doc="Seconds an HTTP connection may stay open without a request before gchat closes it.")
+
+    # -- the Moodle database
+    db_url: DbUrl | None = setting(
+        "", parse_db_url, "Moodle database, mysql://… or postgresql://user:pass@host/moodle; empty = embedded demo",
+        section=DATABASE,
+        doc="Moodle's database, as mysql://user:password@host:3306/moodle (MySQL, MariaDB; add "
+            "?charset=utf8mb4, or ?unix_socket=/run/mysqld/mysqld.sock to connect through a socket) or "
+            "postgresql://user:password@host:5432/moodle (PostgreSQL; ?host=/run/postgresql for a socket "
+            "folder, ?sslmode=require). %-escape special characters in the password. Empty: the embedded demo, an SQLite file in data_dir with demo users. "
+            "gchat only reads Moodle's own tables; its chat tables live in the same database.")
+    db_prefix: str = setting("mdl_", _db_prefix, "Moodle's $CFG->prefix",
+                             doc="Moodle's table prefix, $CFG->prefix in Moodle's config.php. gchat's tables get "
+                                 "it too.")
+    db_pool_size: int = setting(
+        "8", _positive(int), "database connections and worker threads",
+        doc="Database connections in the pool, and threads that run the queries (the server never waits "
+            "on the database in its event loop).")
+    db_timeout: float = setting("5", _positive(float), "seconds before a database connect or query is given up",
+                                unit=SECONDS,
+                                doc="Seconds before connecting to, or a query on, the database is given up.")
+
+    # -- Moodle
+    moodle_wwwroot: str = setting(
+        "", _http_url, "Moodle's $CFG->wwwroot (default http://localhost; demo: this server)", section=MOODLE,
+        doc="Moodle's address, $CFG->wwwroot in config.php (for example https://moodle.example.edu). "
+            "Used for avatar URLs and as the default allowed WebSocket origin. Empty: http://localhost, "
+            "or this server's own address in the demo.")
+    allowed_origins: tuple[str, ...] = setting(
+        "", _origins, "comma-separated WebSocket origins (default: the wwwroot's origin)",
+        doc="Comma-separated origins (scheme://host[:port]) of the pages allowed to open a WebSocket with "
+            "the user's cookies. Empty: the origin of moodle_wwwroot only.")
+    session_cookie: str = setting(
+        "", str, "Moodle cookie name (default MoodleSession + Moodle's sessioncookie)",
+        doc="Name of Moodle's session cookie. Empty: MoodleSession followed by the sessioncookie suffix "
+            "from Moodle's configuration (read from the database).")
+    moodle_session_dir: str = setting(
+        "", str, "Moodle 2.2-2.5 with dbsessions = 0: $CFG->dataroot/sessions (read-only)",
+        doc="Moodle 2.2-2.5 sites with dbsessions = 0 keep sessions in files, not in the sessions table. "
+            "Point this at $CFG->dataroot/sessions (gchat only reads it) to authenticate those users too; "
+            "or better, turn dbsessions on (Site administration > Server > Session handling).")
+    moodle_sessions: SessionsSpec = setting(
+        "database", parse_moodle_sessions,
+        "where Moodle keeps sessions: database, files:<dir>, or redis://host:6379/0?prefix=... (Moodle 4.5+)",
+        doc="Where Moodle keeps its sessions:\n"
+            "  database        the {prefix}sessions table (Moodle's database, file and memcached handlers)\n"
+            "  files:<dir>     PHP session files, $CFG->dataroot/sessions (Moodle 2.2-2.5 with dbsessions = 0;\n"
+            "                  on 2.6+ the file handler, when gchat must read the session data for MFA)\n"
+            "  redis://host:6379/0?prefix=<$CFG->session_redis_prefix>   Moodle 4.5+'s Redis store\n"
+            "                  ($CFG->session_handler_class = '\\core\\session\\redis'); optional password=,\n"
+            "                  serializer=php|igbinary, compressor=none|gzip|zstd; rediss:// for TLS; a comma\n"
+            "                  list of hosts (redis://h1:6379,h2:6379/0?...) is a Redis Cluster.\n"
+            "gchat only reads sessions, never writes them.")
+    session_timeout: int = setting(
+        "0", _non_negative(int), "seconds; 0 = Moodle's sessiontimeout config", unit=SECONDS,
+        doc="Seconds of inactivity after which a Moodle session no longer counts as logged in.\n"
+            "0: Moodle's own sessiontimeout setting (read from the database).")
+    demo: bool = setting(
+        "", _parse_bool_or_auto, "serve the /demo pages (log in as anyone!); default on without db_url",
+        value=False,
+        doc="Serve the demo pages under url_prefix/demo, which log anyone in as any user: never turn this "
+            "on for a real Moodle site. Empty: on without db_url (the embedded demo), off with it.")
+
+    # -- security and storage
+    secret_key: str = setting(
+        "", str, "token signing key (default: generated once and kept in data_dir)", section=SECURITY,
+        doc="Key that signs the tokens handed to the widget. Empty: a random key generated once and kept "
+            "in data_dir/secret_key. Several gchat processes behind one site must share the same key.")
+    data_dir: str = setting(
+        "", str, "folder for the generated secret and the demo database",
+        doc="Folder for the generated secret_key and the demo database. Empty: $XDG_DATA_HOME/gchat, "
+            "that is ~/.local/share/gchat for the user gchat runs as.")
+    token_ttl: int = setting(
+        "3600", _positive(int), "seconds a bootstrap token stays valid", unit=SECONDS,
+        doc="Seconds a token from api/bootstrap stays valid (the widget fetches a new one in time).")
+
+    # -- running several processes
+    broker_url: str = setting(
+        "", _broker_url, "empty = in-process; redis://127.0.0.1:6379/0 to run several processes", section=SCALE,
+        doc="Where event logs and presence live. Empty: inside this process (one process only). A Redis "
+            "URL such as redis://127.0.0.1:6379/0 lets any number of gchat processes, on any hosts, serve "
+            "any user without sticky sessions (pip install gchat[redis]). Two optional parameters:\n"
+            "  ?key_prefix=gchat:   prefix of every key gchat writes (share one Redis between sites)\n"
+            "  ?presence_ttl=15     seconds after which a crashed process's connections stop counting\n"
+            "Run that Redis without persistence (save \"\", appendonly no) and with maxmemory-policy "
+            "noeviction or volatile-lru; a flushed or restarted Redis costs clients a \"reset\", not messages.")
+    event_log_size: int = setting(
+        "1000", _positive(int), "events kept per user for resuming",
+        doc="Events kept per user so that a client that reconnects can resume without a gap.")
+
+    # -- look
+    color_header: str = setting(
+        "#2F922C", _css_color, "chat window header colour (as in block_gchat)", section=LOOK,
+        doc="Colours of the chat windows, as the old block_gchat let admins choose them (#RGB, #RRGGBB or "
+            "a colour name). The header of a chat window:")
+    color_header_unread: str = setting("#5ECC76", _css_color, "header colour of a window with unread messages",
+                                       doc="The header of a window with unread messages:")
+    color_header_text: str = setting("#B0DDBA", _css_color, "header text colour", doc="The header's text:")
+    color_border: str = setting("#888", _css_color, "window border colour", doc="The windows' border:")
+    chat_container: str = setting(
+        "body", _selector, "element the chat attaches to: body, or #page for themes that scroll inside it",
+        doc="The element the chat windows attach to: body, or #page for themes that scroll inside it.")
+
+    # -- chat
+    history_size: int = setting(
+        "10", _positive(int), "messages shown per chat window", section=CHAT,
+        doc="Messages shown in a chat window when it opens (the old block_gchat showed 10).")
+    max_message_length: int = setting(
+        str(MAX_MESSAGE_LENGTH), _message_length, f"characters per message (at most {MAX_MESSAGE_LENGTH})",
+        unit="characters",
+        doc=f"Longest message, in characters (the message column holds at most {MAX_MESSAGE_LENGTH}).")
+
+    # -- transports and presence
+    longpoll_timeout: tuple[float, float] = setting(
+        "45-55", _parse_range, "seconds a long-poll waits when idle (randomised range)", unit=SECONDS,
+        section=TRANSPORTS,
+        doc="Seconds a long-poll request waits for events when nothing happens, as a range from which "
+            "each request picks at random (or one number). Keep it below the proxy's read timeout.")
+    longpoll_idle: float = setting(
+        "15", _positive(float), "seconds after its last poll ended that a long-poll tab stops counting",
+        unit=SECONDS, doc="Seconds after its last poll ended that a long-poll tab stops counting as connected.")
+    ws_ping_interval: float = setting(
+        "25", _non_negative(float), "seconds between WebSocket pings (0 = off)", unit=SECONDS,
+        doc="Seconds between WebSocket pings, which keep idle connections open through proxies and "
+            "detect dead ones. 0: no pings.")
+    presence_grace: float = setting(
+        "10", _non_negative(float), "seconds before a user whose last tab closed is offline", unit=SECONDS,
+        doc="Seconds a user whose last tab closed still shows as online, so that moving from one Moodle "
+            "page to the next does not flash them offline to their course-mates.")
+
+    # -- caches and re-checks
+    session_check_interval: float = setting(
+        "60", _positive(float), "seconds between re-checks of connected Moodle sessions", unit=SECONDS,
+        section=CACHES,
+        doc="Seconds between re-checks of the Moodle sessions of connected users (one query for all of "
+            "them); a user who logged out of Moodle is then disconnected.")
+    session_cache_ttl: float = setting(
+        "10", _non_negative(float), "seconds a valid Moodle session lookup is cached", unit=SECONDS,
+        doc="Seconds a valid Moodle session lookup is cached (a logout is noticed at most this late).")
+    cache_ttl: float = setting(
+        "30", _non_negative(float), "seconds course-mates, profiles and blocks are cached", unit=SECONDS,
+        doc="Seconds course-mates, profiles and blocks are cached (enrolment changes show this late).")
+
+    # -- limits
+    max_frame_bytes: int = setting(
+        "16384", _positive(int), "largest WebSocket frame or api/send body", unit="bytes", section=LIMITS,
+        doc="Largest WebSocket frame or api/send request body, in bytes.")
+    send_rate: float = setting(
+        "5", _positive(float), "sends and opens per second per user (token bucket refill)", unit="per second",
+        doc="Sends and conversation opens per second per user, on average (token-bucket refill rate); "
+            "typing notices have a bucket of the same size of their own.")
+    send_burst: int = setting(
+        "20", _positive(int), "sends and opens a user may make at once (bucket size)",
+        doc="Sends and opens a user may make in one burst (token-bucket size).")
+    opens_per_minute: int = setting("30", _positive(int), "new conversations a user may start per minute",
+                                    unit="per minute", doc="New conversations a user may start per minute.")
+    max_connections_per_user: int = setting(
+        "20", _positive(int), "WebSockets and long-poll tabs per user",
+        doc="WebSockets and long-poll tabs one user may have open at once.")
+    max_connections_per_address: int = setting(
+        "500", _positive(int), "WebSockets and long-poll tabs per client address",
+        doc="WebSockets and long-poll tabs from one client address (a school's NAT may hold many users).")
+    max_output_bytes: int = setting(
+        str(1024 * 1024), _positive(int), "pending output after which a slow client is cut off", unit="bytes",
+        doc="Bytes of output waiting for a client after which that slow client is disconnected.")
+
+    # -- Moodle's rules and personal data
+    honour_moodle_messaging: bool = setting(
+        "true", _parse_bool, "follow Moodle's site switch 'messaging': when it is off, so is the chat",
+        section=PRIVACY,
+        doc="Follow Moodle's site switch 'messaging' (Site administration > Advanced features > Enable "
+            "messaging system): while it is off, the widget says chat is turned off and every command "
+            "on a conversation is refused.")
+    history_retention_days: int = setting(
+        "0", _non_negative(int), "days chat messages are kept; older ones are purged in the background "
+        "(0 = keep forever)", unit="days",
+        doc="Days chat messages are kept. Older ones are deleted by a background purge that runs hourly in "
+            "small batches. 0: keep forever.")
+    purge_deleted_users: bool = setting(
+        "true", _parse_bool, "purge the conversations and messages of users deleted in Moodle, in the background",
+        doc="Delete, in the same background purge, the conversations and messages of users that Moodle "
+            "has deleted (user.deleted = 1).")
+
+    # -- logging
+    log_level: str = setting("info", _log_level, "debug, info, warning or error", section=LOGGING,
+                             doc="Log level: debug, info, warning or error.")
+
+    # Not a setting: where the settings were read from.
     config_file: str | None = field(default=None, compare=False)
 
     @property
     def is_demo_db(self) -> bool:
         return self.db_url is None
 
-    def replace(self, **changes: Any) -> "Settings":
+    def replace(self, **changes: Any) -> Settings:
         return dataclasses.replace(self, **changes)
+
+
+# The single list of settings: flags, file keys, environment names and the example file.
+OPTIONS: Sequence[Option] = tuple(Option(name=f.name, **f.metadata["gchat"])
+                                  for f in dataclasses.fields(Settings) if "gchat" in f.metadata)
+OPTION_NAMES = frozenset(opt.name for opt in OPTIONS)
+
+
+# -- conf/gchat.conf.example ---------------------------------------------------------------------
+
+EXAMPLE_HEADER = """\
+# gchat configuration file.
+#
+# Copy this file to conf/gchat.conf (read by default when gchat starts in the folder that holds
+# conf/), or anywhere else and start gchat with --config=/path/to/gchat.conf.
+#
+# Format: one "name = value" per line; a line starting with # is a comment; a value may be put
+# in 'single' or "double" quotes. Every setting below is shown commented out with its default:
+# remove the leading "# " to change it.
+#
+# Every setting can also be given as a command-line flag (--port=8888) or as an environment
+# variable GCHAT_<NAME> in upper case (GCHAT_DB_URL). Precedence: flag, then environment, then
+# this file, then the default. A wrong value stops gchat with one line naming the setting.
+#
+# After editing, run "gchat check" with the same settings: it tests the database, the Moodle
+# tables, Moodle's session settings and the cookie path, and prints advice.
+#
+# (Generated from gchat/config.py: python -m gchat.config > conf/gchat.conf.example)
+"""
+EXAMPLE_WIDTH = 96
+
+
+def _comment(text: str) -> list[str]:
+    """Lines of ``# text`` wrapped to the example's width; a line that starts with spaces is
+    kept as written (lists, examples)."""
+    lines: list[str] = []
+    for paragraph in text.split("\n"):
+        if paragraph.startswith(" "):
+            lines.append("# " + paragraph)
+        else:
+            lines += ["# " + line for line in textwrap.wrap(paragraph, EXAMPLE_WIDTH - 2, break_on_hyphens=False,
+                                                                break_long_words=False)]
+    return lines
+
+
+def render_example(options: Sequence[Option] = OPTIONS) -> str:
+    """conf/gchat.conf.example: every setting commented out with its default and explanation."""
+    lines = EXAMPLE_HEADER.splitlines()
+    for opt in options:
+        if opt.section:
+            lines += ["", "", f"# -- {opt.section} ".ljust(EXAMPLE_WIDTH, "-")]
+        lines += ["", *_comment(opt.doc or opt.help), f"# {opt.name} =" + (f" {opt.default}" if opt.default else "")]
+    return "\n".join(lines) + "\n"
+
+
+def render_help(options: Sequence[Option] = OPTIONS) -> str:
+    """One line per setting for ``gchat --help``."""
+    return "\n".join(f"  --{o.name:<28} {o.help}" + (f" [{o.unit}]" if o.unit and o.unit not in o.help else "")
+                     + f" (default: {o.default or 'empty'})" for o in options)
+
+
+# -- reading ------------------------------------------------------------------------------------
 
 
 def _read_config_file(path: str) -> dict[str, str]:
@@ -321,6 +573,9 @@ def _read_config_file(path: str) -> dict[str, str]:
     return values
 
 
+_SWITCH_NAMES = frozenset(opt.name for opt in OPTIONS if opt.switch)
+
+
 def _split_flags(argv: Sequence[str]) -> tuple[dict[str, str], str | None]:
     """``--name=value`` or ``--name value``; returns the values and an explicit --config."""
     values: dict[str, str] = {}
@@ -333,7 +588,7 @@ def _split_flags(argv: Sequence[str]) -> tuple[dict[str, str], str | None]:
         name, sep, value = arg[2:].partition("=")
         name = name.replace("-", "_")
         if not sep:
-            if name in ("demo", "xheaders") and (not args or args[0].startswith("--")):
+            if name in _SWITCH_NAMES and (not args or args[0].startswith("--")):
                 value = "true"
             elif not args:
                 raise ConfigError(f"--{name} needs a value")
@@ -374,27 +629,13 @@ def load_settings(argv: Sequence[str] = (), environ: Mapping[str, str] | None = 
                 break
         else:
             raw, where = opt.default, "default"
-        if opt.name == "demo" and raw == "":
-            continue  # decided below from db_url
         try:
             parsed[opt.name] = opt.parse(raw)
         except ValueError as exc:
             raise ConfigError(f"{opt.name}: bad value {raw!r} ({where}): {exc}") from None
 
-    if "demo" not in parsed:
+    if parsed["demo"] is None:
         parsed["demo"] = parsed["db_url"] is None
-    if parsed["max_message_length"] > 1333:
-        raise ConfigError("max_message_length: at most 1333 (the column holds 1333 characters)")
-    origins = tuple(o.strip().rstrip("/") for o in parsed.pop("allowed_origins").split(",") if o.strip())
-    for origin in origins:
-        if urllib.parse.urlsplit(origin).scheme not in ("http", "https"):
-            raise ConfigError(f"allowed_origins: {origin!r} is not an http(s) origin")
-    wwwroot = parsed["moodle_wwwroot"].strip().rstrip("/")
-    if wwwroot and urllib.parse.urlsplit(wwwroot).scheme not in ("http", "https"):
-        raise ConfigError(f"moodle_wwwroot: {wwwroot!r} is not an http(s) URL")
-    parsed["moodle_wwwroot"] = wwwroot
-    if parsed["broker_url"] and not parsed["broker_url"].startswith(("redis://", "rediss://", "unix://")):
-        raise ConfigError(f"broker_url: {parsed['broker_url']!r} is not a redis:// URL")
     if parsed["moodle_session_dir"] and parsed["moodle_sessions"].kind != "database":
         # moodle_session_dir is the old name of moodle_sessions = files:<dir>: one place says where.
         raise ConfigError("moodle_session_dir: set moodle_sessions instead (moodle_session_dir is its old name "
@@ -403,4 +644,8 @@ def load_settings(argv: Sequence[str] = (), environ: Mapping[str, str] | None = 
     if not parsed["data_dir"]:
         base = environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
         parsed["data_dir"] = os.path.join(base, "gchat")
-    return Settings(allowed_origins=origins, config_file=config_path, **parsed)
+    return Settings(config_file=config_path, **parsed)
+
+
+if __name__ == "__main__":
+    print(render_example(), end="")

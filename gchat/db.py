@@ -205,7 +205,7 @@ class Database:
     """A connection pool plus the thread pool its queries run in."""
 
     def __init__(self, url: DbUrl | None, *, prefix: str, pool_size: int, timeout: float,
-                 sqlite_path: str | None = None) -> None:
+                 sqlite_path: str | None = None, **pool_options: Any) -> None:
         self.prefix = prefix
         self.url = url
         # The engine's name (mysql, postgresql, sqlite) and what differs in its SQL.
@@ -247,7 +247,8 @@ class Database:
                 connect.update(host=url.host, port=url.port)
             # ping=1: check a connection whenever it leaves the pool, so a MariaDB restart costs one
             # failed unit of work per stale connection at most, and no gchat restart.
-            self._pool = PooledDB(pymysql, maxconnections=size, blocking=True, ping=1, **connect)
+            # pool_options: DBUtils options a benchmark's what-if run overrides (ping, reset).
+            self._pool = PooledDB(pymysql, maxconnections=size, blocking=True, **{"ping": 1, **pool_options}, **connect)
         self.pool_size = size
         self._executor = ThreadPoolExecutor(max_workers=size, thread_name_prefix="gchat-db")
         self._in_flight = 0

@@ -17,7 +17,8 @@ from typing import Any
 
 import tornado.web
 
-from gchat.db import Query
+from gchat.db import Database, Query
+from gchat.moodle import Moodle
 
 _SQLITE_MOODLE_DDL = (
     """CREATE TABLE IF NOT EXISTS {config} (id INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE, value TEXT NOT NULL)""",
@@ -104,17 +105,18 @@ def demo_users(q: Query) -> list[dict[str, Any]]:
 class DemoHandler(tornado.web.RequestHandler):
     """Base of the demo pages: reads the demo Moodle's session cookie like Moodle would."""
 
-    def initialize(self, router: Any, settings: Any, **_: Any) -> None:
+    def initialize(self, router: Any, settings: Any, moodle: Moodle, db: Database, **_: Any) -> None:
         self.router = router
         self.gchat_settings = settings
-        self.db = router.store.db
+        self.moodle = moodle
+        self.db = db
         self.prefix = settings.url_prefix
 
     async def current_user_id(self) -> int | None:
         sid = self.get_cookie(await self.router.cookie_name())
         if not sid:
             return None
-        check = await self.router.moodle.check_session(sid)
+        check = await self.moodle.check_session(sid)
         if not check.ok:
             return None
         # Moodle refreshes timemodified on every page view; so does the demo.
@@ -125,7 +127,7 @@ class DemoHandler(tornado.web.RequestHandler):
     async def users(self) -> list[dict[str, Any]]:
         users = await self.db.run(demo_users)
         for user in users:
-            user["picture"] = self.router.moodle.picture_url(user["id"])
+            user["picture"] = self.moodle.picture_url(user["id"])
         return users
 
 
@@ -162,7 +164,7 @@ class DemoLogout(DemoHandler):
         if sid:
             # Moodle deletes the session row at logout (session_regenerate_id + terminate).
             await self.db.run(lambda q: q.execute("DELETE FROM {sessions} WHERE sid = %s", (sid,)))
-            self.router.moodle.forget_session(sid)
+            self.moodle.forget_session(sid)
         self.clear_cookie(name, path="/")
         self.redirect(self.prefix + "/demo")
 
@@ -188,11 +190,11 @@ class DemoCoursePage(DemoHandler):
 class DemoAvatar(tornado.web.RequestHandler):
     """``/demo/user/pix.php/<id>/f2.jpg``: an SVG disc with initials, standing in for Moodle's."""
 
-    def initialize(self, router: Any, **_: Any) -> None:
-        self.router = router
+    def initialize(self, moodle: Moodle, **_: Any) -> None:
+        self.moodle = moodle
 
     async def get(self, user_id: str) -> None:
-        user = await self.router.moodle.user(int(user_id))
+        user = await self.moodle.user(int(user_id))
         initials = "".join(part[:1] for part in (user.name.split()[:2] if user else ["?"])).upper()
         hue = int(hashlib.sha256(user_id.encode()).hexdigest()[:4], 16) % 360
         self.set_header("Content-Type", "image/svg+xml")

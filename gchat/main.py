@@ -17,11 +17,13 @@ import asyncio
 import json
 import logging
 import signal
-from typing import Callable, NoReturn
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, NoReturn
 
-from gchat.app import Services, build_services, demo_db_path, make_app, make_server
+from gchat.app import RoutesFor, Services, build_services, make_app, make_server, open_database
 from gchat.config import ConfigError, Settings, load_settings
-from gchat.db import Database
+from gchat.db import Query
 from gchat.demo import create_moodle_schema, seed
 from gchat.errors import Unavailable
 from gchat.store import ChatStore
@@ -44,31 +46,33 @@ Settings (also GCHAT_<NAME> in the environment, or 'name = value' in the config 
 """
 
 
+CLOSE_CONNECTIONS_SECS = 4.0
+
+
 class Fatal(Exception):
     """Stops the program with one line on stderr and exit status 2."""
+
+
+@dataclass(frozen=True)
+class Embedding:
+    """What a program that runs gchat's server may add (tools/benchmark): routes of its own
+    over the services, and options for the database connection pool."""
+
+    routes: RoutesFor | None = None
+    pool_options: Mapping[str, Any] = field(default_factory=dict)
 
 
 def _one_line(exc: BaseException) -> str:
     return " ".join(str(exc).split())
 
 
-def open_database(settings: Settings) -> Database:
-    if settings.is_demo_db:
-        os.makedirs(settings.data_dir, exist_ok=True)
-        path = demo_db_path(settings)
-    else:
-        path = None
-    return Database(settings.db_url, prefix=settings.db_prefix, pool_size=settings.db_pool_size,
-                    timeout=settings.db_timeout, sqlite_path=path)
-
-
-def prepare(settings: Settings) -> Services:
+def prepare(settings: Settings, embedding: Embedding = Embedding()) -> Services:
     """Open the database and check it can serve; create and seed it in demo mode."""
-    db = open_database(settings)
+    db = open_database(settings, **embedding.pool_options)
     services = build_services(settings, db=db)
     try:
         if settings.is_demo_db:
-            def init_demo(q):  # type: ignore[no-untyped-def]
+            def init_demo(q: Query) -> None:
                 create_moodle_schema(q)
                 seed(q)
                 services.store.create_tables(q)
@@ -90,20 +94,18 @@ def prepare(settings: Settings) -> Services:
     return services
 
 
-async def serve(settings: Settings) -> None:
-    services = prepare(settings)
+async def serve(settings: Settings, embedding: Embedding = Embedding()) -> None:
+    services = prepare(settings, embedding)
     settings = services.settings
-    app = make_app(services)
+    app = make_app(services, extra_routes=embedding.routes)
     server = make_server(app, settings)
     try:
         server.listen(settings.port, settings.address)
     except OSError as exc:
         services.db.close()
         raise Fatal(f"port: cannot listen on {settings.address}:{settings.port}: {exc.strerror}") from None
-    services.router.start()
-    await services.broker.start()
-    services.start_purge()
-    mode = "demo (SQLite at %s)" % services.db.where if settings.is_demo_db else services.db.where
+    await services.start()
+    mode = f"demo (SQLite at {services.db.where})" if settings.is_demo_db else services.db.where
     log.info("gchat listening on http://%s:%d%s — database %s, broker %s", settings.address, settings.port,
              settings.url_prefix, mode, services.broker.name)
     if settings.demo:
@@ -118,12 +120,12 @@ async def serve(settings: Settings) -> None:
 
     log.info("shutting down: no new connections; telling clients to reconnect")
     server.stop()
-    await services.router.stop()
+    await services.stop()
     try:
-        await asyncio.wait_for(server.close_all_connections(), timeout=4)
-    except asyncio.TimeoutError:
+        await asyncio.wait_for(server.close_all_connections(), timeout=CLOSE_CONNECTIONS_SECS)
+    except TimeoutError:
         log.warning("some connections did not close in time")
-    await services.close()
+    await services.aclose()
     log.info("stopped")
 
 
@@ -200,15 +202,15 @@ COMMANDS: dict[str, Callable[[Settings], None]] = {"initdb": initdb, "check": ch
                                                    "import-block-gchat": import_block_gchat}
 
 
-def main(argv: list[str] | None = None) -> NoReturn:
+def main(argv: list[str] | None = None, embedding: Embedding = Embedding()) -> NoReturn:
     args = list(sys.argv[1:] if argv is None else argv)
     command = "serve"
     if args and not args[0].startswith("-"):
         command = args.pop(0)
     if command in ("help", "-h", "--help") or "--help" in args or "-h" in args:
-        from gchat.config import OPTIONS
+        from gchat.config import render_help
 
-        print(USAGE + "\n".join(f"  --{o.name:<28} {o.help} (default: {o.default or 'empty'})" for o in OPTIONS))
+        print(USAGE + render_help())
         raise SystemExit(0)
     try:
         if command not in ("serve", "privacy", *COMMANDS):
@@ -220,7 +222,7 @@ def main(argv: list[str] | None = None) -> NoReturn:
         logging.basicConfig(level=settings.log_level.upper(),
                             format="%(asctime)s %(levelname)s %(name)s: %(message)s")
         if command == "serve":
-            asyncio.run(serve(settings))
+            asyncio.run(serve(settings, embedding))
         elif command == "privacy":
             privacy(settings, action, user)
         else:

@@ -4,11 +4,13 @@ Each application gets its own :class:`prometheus_client.CollectorRegistry`; noth
 in the library's global default registry, so several applications in one process (tests, a
 restart in place) never collide and never see each other's numbers.
 
-Most numbers are counters the router and the database already keep (``Router.stats``,
-``Router.errors_by_code``, ``Router.count_by_transport()``, ``Database.queries``,
-``Database.query_seconds``, ``Database.in_flight``): a custom collector reads them when
-Prometheus scrapes, so serving chat costs nothing extra for them. Two things are observed as they
-happen, through the router's ``observer`` hook (one ``is not None`` test when metrics are off):
+Most numbers are counters the router, the broker and the database already keep
+(``Router.counts``, ``Router.errors_by_code``, ``Router.count_by_transport()``,
+``Router.connected_users``, ``Broker.stats()``, ``Database.queries``, ``Database.query_seconds``,
+``Database.in_flight``): a custom collector reads them when Prometheus scrapes, so serving chat
+costs nothing extra for them. Two things are observed as they happen: :class:`Metrics` is the
+router's observer (gchat/ports.py), passed to it at construction (one ``is not None`` test per
+command when metrics are off):
 
 * ``gchat_command_seconds{type}``: how long the router took to handle a command, from the moment
   it was handed over by a transport to its reply (database work included). Its ``_count`` is the
@@ -51,9 +53,14 @@ from __future__ import annotations
 import logging
 import re
 import time
-from typing import TYPE_CHECKING, Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import tornado.web
+
+from gchat.broker import Broker
+from gchat.db import Database
+from gchat.router import Router
 
 try:  # optional dependency: gchat[metrics]
     import prometheus_client
@@ -65,17 +72,15 @@ except ImportError:  # pragma: no cover - exercised by a test that hides the mod
     prometheus_client = None  # type: ignore[assignment]
     Collector = object  # type: ignore[assignment,misc]
 
-if TYPE_CHECKING:
-    from gchat.app import Services
-
 log = logging.getLogger("gchat.metrics")
 
 NOT_INSTALLED = ("metrics are off: the prometheus-client package is not installed "
                  "(pip install 'gchat[metrics]' or pip install prometheus-client, then restart gchat)\n")
 
-# The protocol's command types (docs/protocol.md). Anything else a client sends is counted as
-# "other": a label value never comes from a client, so a client cannot grow the series count.
-COMMAND_TYPES = ("open", "send", "seen", "close", "minimize", "history", "typing", "ping")
+# Commands are counted by type: the router's own types (Router.command_types), and "other" for
+# anything else a client sends. A label value never comes from a client, so a client cannot grow
+# the series count.
+OTHER = "other"
 TRANSPORTS = ("websocket", "longpoll")
 _METRIC_WORD = re.compile(r"^[a-z][a-z0-9_]*$")
 
@@ -84,11 +89,13 @@ COMMAND_BUCKETS_SECS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
 DELIVERY_BUCKETS_SECS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 
 
-class _StateCollector(Collector):  # type: ignore[misc,valid-type]
+class _StateCollector(Collector):
     """Reads, at scrape time, what the router, the database and the broker already count."""
 
-    def __init__(self, services: "Services") -> None:
-        self._services = services
+    def __init__(self, router: Router, db: Database, broker: Broker) -> None:
+        self._router = router
+        self._db = db
+        self._broker = broker
 
     def describe(self) -> list[Any]:
         # Reading the counters is cheap: describing by collecting lets the registry refuse a
@@ -96,9 +103,7 @@ class _StateCollector(Collector):  # type: ignore[misc,valid-type]
         return list(self.collect())
 
     def collect(self) -> Iterator[Any]:
-        router = self._services.router
-        db = self._services.db
-        broker = self._services.broker
+        router, db, broker = self._router, self._db, self._broker
 
         connections = GaugeMetricFamily("gchat_connections", "Live client connections by transport "
                                         "(WebSockets, and long-poll tabs that polled recently)",
@@ -109,11 +114,11 @@ class _StateCollector(Collector):  # type: ignore[misc,valid-type]
             connections.add_metric([transport], count)
         yield connections
 
-        stats = router.stats
+        counts = router.counts
         yield CounterMetricFamily("gchat_events_published", "Events published to users' event logs "
-                                  "(one per event, however many users receive it)", value=stats.get("events", 0))
+                                  "(one per event, however many users receive it)", value=counts["events"])
         yield CounterMetricFamily("gchat_messages", "Chat messages stored (a retried send is not counted twice)",
-                                  value=stats.get("messages", 0))
+                                  value=counts["messages"])
         errors = CounterMetricFamily("gchat_errors", "Commands refused, by protocol error code", labels=["code"])
         for code, count in sorted(router.errors_by_code.items()):
             errors.add_metric([code], count)
@@ -123,11 +128,8 @@ class _StateCollector(Collector):  # type: ignore[misc,valid-type]
         if "online" in broker_stats:  # the memory broker knows every online user (one process)
             yield GaugeMetricFamily("gchat_online_users", "Users online (at least one live connection, "
                                     "or within the presence grace period)", value=broker_stats.pop("online"))
-        # Read-only look at the router's user → connections map: its size is the number of users.
-        clients = getattr(router, "_clients", None)
-        if isinstance(clients, dict):
-            yield GaugeMetricFamily("gchat_connected_users", "Users with at least one live connection "
-                                    "to this process", value=len(clients))
+        yield GaugeMetricFamily("gchat_connected_users", "Users with at least one live connection "
+                                "to this process", value=router.connected_users)
         for key, number in sorted(broker_stats.items()):
             yield GaugeMetricFamily(f"gchat_broker_{key}", f"The broker's own count: {key.replace('_', ' ')}",
                                     value=number)
@@ -145,16 +147,13 @@ class _StateCollector(Collector):  # type: ignore[misc,valid-type]
                                   "(waiting for a connection, queries, commit)", value=db.query_seconds)
 
         yield InfoMetricFamily("gchat_broker", "Which broker keeps the event logs and presence",
-                               value={"kind": str(getattr(broker, "name", "?"))})
+                               value={"kind": broker.name})
 
     def _broker_stats(self) -> dict[str, int]:
         """The integer counts a broker offers through ``stats()`` (memory: logs, online users,
         connections; Redis: this process's subscriptions and connections, health)."""
-        stats = getattr(self._services.broker, "stats", None)
-        if not callable(stats):
-            return {}
         try:
-            found = stats()
+            found: Any = self._broker.stats()
         except Exception:  # a broker's bookkeeping must never break a scrape
             log.debug("broker stats failed", exc_info=True)
             return {}
@@ -165,30 +164,44 @@ class _StateCollector(Collector):  # type: ignore[misc,valid-type]
 
 
 class Metrics:
-    """One application's registry, and the observer the router calls."""
+    """One application's registry, and the router's observer (gchat.ports.Observer)."""
 
-    def __init__(self, services: "Services") -> None:
+    def __init__(self) -> None:
         assert prometheus_client is not None
         self.registry = CollectorRegistry(auto_describe=False)
-        self.registry.register(_StateCollector(services))
         # The usual process_* and python_* series (memory, CPU, open files) of this process.
         prometheus_client.ProcessCollector(registry=self.registry)
         prometheus_client.PlatformCollector(registry=self.registry)
         prometheus_client.GCCollector(registry=self.registry)
-        commands = Counter("gchat_commands", "Commands handled, by type", ["type"], registry=self.registry)
-        seconds = Histogram("gchat_command_seconds", "Time to handle a command, from its arrival at the router "
-                            "to its reply", ["type"], buckets=COMMAND_BUCKETS_SECS, registry=self.registry)
-        # Children bound once: an observation is a dict lookup, an increment and a bucket search.
-        self._by_type = {kind: (commands.labels(kind), seconds.labels(kind)) for kind in COMMAND_TYPES + ("other",)}
+        self._commands = Counter("gchat_commands", "Commands handled, by type", ["type"], registry=self.registry)
+        self._seconds = Histogram("gchat_command_seconds", "Time to handle a command, from its arrival at the "
+                                  "router to its reply", ["type"], buckets=COMMAND_BUCKETS_SECS, registry=self.registry)
+        # Children bound once per type: an observation is a dict lookup, an increment and a
+        # bucket search.
+        self._by_type: dict[str, tuple[Any, Any]] = {}
+        self._other = self._bind(OTHER)
         self._delivery = Histogram("gchat_message_delivery_seconds", "Time from a message being stored to its "
                                    "event being in the event logs of both users, their connections woken",
                                    buckets=DELIVERY_BUCKETS_SECS, registry=self.registry)
 
+    def _bind(self, kind: str) -> tuple[Any, Any]:
+        children = self._by_type[kind] = (self._commands.labels(kind), self._seconds.labels(kind))
+        return children
+
+    def watch(self, router: Router, db: Database, broker: Broker) -> None:
+        """Read the state of this application at every scrape; every command type of the
+        router gets its series now (0 until used)."""
+        for kind in router.command_types:
+            self._bind(kind)
+        self.registry.register(_StateCollector(router, db, broker))
+
     # -- the router's observer interface ---------------------------------------------------
 
-    def command_done(self, command: Any, seconds: float) -> None:
-        kind = command.get("type") if isinstance(command, dict) else None
-        counter, histogram = self._by_type.get(kind, self._by_type["other"])  # type: ignore[arg-type]
+    def command_done(self, kind: str | None, seconds: float) -> None:
+        if kind is None:
+            counter, histogram = self._other
+        else:  # one of the router's types: a bounded set
+            counter, histogram = self._by_type.get(kind) or self._bind(kind)
         counter.inc()
         histogram.observe(seconds)
 
@@ -202,13 +215,19 @@ class Metrics:
         return encoder(self.registry), content_type
 
 
-def build_metrics(services: "Services") -> Metrics | None:
-    """This application's metrics, hooked into its router; None without prometheus-client."""
-    if prometheus_client is None:
-        log.info("prometheus-client is not installed: %s/metrics answers 501", services.settings.url_prefix)
+def new_observer() -> Metrics | None:
+    """The observer a router is built with: a fresh registry, or None without prometheus-client."""
+    return Metrics() if prometheus_client is not None else None
+
+
+def build_metrics(router: Router, db: Database, broker: Broker) -> Metrics | None:
+    """This application's metrics: the router's observer, now also reading the router, the
+    database and the broker at scrape time. None when the router was built without one."""
+    metrics = router.observer
+    if not isinstance(metrics, Metrics):
+        log.info("prometheus-client is not installed: %s/metrics answers 501", router.settings.url_prefix)
         return None
-    metrics = Metrics(services)
-    services.router.observer = metrics
+    metrics.watch(router, db, broker)
     return metrics
 
 

@@ -1,6 +1,6 @@
 """Read-only lookups in the Moodle database: sessions, users, course-mates, blocks, config.
 
-gchat never writes Moodle's core tables. The rules (shared/moodle-facts.md, DESIGN.md):
+gchat never writes Moodle's core tables. The rules (docs/design.md, "Where each rule lives"):
 
 * a session cookie names a session in Moodle's session store (gchat.sessions: ``{sessions}``,
   session files, or Moodle 4.5+'s Redis store); it is valid when the record exists with

@@ -1,6 +1,7 @@
 """Fixtures: a real MariaDB and a real PostgreSQL (shared or throwaway), a Moodle 2.2-shaped site
-in a throwaway database per run and engine, and the gchat application built by production's own
-make_app.
+in a throwaway database per run and engine, and the settings of gchat over it. The application
+fixtures (``services``, ``app``, ``people``) are in tests/support/fixtures.py, Redis's in
+tests/support/redis.py.
 
 The database fixtures are parametrised by ``engine``: a test module that sets
 ``ENGINES = ("mariadb", "postgresql")`` runs each of its database tests on both; every other
@@ -17,13 +18,14 @@ import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from gchat.app import build_services, make_app  # noqa: E402
 from gchat.config import Settings, parse_db_url  # noqa: E402
 from gchat.db import Database  # noqa: E402
 from gchat.store import ChatStore  # noqa: E402
 from tests.moodle_site import MoodleSite, create_database, drop_database, moodle22_statements  # noqa: E402
 from tests.services import (MariaDBInstance, PostgreSQLInstance, db_connect, shared_mariadb_url,  # noqa: E402
                             shared_postgresql_url, with_database)
+
+pytest_plugins = ["tests.support.fixtures", "tests.support.redis"]
 
 PREFIX = "mdl_"
 ENGINES = ("mariadb", "postgresql")
@@ -110,15 +112,3 @@ def settings(test_db_url, tmp_path):
     return Settings(db_url=parse_db_url(test_db_url), db_prefix=PREFIX, db_pool_size=4, data_dir=str(tmp_path),
                     secret_key="test-secret-key", presence_grace=0.3, longpoll_idle=1.0, session_check_interval=3600,
                     moodle_wwwroot="http://moodle.test", longpoll_timeout=(5.0, 5.0), demo=False)
-
-
-@pytest.fixture
-def services(settings, site):
-    built = build_services(settings)
-    yield built
-    built.db.close()
-
-
-@pytest.fixture
-def app(services):
-    return make_app(services)

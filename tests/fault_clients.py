@@ -28,7 +28,7 @@ from urllib.parse import quote, urlsplit
 import tornado.websocket
 from tornado.httpclient import HTTPRequest
 
-from tests.clients import unchunk
+from tests.support.clients import unchunk
 
 Message = dict[str, Any]
 

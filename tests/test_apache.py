@@ -28,7 +28,7 @@ import tornado.web
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError
 
 from tests.browser.gchat_browser import free_port
-from tests.clients import PollClient, WSClient
+from tests.support.clients import PollClient, WSClient
 from tests.services import _apt_install
 from tests.test_nginx import connect, gchat_behind, is_message, parked_polls, until, upstream_port  # noqa: F401
 

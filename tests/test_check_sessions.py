@@ -11,7 +11,6 @@ import pytest
 from gchat.check import run_check
 from gchat.db import Database
 from gchat.sessions import parse_moodle_sessions
-from tests.redis_fixtures import redis_prefix, redis_url  # noqa: F401
 from tests.session_stores import (DatabaseSessions, FileSessions, RedisSessions, disable_mfa, enable_mfa, php,
                                   redis_cluster, spare_ports)  # noqa: F401
 

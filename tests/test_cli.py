@@ -9,14 +9,9 @@ import importlib.util
 import os
 import secrets
 import shutil
-import signal
 import site as site_module
-import socket
 import subprocess
 import sys
-import time
-import urllib.error
-import urllib.request
 
 import psycopg
 import pymysql
@@ -28,18 +23,20 @@ from gchat.db import Database
 from gchat.store import ChatStore, Pair
 from tests.moodle_site import create_database, drop_database, moodle22_statements
 from tests.services import db_connect, with_database
+from tests.support.process import GCHAT_MAIN as MAIN
+from tests.support.process import ROOT, GchatProcess, http_get
+from tests.support.process import clean_env as support_env
 
 ENGINES = ("mariadb", "postgresql")
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-MAIN = os.path.join(ROOT, "gchat", "main.py")
 PYTHON = sys.executable
 START_SECONDS = 10  # a healthy start takes well under a second; room for a loaded CI machine
 STOP_SECONDS = 5
 
 
 def clean_env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("GCHAT_") and k != "PYTHONPATH"}
+    """No GCHAT_* settings and no PYTHONPATH: gchat must be found the way an admin runs it."""
+    env = {k: v for k, v in support_env().items() if k != "PYTHONPATH"}
     env.update(extra)
     return env
 
@@ -58,91 +55,34 @@ def assert_one_line_error(result: subprocess.CompletedProcess, *words: str) -> s
     return lines[0]
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def get(url: str, timeout: float = 2) -> tuple[int, bytes]:
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as response:
-            return response.status, response.read()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read()
-
-
-class Server:
-    """A gchat process; ``start`` returns once /gchat/health answers 200 (polled, no fixed sleep)."""
-
-    def __init__(self, args: list[str], cwd: str, logdir, **env: str) -> None:
-        self.port = free_port()
-        self.args = args + [f"--port={self.port}"]
-        self.cwd = cwd
-        self.env = clean_env(**env)
-        self.log = logdir / f"server-{self.port}.log"
-        self.process: subprocess.Popen | None = None
-
-    @property
-    def base(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def start(self) -> "Server":
-        self.handle = open(self.log, "w")
-        self.process = subprocess.Popen(self.args, cwd=self.cwd, env=self.env, stdout=self.handle,
-                                        stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + START_SECONDS
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                pytest.fail(f"gchat exited with {self.process.returncode}: {self.output()}")
-            try:
-                if get(self.base + "/gchat/health", timeout=1)[0] == 200:
-                    return self
-            except OSError:
-                pass  # not listening yet
-            time.sleep(0.05)
-        pytest.fail(f"/gchat/health did not answer 200 within {START_SECONDS}s: {self.output()}")
-
-    def output(self) -> str:
-        with open(self.log) as handle:
-            return handle.read()
-
-    def terminate(self) -> int:
-        assert self.process is not None
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            return self.process.wait(STOP_SECONDS)
-        except subprocess.TimeoutExpired:
-            pytest.fail(f"gchat did not stop within {STOP_SECONDS}s of SIGTERM: {self.output()}")
-
-    def cleanup(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.kill()
-            self.process.wait(5)
-        if getattr(self, "handle", None):
-            self.handle.close()
+    return http_get(url, timeout)
 
 
 @pytest.fixture
 def servers(tmp_path):
-    started: list[Server] = []
+    """``servers(program + args)`` starts gchat on a free port and returns once /gchat/health
+    answers 200 (polled, no fixed sleep); every server is stopped after the test."""
+    started: list[GchatProcess] = []
 
-    def start(args: list[str], cwd: str | None = None, **env: str) -> Server:
-        server = Server(args, cwd or str(tmp_path), tmp_path, **env)
+    def start(args: list[str], cwd: str | None = None, **env: str) -> GchatProcess:
+        server = GchatProcess([], command=args, workdir=str(tmp_path), cwd=cwd or str(tmp_path),
+                              name=f"server-{len(started) + 1}", env=clean_env(**env))
         started.append(server)
-        return server.start()
+        server.start_healthy(START_SECONDS)
+        return server
 
     yield start
     for server in started:
-        server.cleanup()
+        server.stop()
 
 
-def serves_and_stops(server: Server) -> None:
-    status, body = get(server.base + "/gchat/health")
+def serves_and_stops(server: GchatProcess) -> None:
+    status, body = get(server.base_url + "/gchat/health")
     assert status == 200, body
-    assert get(server.base + "/gchat/demo")[0] == 200
-    assert server.terminate() == 0, server.output()
-    assert "Traceback" not in server.output()
+    assert get(server.base_url + "/gchat/demo")[0] == 200
+    assert server.terminate(STOP_SECONDS) == 0, server.output()
+    assert "Traceback" not in server.output(tail=None)
 
 
 # -- one-line errors ---------------------------------------------------------------------------------
@@ -229,8 +169,8 @@ def test_missing_gchat_tables_then_initdb_twice_then_it_serves(tmp_path, test_db
         (g, "unique id"), (g, "unique sender,client_id"), (g, "conversation,id")}
 
     server = servers([PYTHON, MAIN, *settings])
-    assert get(server.base + "/gchat/demo")[0] == 404, "no demo pages on a real database"
-    assert server.terminate() == 0
+    assert get(server.base_url + "/gchat/demo")[0] == 404, "no demo pages on a real database"
+    assert server.terminate(STOP_SECONDS) == 0
 
 
 # -- the demo starts and stops -------------------------------------------------------------------------
@@ -305,15 +245,15 @@ def test_pip_install_serves_static_and_templates_from_the_installed_package(tmp_
         handle.write(f"\n<!-- {MARKER} -->\n")
 
     server = servers([str(venv / "bin" / "gchat"), f"--data_dir={tmp_path / 'data'}"], cwd=str(elsewhere))
-    status, script = get(server.base + "/gchat/static/gchat.js")
+    status, script = get(server.base_url + "/gchat/static/gchat.js")
     assert status == 200
     assert MARKER.encode() in script
     with open(os.path.join(ROOT, "static", "gchat.js"), "rb") as handle:
         assert script.startswith(handle.read()[:200])
-    status, page = get(server.base + "/gchat/demo")
+    status, page = get(server.base_url + "/gchat/demo")
     assert status == 200
     assert MARKER.encode() in page
-    assert server.terminate() == 0
+    assert server.terminate(STOP_SECONDS) == 0
 
 
 # -- initdb brings an older gchat's table up to date (MariaDB) ---------------------------------------

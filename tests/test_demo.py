@@ -20,12 +20,13 @@ PREFIX = "/gchat"
 
 
 @pytest.fixture
-def demo(tmp_path):
+def demo(tmp_path, io_loop):
     settings = Settings(data_dir=str(tmp_path), demo=True, secret_key="demo-test-key", db_pool_size=2)
     services = prepare(settings)
     assert services.db.dialect == "sqlite"
+    io_loop.run_sync(services.start)
     yield services
-    services.db.close()
+    io_loop.run_sync(services.aclose)
 
 
 @pytest.fixture
@@ -72,7 +73,7 @@ async def test_seeding_twice_adds_nothing(demo, tmp_path):
     try:
         assert again.db.run_sync(lambda q: q.scalar("SELECT COUNT(*) FROM {user}")) == count
     finally:
-        again.db.close()
+        await again.aclose()
 
 
 # -- logging in and out ------------------------------------------------------------------------------

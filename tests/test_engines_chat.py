@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.clients import PollClient, WSClient, bootstrap
+from tests.support.clients import PollClient, WSClient, bootstrap
 
 ENGINES = ("mariadb", "postgresql")
 

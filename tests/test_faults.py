@@ -36,9 +36,7 @@ import collections
 import os
 import random
 import signal
-import socket
 import subprocess
-import sys
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -49,9 +47,8 @@ from gchat.dialect import Dialect
 from tests.fault_clients import Failed, Ledger, PollTab, Tab, WSTab, http_request
 from tests.moodle_site import MoodleSite, moodle22_statements
 from tests.services import MariaDBInstance, mysql_connect, with_database
+from tests.support.process import ServerProcess, clean_env, free_port, gchat_command
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-MAIN = os.path.join(ROOT, "gchat", "main.py")
 DATABASE = "gchat_faults"
 PREFIX = "mdl_"
 SECRET = "fault-test-secret"
@@ -67,70 +64,33 @@ def now() -> float:
     return time.monotonic()
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+def log_text(path: str) -> str:
+    with open(path, encoding="utf-8", errors="replace") as handle:
+        return handle.read()
 
 
-def clean_env() -> dict[str, str]:
-    """The environment without GCHAT_* settings, so that only the flags count."""
-    return {k: v for k, v in os.environ.items() if not k.startswith("GCHAT_")}
-
-
-class GchatProcess:
+class GchatRuns(ServerProcess):
     """``python gchat/main.py`` as a subprocess, restartable on the same port; each run logs to
     its own file in ``workdir`` (also its cwd, so no conf/gchat.conf is picked up)."""
 
     def __init__(self, args: list[str], base_url: str, workdir: str) -> None:
-        self.args = args
+        super().__init__(gchat_command(*args), log_path="", cwd=workdir, env=clean_env(), name="gchat")
         self.base_url = base_url
         self.workdir = workdir
-        self.process: subprocess.Popen[bytes] | None = None
         self.logs: list[str] = []
 
-    async def start(self, timeout: float = 20.0) -> float:
+    async def _healthy(self) -> bool:
+        try:
+            status, _ = await http_request(self.base_url, "GET", "/gchat/health", timeout=2)
+        except Failed:
+            return False
+        return status == 200
+
+    async def run(self, timeout: float = 20.0) -> float:
         """Start it and poll /gchat/health until 200; returns the seconds that took."""
-        started = now()
-        path = os.path.join(self.workdir, f"gchat-{len(self.logs) + 1}.log")
-        self.logs.append(path)
-        with open(path, "wb") as log:
-            self.process = subprocess.Popen([sys.executable, MAIN, *self.args], cwd=self.workdir, env=clean_env(),
-                                            stdout=log, stderr=subprocess.STDOUT)
-        while True:
-            if self.process.poll() is not None:
-                raise AssertionError(f"gchat exited with {self.process.returncode}:\n{self.log_text(path)}")
-            try:
-                status, _ = await http_request(self.base_url, "GET", "/gchat/health", timeout=2)
-                if status == 200:
-                    return now() - started
-            except Failed:
-                pass
-            if now() - started > timeout:
-                raise AssertionError(f"gchat did not answer /gchat/health in {timeout}s:\n{self.log_text(path)}")
-            await asyncio.sleep(0.05)
-
-    def kill(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.kill()
-            self.process.wait()
-
-    async def terminate(self, timeout: float = 15.0) -> tuple[int | None, float]:
-        """SIGTERM; returns (exit status, seconds until it exited) — status None if it had to be killed."""
-        assert self.process is not None
-        started = now()
-        self.process.send_signal(signal.SIGTERM)
-        while self.process.poll() is None:
-            if now() - started > timeout:
-                self.kill()
-                return None, now() - started
-            await asyncio.sleep(0.02)
-        return self.process.returncode, now() - started
-
-    @staticmethod
-    def log_text(path: str) -> str:
-        with open(path, encoding="utf-8", errors="replace") as handle:
-            return handle.read()
+        self.log_path = os.path.join(self.workdir, f"gchat-{len(self.logs) + 1}.log")
+        self.logs.append(self.log_path)
+        return await self.astart(self._healthy, timeout)
 
 
 @dataclass
@@ -169,7 +129,7 @@ def create_site(instance: MariaDBInstance, workdir: str) -> tuple[str, MoodleSit
     admin.close()
     db_url = with_database(instance.url, DATABASE)
     for run in (1, 2):  # gchat initdb creates the chat tables, and is safe to run twice
-        done = subprocess.run([sys.executable, MAIN, "initdb", f"--db_url={db_url}", f"--db_prefix={PREFIX}"],
+        done = subprocess.run(gchat_command("initdb", f"--db_url={db_url}", f"--db_prefix={PREFIX}"),
                               cwd=workdir, env=clean_env(), capture_output=True, text=True, timeout=60)
         assert done.returncode == 0, f"initdb run {run}: {done.stdout}{done.stderr}"
         assert "gchat tables ready" in done.stdout, done.stdout
@@ -194,7 +154,7 @@ def test_messages_survive_database_and_server_faults(private_mariadb, tmp_path):
             f"--secret_key={SECRET}", "--presence_grace=1", "--log_level=warning", f"--history_size={HISTORY_SIZE}",
             "--moodle_wwwroot=http://moodle.test", f"--data_dir={workdir}", f"--db_timeout={DB_TIMEOUT:g}",
             "--longpoll_timeout=15-20"]
-    gchat = GchatProcess(args, base_url, workdir)
+    gchat = GchatRuns(args, base_url, workdir)
     try:
         report = asyncio.run(asyncio.wait_for(
             scenario(instance, gchat, db_url, users, sessions, workdir), SCENARIO_BOUND))
@@ -202,19 +162,19 @@ def test_messages_survive_database_and_server_faults(private_mariadb, tmp_path):
         check(report, instance)
     except BaseException:
         for path in gchat.logs:  # what gchat said, without the access log's one line per 503
-            text = [line for line in GchatProcess.log_text(path).splitlines() if "tornado.access" not in line]
+            text = [line for line in log_text(path).splitlines() if "tornado.access" not in line]
             print(f"--- {os.path.basename(path)} (without access lines) ---", *text[-60:], sep="\n")
         raise
     finally:
         gchat.kill()
 
 
-async def scenario(instance: MariaDBInstance, gchat: GchatProcess, db_url: str, users: dict[str, int],
+async def scenario(instance: MariaDBInstance, gchat: GchatRuns, db_url: str, users: dict[str, int],
                    sessions: dict[str, str], workdir: str) -> dict[str, Any]:
     ledger = Ledger()
     tabs: list[Tab] = []
     report: dict[str, Any] = {"ledger": ledger, "tabs": tabs, "outages": [], "restarts": [], "checkpoints": []}
-    await gchat.start()
+    await gchat.run()
     try:
         for name, uid in users.items():
             for kind in (WSTab, PollTab):
@@ -257,9 +217,9 @@ async def scenario(instance: MariaDBInstance, gchat: GchatProcess, db_url: str, 
         report["settle_seconds"] = now() - settle_started
     finally:
         await asyncio.gather(*(tab.close() for tab in tabs), return_exceptions=True)
-        if gchat.process is not None and gchat.process.poll() is None:
-            report["final_stop"] = await gchat.terminate()
-    report["logs"] = {os.path.basename(p): GchatProcess.log_text(p) for p in gchat.logs}
+        if gchat.running:
+            report["final_stop"] = await gchat.aterminate()
+    report["logs"] = {os.path.basename(p): log_text(p) for p in gchat.logs}
     return report
 
 
@@ -273,12 +233,12 @@ async def chatter(tab: Tab, stop: asyncio.Event) -> None:
     while not stop.is_set():
         try:
             await asyncio.wait_for(stop.wait(), random.uniform(0.5, 1.3))
-        except asyncio.TimeoutError:
+        except TimeoutError:
             count += 1
             tab.queue_message(f"{tab.name} #{count}: olá, grüß dich ✓")
 
 
-async def faults(instance: MariaDBInstance, gchat: GchatProcess, db_url: str, tabs: list[Tab], ledger: Ledger,
+async def faults(instance: MariaDBInstance, gchat: GchatRuns, db_url: str, tabs: list[Tab], ledger: Ledger,
                  report: dict[str, Any], workdir: str) -> None:
     await asyncio.sleep(3.0)  # chatting normally first
     # 1. MariaDB stopped cleanly, down for 4 s.
@@ -287,14 +247,14 @@ async def faults(instance: MariaDBInstance, gchat: GchatProcess, db_url: str, ta
     # 2. gchat killed and restarted on the same port.
     gchat.kill()
     killed = now()
-    await gchat.start()
+    await gchat.run()
     report["restarts"].append(("SIGKILL", None, 0.0, now() - killed))
     await checkpoint("gchat SIGKILL", tabs, ledger, report)
 
     # 3. MariaDB killed, down for 3 s; a gchat started meanwhile must refuse with one line.
     async def start_while_down() -> None:
         refused = await asyncio.create_subprocess_exec(
-            sys.executable, MAIN, f"--port={free_port()}", f"--db_url={db_url}", f"--db_prefix={PREFIX}",
+            *gchat_command(f"--port={free_port()}"), f"--db_url={db_url}", f"--db_prefix={PREFIX}",
             f"--secret_key={SECRET}", "--log_level=warning", cwd=workdir, env=clean_env(),
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
         out, err = await asyncio.wait_for(refused.communicate(), 15)
@@ -308,9 +268,9 @@ async def faults(instance: MariaDBInstance, gchat: GchatProcess, db_url: str, ta
     report["outages"].append(await database_outage(instance, "freeze (SIGSTOP)", 8.0, tabs, ledger, gchat))
     await checkpoint("MariaDB freeze", tabs, ledger, report)
     # 5. gchat stopped gracefully (SIGTERM) and started again.
-    code, took = await gchat.terminate()
+    code, took = await gchat.aterminate()
     stopped = now()
-    await gchat.start()
+    await gchat.run()
     report["restarts"].append(("SIGTERM", code, took, now() - stopped))
     await checkpoint("gchat SIGTERM", tabs, ledger, report)
 
@@ -337,7 +297,7 @@ async def checkpoint(label: str, tabs: list[Tab], ledger: Ledger, report: dict[s
 
 
 async def database_outage(instance: MariaDBInstance, kind: str, hold: float, tabs: list[Tab], ledger: Ledger,
-                          gchat: GchatProcess, during: Any = None) -> Outage:
+                          gchat: GchatRuns, during: Any = None) -> Outage:
     outage = Outage(kind, started=now())
     if kind.startswith("freeze"):
         assert instance.process is not None

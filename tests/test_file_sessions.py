@@ -12,8 +12,8 @@ from gchat.config import parse_db_url
 from gchat.db import Database
 from gchat.moodle import Moodle, sid_hash
 from gchat.sessions import FileStore
-from tests.clients import bootstrap
 from tests.php_moodle import Php
+from tests.support.clients import bootstrap
 
 
 @pytest.fixture(scope="module")

@@ -12,8 +12,8 @@ import urllib.request
 import pytest
 from hypothesis import HealthCheck, given, settings as hsettings, strategies as st
 
-from tests.clients import WSClient, bootstrap
-from tests.server_thread import ServerThread
+from tests.support.clients import WSClient, bootstrap
+from tests.support.server_thread import ServerThread
 
 CONTRACT_CODES = {"not_logged_in", "bad_token", "token_expired", "session_ended", "bad_origin", "bad_json",
                   "bad_command", "too_long", "empty", "rate_limited", "not_allowed", "not_found",

@@ -20,7 +20,7 @@ from gchat.config import parse_db_url
 from gchat.db import Database
 from gchat.dialect import Dialect
 from gchat.import_block_gchat import ImportFailed, import_history, run_command
-from tests.clients import WSClient, bootstrap
+from tests.support.clients import WSClient, bootstrap
 
 ENGINES = ("mariadb", "postgresql")
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -45,7 +45,7 @@ OLD_DDL_WITH_PAIR = (
     ) ENGINE=InnoDB DEFAULT CHARSET=utf8 COLLATE=utf8_unicode_ci COMMENT='Table to store global chat sessions.'""",
 )
 OLD_DDL_PAIRLESS = (
-    # The shape DESIGN.md describes: a session row is only an id, its users are its user_sessions.
+    # The other shape of the old plugin: a session row is only an id, its users are its user_sessions.
     """CREATE TABLE {p}block_gchat_sessions (
         id BIGINT(10) UNSIGNED NOT NULL AUTO_INCREMENT,
         PRIMARY KEY (id)

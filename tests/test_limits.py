@@ -10,9 +10,9 @@ import time
 
 import pytest
 
-from gchat.broker import encode_event
-from tests.clients import PollClient, WSClient, bootstrap
-from tests.server_thread import ServerThread
+from gchat.wire import encode_event
+from tests.support.clients import PollClient, WSClient, bootstrap, connect
+from tests.support.server_thread import ServerThread
 
 
 @pytest.fixture
@@ -23,10 +23,7 @@ def settings(settings):
 
 
 async def login(base_url, site, user, transport=WSClient):
-    _, boot = await bootstrap(base_url, site.login(user))
-    client = await transport(base_url, boot["token"]).connect()
-    await client.wait_type("ready")
-    return client
+    return await connect(base_url, site, user, transport)
 
 
 @pytest.mark.gen_test(timeout=30)

@@ -4,32 +4,20 @@ from __future__ import annotations
 
 import asyncio
 import os
-import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 
 import prometheus_client
 import pytest
-import tornado.httpserver
-import tornado.testing
 from prometheus_client.parser import text_string_to_metric_families
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError
 
 import gchat.metrics
-from gchat.app import build_services, make_app
-from tests.browser.gchat_browser import REPO, free_port
-from tests.clients import CLIENTS, bootstrap
-from tests.redis_fixtures import redis_prefix, redis_url, with_params  # noqa: F401
-
-
-async def connect(base_url, site, user, transport):
-    code, boot = await bootstrap(base_url, site.login(user))
-    assert code == 200, boot
-    client = await CLIENTS[transport](base_url, boot["token"]).connect()
-    await client.wait_type("ready")
-    return client
+from tests.support.clients import connect
+from tests.support.process import ROOT, ServerProcess, free_port, health_status
+from tests.support.redis import with_params
+from tests.support.serving import running
 
 
 async def scrape(base_url, accept=None):
@@ -128,19 +116,10 @@ async def test_openmetrics_on_request_and_unknown_commands_do_not_make_labels(ht
     assert "drop_tables" not in text
 
 
-def serve(app):
-    server = tornado.httpserver.HTTPServer(app)
-    sock, port = tornado.testing.bind_unused_port()
-    server.add_sockets([sock])
-    return server, f"http://127.0.0.1:{port}"
-
-
 @pytest.mark.gen_test(timeout=30)
 async def test_without_prometheus_client_metrics_answer_501_and_chat_runs(site, settings, monkeypatch):
     monkeypatch.setattr(gchat.metrics, "prometheus_client", None)
-    services = build_services(settings)
-    server, base = serve(make_app(services))
-    try:
+    async with running(settings) as (services, base):
         with pytest.raises(HTTPClientError) as caught:
             await AsyncHTTPClient().fetch(base + "/gchat/metrics")
         body = caught.value.response.body.decode()
@@ -153,17 +132,11 @@ async def test_without_prometheus_client_metrics_answer_501_and_chat_runs(site, 
         await client.close()
         health = await AsyncHTTPClient().fetch(base + "/gchat/health")
         assert health.code == 200
-    finally:
-        server.stop()
-        services.db.close()
 
 
 @pytest.mark.gen_test(timeout=30)
 async def test_each_application_has_its_own_registry(site, settings):
-    first, second = build_services(settings), build_services(settings)
-    server1, base1 = serve(make_app(first))
-    server2, base2 = serve(make_app(second))
-    try:
+    async with running(settings) as (_, base1), running(settings) as (_, base2):
         (ana,) = site.classmates("Ana")
         client = await connect(base1, site, ana, "websocket")
         await client.command("ping")
@@ -174,18 +147,11 @@ async def test_each_application_has_its_own_registry(site, settings):
         assert value(two, "gchat_commands_total", type="ping") == 0
         # Nothing of gchat's lands in the library's global registry.
         assert not [m for m in prometheus_client.REGISTRY.collect() if m.name.startswith("gchat")]
-    finally:
-        for server, services in ((server1, first), (server2, second)):
-            server.stop()
-            services.db.close()
 
 
 @pytest.mark.gen_test(timeout=30)
-async def test_with_the_redis_broker(site, settings, redis_url, redis_prefix):  # noqa: F811
-    services = build_services(settings.replace(broker_url=with_params(redis_url, key_prefix=redis_prefix)))
-    await services.broker.start()
-    server, base = serve(make_app(services))
-    try:
+async def test_with_the_redis_broker(site, settings, redis_url, redis_prefix):
+    async with running(settings.replace(broker_url=with_params(redis_url, key_prefix=redis_prefix))) as (_, base):
         (ana,) = site.classmates("Ana")
         client = await connect(base, site, ana, "websocket")
         assert (await client.command("ping"))["ok"]
@@ -196,10 +162,6 @@ async def test_with_the_redis_broker(site, settings, redis_url, redis_prefix):  
         assert value(found, "gchat_connections", transport="websocket") == 1
         assert value(found, "gchat_commands_total", type="ping") == 1
         assert not [key for key in found if key[0] == "gchat_online_users"]
-    finally:
-        server.stop()
-        await services.broker.close()
-        services.db.close()
 
 
 def test_server_without_prometheus_client_installed(tmp_path):
@@ -207,25 +169,15 @@ def test_server_without_prometheus_client_installed(tmp_path):
     port = free_port()
     code = ("import sys; sys.modules['prometheus_client'] = None; from gchat.main import main; "
             f"main(['--port={port}', '--data_dir={tmp_path}', '--log_level=warning'])")
-    process = subprocess.Popen([sys.executable, "-c", code], cwd=str(REPO), stdout=subprocess.PIPE,
-                               stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    base = f"http://127.0.0.1:{port}/gchat"
+    process = ServerProcess([sys.executable, "-c", code], log_path=str(tmp_path / "gchat.log"), cwd=ROOT,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"}, name="gchat")
+    base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            assert process.poll() is None, process.stdout.read().decode()
-            try:
-                with urllib.request.urlopen(base + "/health", timeout=2) as response:
-                    assert response.status == 200
-                    break
-            except (urllib.error.URLError, OSError):
-                assert time.monotonic() < deadline, "gchat did not start"
-                time.sleep(0.05)  # polling for the server to listen, not waiting for behaviour
+        process.start(lambda: health_status(base) == 200, timeout=30)
         with pytest.raises(urllib.error.HTTPError) as caught:
-            urllib.request.urlopen(base + "/metrics", timeout=5)
+            urllib.request.urlopen(base + "/gchat/metrics", timeout=5)
         assert caught.value.code == 501
         body = caught.value.read().decode()
         assert body.count("\n") == 1 and "prometheus-client" in body
     finally:
-        process.terminate()
-        assert process.wait(timeout=15) == 0
+        assert process.terminate(15) == 0

@@ -20,12 +20,10 @@ import asyncio
 import os
 import re
 import shutil
-import signal
 import socket
 import subprocess
 import tempfile
-import time
-from typing import Callable, Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 import tornado.httpserver
@@ -33,9 +31,10 @@ import tornado.netutil
 from tornado.httpclient import AsyncHTTPClient
 
 from gchat.config import Settings
-from tests.browser.gchat_browser import (ANA, CHROMIUM, CHROMIUM_ARGS, DAN, GchatServer, buddy, free_port, messages,
-                                         send, wait_connected, window_with)
-from tests.clients import PollClient, WSClient, bootstrap
+from tests.browser.gchat_browser import (ANA, CHROMIUM, CHROMIUM_ARGS, DAN, GchatServer, buddy, messages, send,
+                                         wait_connected, window_with)
+from tests.support.clients import PollClient, WSClient, connect
+from tests.support.process import ServerProcess, free_port
 from tests.services import _apt_install
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -63,6 +62,11 @@ def adapted_snippet(upstream_port: int, listen_port: int, *, upgrade: bool = Tru
     return text
 
 
+def listening(port: int) -> bool:
+    socket.create_connection(("127.0.0.1", port), timeout=1).close()
+    return True
+
+
 class Nginx:
     """nginx -p DIR -c DIR/nginx.conf in the foreground, with the adapted snippet included."""
 
@@ -71,7 +75,6 @@ class Nginx:
         self.dir = tempfile.mkdtemp(prefix=f"gchat-nginx-{name}-")
         self.port = port
         self.origin = f"http://127.0.0.1:{port}"
-        self.process: subprocess.Popen | None = None
         with open(os.path.join(self.dir, "gchat.conf"), "w", encoding="utf-8") as handle:
             handle.write(snippet)
         user = "user root;\n" if os.geteuid() == 0 else ""  # workers may then use the private folder
@@ -81,7 +84,7 @@ class Nginx:
             handle.write(f"{user}worker_processes 1;\nevents {{ worker_connections 256; }}\n"
                          f"http {{\n    access_log {self.dir}/access.log;\n{temp}\n"
                          f"    include {self.dir}/gchat.conf;\n}}\n")
-        self.log_path = os.path.join(self.dir, "nginx.log")
+        self.process = ServerProcess(self._command(), log_path=os.path.join(self.dir, "nginx.log"), name="nginx")
 
     def _command(self, *extra: str) -> list[str]:
         return [self.binary, "-p", self.dir, "-c", os.path.join(self.dir, "nginx.conf"),
@@ -90,37 +93,14 @@ class Nginx:
     def start(self) -> None:
         checked = subprocess.run(self._command("-t"), capture_output=True, text=True, timeout=30)
         assert checked.returncode == 0, f"nginx -t refused the snippet:\n{checked.stderr}"
-        with open(self.log_path, "ab") as log:
-            self.process = subprocess.Popen(self._command(), stdout=log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while True:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"nginx exited with {self.process.returncode}:\n{self.log()}")
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
-                return
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise RuntimeError(f"nginx did not listen in {START_TIMEOUT_S} s:\n{self.log()}") from None
-                time.sleep(0.02)  # polling for the listening socket, not waiting for behaviour
+        self.process.start(lambda: listening(self.port), START_TIMEOUT_S)
 
     def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)  # fast shutdown: drops open long-polls too
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout=5)
-        self.process = None
+        self.process.stop()  # SIGTERM is nginx's fast shutdown: it drops open long-polls too
         shutil.rmtree(self.dir, ignore_errors=True)
 
     def log(self) -> str:
-        try:
-            with open(self.log_path, encoding="utf-8", errors="replace") as handle:
-                return handle.read()[-4000:]
-        except OSError:
-            return "(no log)"
+        return self.process.output()
 
 
 def running_nginx(name: str, snippet: str, port: int) -> Iterator[Nginx]:
@@ -194,14 +174,6 @@ async def until(condition: Callable[[], bool], timeout: float = 5.0) -> None:
     while not condition():
         assert asyncio.get_running_loop().time() < deadline, "condition not reached in time"
         await asyncio.sleep(0.005)
-
-
-async def connect(base_url, site, user, client_class, **kwargs):
-    code, boot = await bootstrap(base_url, site.login(user))
-    assert code == 200, boot
-    client = await client_class(base_url, boot["token"]).connect(**kwargs)
-    await client.wait_type("ready")
-    return client
 
 
 def is_message(text: str) -> Callable[[dict], bool]:

@@ -12,7 +12,7 @@ import tornado.httpserver
 import tornado.testing
 
 from gchat.app import build_services, make_app
-from tests.clients import CLIENTS, bootstrap
+from tests.support.clients import CLIENTS, bootstrap
 
 SEND = "moodle/site:sendmessage"
 TRANSPORTS = ["websocket", "longpoll"]

@@ -8,16 +8,17 @@ import asyncio
 import contextlib
 import logging
 import time
-from typing import Any, AsyncIterator, Callable
+from typing import Any
+from collections.abc import AsyncIterator, Callable
 
 import pytest
 import redis
 
-from gchat.broker import Broker, CursorGone, MemoryBroker, encode_event
+from gchat.broker import Broker, MemoryBroker
+from gchat.wire import CursorGone, encode_event
 from gchat.config import ConfigError
 from gchat.errors import Unavailable
 from gchat.redis_broker import RedisBroker
-from tests.redis_fixtures import private_redis, redis_prefix, redis_url  # noqa: F401
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
@@ -43,9 +44,9 @@ async def crash(broker: RedisBroker) -> None:
     for task in broker._tasks:
         task.cancel()
     await asyncio.gather(*broker._tasks, return_exceptions=True)
-    broker._closed = True  # close() becomes a no-op
-    await broker._redis.aclose()
-    await broker._sub.aclose()
+    broker._link.closed = True  # close() becomes a no-op
+    await broker._link.redis.aclose()
+    await broker._link.sub.aclose()
 
 
 async def eventually(check: Callable[[], Any], timeout: float = 5.0, what: str = "condition") -> Any:
@@ -201,13 +202,13 @@ async def test_presence_transitions_happen_once_across_processes(io_loop, redis_
         assert await two.add_connection(21, "e") is True  # and back online, once
         ids = list(range(1000, 1500)) + [21]
         calls: list[int] = []
-        mget = one._redis.mget
+        mget = one._link.redis.mget
 
         async def counted(*args: Any, **kwargs: Any) -> Any:
             calls.append(1)
             return await mget(*args, **kwargs)
 
-        one._redis.mget = counted  # type: ignore[method-assign]
+        one._link.redis.mget = counted  # type: ignore[method-assign]
         assert await one.online(ids) == {21}
         assert calls == [1]  # one round trip however many ids
 
@@ -264,7 +265,7 @@ async def test_redis_restart_resets_cursors_and_recovers(io_loop, private_redis,
         cursor = await broker.head(41)
         assert await broker.add_connection(41, "a") is True
         private_redis.stop()
-        await eventually(lambda: not broker._healthy, timeout=3, what="Redis seen as lost")
+        await eventually(lambda: not broker._link.healthy, timeout=3, what="Redis seen as lost")
         assert not await broker.healthy()
         began = time.monotonic()
         await broker.publish([41], body(2))  # committed elsewhere; must neither raise nor hang
@@ -299,8 +300,8 @@ async def test_events_lost_in_an_outage_reset_their_users(io_loop, private_redis
         pause.execute_command("CLIENT", "PAUSE", "1500", "WRITE")
         pause.close()
         await one.publish([51], body(2))  # times out: lost
-        assert one._lost == {51}
-        await eventually(lambda: not one._lost, timeout=8, what="lost events handled")
+        assert one._publisher.lost == {51}
+        await eventually(lambda: not one._publisher.lost, timeout=8, what="lost events handled")
         await asyncio.wait_for(woken.wait(), 3)  # the other process's clients are told to re-read
         with pytest.raises(CursorGone):
             await two.read(51, cursor)

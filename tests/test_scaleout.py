@@ -13,89 +13,38 @@ import asyncio
 import json
 import os
 import secrets
-import signal
-import socket
-import subprocess
-import sys
 import time
-import urllib.error
-import urllib.request
-from typing import Any, Callable
+from typing import Any
+from collections.abc import Callable
 from urllib.parse import quote
 
 import pytest
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError
 from tornado.websocket import websocket_connect
 
-from tests.clients import PollClient, WSClient, bootstrap
-from tests.redis_fixtures import private_redis, redis_prefix, redis_url, with_params  # noqa: F401
+from tests.support.clients import PollClient, WSClient, bootstrap
+from tests.support.redis import with_params
+from tests.support.process import GchatProcess, health_status
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-MAIN = os.path.join(ROOT, "gchat", "main.py")
 SECRET = "scale-out-test-secret"
 Event = dict[str, Any]
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def health(base: str) -> int:
-    try:
-        with urllib.request.urlopen(base + "/gchat/health", timeout=2) as response:
-            return response.status
-    except urllib.error.HTTPError as exc:
-        return exc.code
-    except OSError:
-        return 0
+    return health_status(base)
 
 
-class GchatProcess:
+def gchat_process(db_url: str, broker_url: str, workdir: str, name: str) -> GchatProcess:
     """``python gchat/main.py`` on its own port (its log goes to a file shown on failure)."""
-
-    def __init__(self, db_url: str, broker_url: str, workdir: str, name: str) -> None:
-        self.port = free_port()
-        self.base = f"http://127.0.0.1:{self.port}"
-        self.log_path = os.path.join(workdir, f"{name}.log")
-        data_dir = os.path.join(workdir, name)
-        os.makedirs(data_dir, exist_ok=True)
-        env = {k: v for k, v in os.environ.items() if not k.startswith("GCHAT_")}
-        args = [sys.executable, MAIN, f"--port={self.port}", "--address=127.0.0.1", f"--db_url={db_url}",
-                f"--broker_url={broker_url}", f"--secret_key={SECRET}", "--presence_grace=0.5",
-                "--moodle_wwwroot=http://moodle.test", "--session_check_interval=3600", "--longpoll_timeout=5",
-                f"--data_dir={data_dir}", "--db_pool_size=4", "--send_burst=200", "--log_level=info"]
-        with open(self.log_path, "wb") as log:
-            # cwd: a folder without conf/gchat.conf, so only these flags count.
-            self.process = subprocess.Popen(args, cwd=workdir, env=env, stdout=log, stderr=subprocess.STDOUT)
-
-    def wait_healthy(self, timeout: float = 20.0) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise AssertionError(f"gchat exited with {self.process.returncode}:\n{self.log()}")
-            if health(self.base) == 200:
-                return
-            time.sleep(0.05)
-        raise AssertionError(f"gchat on port {self.port} not healthy in {timeout}s:\n{self.log()}")
-
-    def log(self) -> str:
-        with open(self.log_path, encoding="utf-8", errors="replace") as handle:
-            return handle.read()[-4000:]
-
-    def kill(self) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGKILL)
-            self.process.wait(10)
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.kill()
+    data_dir = os.path.join(workdir, name)
+    os.makedirs(data_dir, exist_ok=True)
+    args = ["--address=127.0.0.1", f"--db_url={db_url}",
+            f"--broker_url={broker_url}", f"--secret_key={SECRET}", "--presence_grace=0.5",
+            "--moodle_wwwroot=http://moodle.test", "--session_check_interval=3600", "--longpoll_timeout=5",
+            f"--data_dir={data_dir}", "--db_pool_size=4", "--send_burst=200", "--log_level=info"]
+    process = GchatProcess(args, workdir=workdir, name=name)
+    process.spawn()
+    return process
 
 
 @pytest.fixture
@@ -106,16 +55,16 @@ def cluster(test_db_url, site, tmp_path, redis_url, redis_prefix):
 
     def start(broker_url: str | None = None, count: int = 2, **params: object) -> list[GchatProcess]:
         url = with_params(broker_url or with_params(redis_url, key_prefix=redis_prefix), **params)
-        procs = [GchatProcess(test_db_url, url, str(tmp_path), f"gchat{len(started) + i + 1}") for i in range(count)]
+        procs = [gchat_process(test_db_url, url, str(tmp_path), f"gchat{len(started) + i + 1}") for i in range(count)]
         started.extend(procs)
         for proc in procs:
-            proc.wait_healthy()
+            proc.wait_ready(proc.healthy, 20.0)
         return procs
 
     yield start
     for proc in started:
         proc.stop()
-        print(f"--- {proc.log_path}\n{proc.log()}")  # shown by pytest when the test failed
+        print(f"--- {proc.log_path}\n{proc.output()}")  # shown by pytest when the test failed
 
 
 def seq(cursor: str) -> tuple[str, int]:
@@ -196,7 +145,7 @@ class ReconnectingWS:
         self._refs = 0
         self._task: asyncio.Task[None] | None = None
 
-    def start(self) -> "ReconnectingWS":
+    def start(self) -> ReconnectingWS:
         self._task = asyncio.get_running_loop().create_task(self._run())
         return self
 
@@ -272,10 +221,10 @@ async def tokens(base: str, site: Any, *users: int) -> list[str]:
 async def test_websocket_on_one_process_longpoll_on_the_other(io_loop, cluster, site):
     p1, p2 = cluster()
     ana, ben = site.classmates("Ana", "Ben")
-    token_a, token_b = await tokens(p1.base, site, ana, ben)
-    a = await WSClient(p1.base, token_a).connect()
+    token_a, token_b = await tokens(p1.base_url, site, ana, ben)
+    a = await WSClient(p1.base_url, token_a).connect()
     await a.wait_type("ready")
-    b = await PollClient(p2.base, token_b).connect()
+    b = await PollClient(p2.base_url, token_b).connect()
     ready_b = await b.wait_type("ready")
     assert [u["id"] for u in ready_b["online"]] == [ana]  # Ana's socket is on the other process
     await a.wait_for(is_presence(ben, "online"))  # Ben's tab on p2 announced to Ana on p1
@@ -295,12 +244,12 @@ async def test_websocket_on_one_process_longpoll_on_the_other(io_loop, cluster, 
 async def test_longpoll_alternating_between_processes_misses_nothing(io_loop, cluster, site):
     p1, p2 = cluster()
     ana, ben = site.classmates("Ana", "Ben")
-    token_a, token_b = await tokens(p2.base, site, ana, ben)
-    a = await WSClient(p1.base, token_a).connect()
+    token_a, token_b = await tokens(p2.base_url, site, ana, ben)
+    a = await WSClient(p1.base_url, token_a).connect()
     await a.wait_type("ready")
     conv = (await a.command("open", user=ben))["conversation"]["id"]
-    b = Poller(token_b, [p1.base, p2.base])
-    await b.poll(p2.base)  # the ready snapshot
+    b = Poller(token_b, [p1.base_url, p2.base_url])
+    await b.poll(p2.base_url)  # the ready snapshot
     texts = [f"ana {n}" for n in range(25)]
 
     async def ana_sends() -> None:
@@ -324,7 +273,7 @@ async def test_longpoll_alternating_between_processes_misses_nothing(io_loop, cl
     assert b.events[0]["type"] == "ready" and b.events[0]["reset"] is False
     assert_in_order(b.events)
     assert [m["text"] for m in b.messages()] == texts + replies
-    assert b.requests[p1.base] >= 5 and b.requests[p2.base] >= 5, b.requests
+    assert b.requests[p1.base_url] >= 5 and b.requests[p2.base_url] >= 5, b.requests
     assert [m["text"] for m in a.messages()] == texts + replies
     b.close()
     await a.close()
@@ -334,14 +283,14 @@ async def test_longpoll_alternating_between_processes_misses_nothing(io_loop, cl
 async def test_killed_process_users_resume_on_the_other(io_loop, cluster, site):
     p1, p2 = cluster(presence_ttl=1.5)
     ana, ben, carl, dora = site.classmates("Ana", "Ben", "Carl", "Dora")
-    token_a, token_b, token_c, token_d = await tokens(p1.base, site, ana, ben, carl, dora)
-    a = await WSClient(p1.base, token_a).connect()  # WebSocket on p1
+    token_a, token_b, token_c, token_d = await tokens(p1.base_url, site, ana, ben, carl, dora)
+    a = await WSClient(p1.base_url, token_a).connect()  # WebSocket on p1
     await a.wait_type("ready")
-    d = await WSClient(p1.base, token_d).connect()  # on p1 too, and she will not come back
+    d = await WSClient(p1.base_url, token_d).connect()  # on p1 too, and she will not come back
     await d.wait_type("ready")
-    c = Poller(token_c, [p1.base, p2.base])  # long-poll on p1
-    await c.poll(p1.base)
-    b = await WSClient(p2.base, token_b).connect()  # the survivor's user, on p2
+    c = Poller(token_c, [p1.base_url, p2.base_url])  # long-poll on p1
+    await c.poll(p1.base_url)
+    b = await WSClient(p2.base_url, token_b).connect()  # the survivor's user, on p2
     ready = await b.wait_type("ready")
     assert {u["id"] for u in ready["online"]} == {ana, carl, dora}
     with_a = (await b.command("open", user=ana))["conversation"]["id"]
@@ -351,11 +300,11 @@ async def test_killed_process_users_resume_on_the_other(io_loop, cluster, site):
     await a.wait_for(is_message("before, Ana"))
     await c.until(lambda: any(m["text"] == "before, Carl" for m in c.messages()), alternate=False)
 
-    waiting = asyncio.get_running_loop().create_task(c.poll(p1.base))  # Carl's poll parked on p1
+    waiting = asyncio.get_running_loop().create_task(c.poll(p1.base_url))  # Carl's poll parked on p1
     await asyncio.sleep(0.2)
     p1.kill()
     await a.wait_closed()
-    with pytest.raises(Exception):
+    with pytest.raises(Exception):  # noqa: B017 - whichever error the dead socket gives
         await waiting  # the connection died with the process
     a_before, c_before, a_cursor = len(a.events), len(c.events), a.cursor
     after = [f"while away {n}" for n in range(3)]
@@ -364,9 +313,9 @@ async def test_killed_process_users_resume_on_the_other(io_loop, cluster, site):
         assert (await b.send_text(with_c, text + " Carl"))["ok"]
 
     # Ana reconnects to p2 with her cursor; Carl's next poll goes to p2 with his.
-    a2 = await WSClient(p2.base, token_a).connect(cursor=a_cursor)
+    a2 = await WSClient(p2.base_url, token_a).connect(cursor=a_cursor)
     await a2.wait_for(is_message(after[-1] + " Ana"))
-    c.urls = [p2.base]
+    c.urls = [p2.base_url]
     await c.until(lambda: any(m["text"] == after[-1] + " Carl" for m in c.messages()))
     await asyncio.sleep(0.3)  # anything repeated would arrive now
 
@@ -379,7 +328,7 @@ async def test_killed_process_users_resume_on_the_other(io_loop, cluster, site):
     # Dora's only connection died with p1: within the presence TTL she no longer counts.
     deadline = time.monotonic() + 5
     while True:
-        fresh = await PollClient(p2.base, token_b).connect()
+        fresh = await PollClient(p2.base_url, token_b).connect()
         online = {u["id"] for u in (await fresh.wait_type("ready"))["online"]}
         await fresh.close()
         if online == {ana, carl}:
@@ -395,9 +344,9 @@ async def test_killed_process_users_resume_on_the_other(io_loop, cluster, site):
 async def test_redis_restart_loses_no_committed_message(io_loop, private_redis, cluster, site):
     p1, p2 = cluster(private_redis.url)
     ana, ben = site.classmates("Ana", "Ben")
-    token_a, token_b = await tokens(p1.base, site, ana, ben)
-    a = ReconnectingWS(p1.base, token_a).start()
-    b = ReconnectingWS(p2.base, token_b).start()
+    token_a, token_b = await tokens(p1.base_url, site, ana, ben)
+    a = ReconnectingWS(p1.base_url, token_a).start()
+    b = ReconnectingWS(p2.base_url, token_b).start()
     await a.wait_for(lambda e: e["type"] == "ready")
     await b.wait_for(lambda e: e["type"] == "ready")
     conv = (await a.command("open", user=ben))["conversation"]["id"]
@@ -406,7 +355,7 @@ async def test_redis_restart_loses_no_committed_message(io_loop, private_redis, 
 
     private_redis.stop()
     deadline = time.monotonic() + 10
-    while {health(p1.base), health(p2.base)} != {503}:
+    while {health(p1.base_url), health(p2.base_url)} != {503}:
         assert time.monotonic() < deadline, "the processes did not notice that Redis is gone"
         await asyncio.sleep(0.1)
     during = {"while Redis is down 1": a, "while Redis is down 2": b, "while Redis is down 3": a}

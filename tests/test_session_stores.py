@@ -18,9 +18,8 @@ from gchat.config import parse_db_url
 from gchat.db import Database
 from gchat.moodle import Moodle, sid_hash
 from gchat.sessions import make_store, parse_moodle_sessions
-from tests.clients import PollClient, WSClient, bootstrap
+from tests.support.clients import PollClient, WSClient, bootstrap
 from tests.conftest import PREFIX
-from tests.redis_fixtures import private_redis, redis_prefix, redis_url  # noqa: F401
 from tests.session_stores import (GUEST_ID, DatabaseSessions, FileSessions, LegacyFileSessions, RedisSessions,
                                   TlsRedis, disable_mfa, enable_mfa, php, redis_cluster)  # noqa: F401
 

@@ -1,6 +1,6 @@
 import pytest
 
-from tests.clients import PollClient, WSClient, bootstrap
+from tests.support.clients import PollClient, WSClient, bootstrap
 
 
 @pytest.mark.gen_test(timeout=20)

@@ -31,7 +31,7 @@ import pytest
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError
 
 from tests.browser.gchat_browser import ANA, DAN, free_port
-from tests.clients import PollClient, WSClient, bootstrap
+from tests.support.clients import PollClient, WSClient, bootstrap
 from tests.test_nginx import is_message
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -13,6 +13,7 @@ import tornado.web
 from gchat.config import Settings
 from gchat.errors import GchatError
 from gchat.router import Router
+from gchat.wire import dumps
 
 log = logging.getLogger("gchat.http")
 
@@ -40,7 +41,7 @@ class OriginPolicy:
         origin = origin.lower().rstrip("/")
         if origin in self.origins:
             return True
-        return bool(host) and urllib.parse.urlsplit(origin).netloc == host.lower()
+        return host is not None and host != "" and urllib.parse.urlsplit(origin).netloc == host.lower()
 
 
 class JsonHandler(tornado.web.RequestHandler):
@@ -81,7 +82,7 @@ class JsonHandler(tornado.web.RequestHandler):
 
     def send_json(self, data: Any, status: int = 200) -> None:
         self.set_status(status)
-        self.finish(json.dumps(data, ensure_ascii=False, separators=(",", ":")))
+        self.finish(dumps(data))
 
     def send_error_json(self, error: GchatError) -> None:
         self.send_json({"error": error.as_dict()}, error.http_status)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from gchat.db import Database
 from gchat.errors import GchatError
 from gchat.strings import strings_for
 from gchat.transports.base import JsonHandler
@@ -42,12 +43,13 @@ class BootstrapHandler(JsonHandler):
         })
 
 
-
 class HealthHandler(JsonHandler):
     """``GET /health``: 200 when the database answers, 503 when it does not."""
 
+    db: Database
+
     async def get(self) -> None:
-        db_ok = await self.router.store.db.ping()
+        db_ok = await self.db.ping()
         broker_ok = await self.router.broker.healthy()
         body: dict[str, Any] = {
             "status": "ok" if db_ok and broker_ok else "unavailable",

@@ -10,7 +10,6 @@ tab answers the one still waiting (newest wins, as Zulip does); tabs poll indepe
 from __future__ import annotations
 
 import asyncio
-import json
 import random
 import re
 from typing import Any
@@ -19,6 +18,7 @@ from gchat.auth import Identity
 from gchat.errors import GchatError, bad_command
 from gchat.router import Client, Router
 from gchat.transports.base import TOKEN_HEADER, JsonHandler
+from gchat.wire import body_of_events, loads
 
 TAB_SHAPE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
@@ -27,7 +27,7 @@ class LongPollTab(Client):
     transport = "longpoll"
     __slots__ = ("tab_id", "_tabs", "_waiter", "_owner", "_active", "_idle", "ended")
 
-    def __init__(self, tabs: "PollTabs", identity: Identity, address: str, tab_id: str) -> None:
+    def __init__(self, tabs: PollTabs, identity: Identity, address: str, tab_id: str) -> None:
         super().__init__(identity, address)
         self.tab_id = tab_id
         self._tabs = tabs
@@ -69,7 +69,12 @@ class LongPollTab(Client):
             loop = asyncio.get_running_loop()
             waiter = self._waiter = loop.create_future()
             self._owner = owner
-            timer = loop.call_later(timeout, lambda: waiter.done() or waiter.set_result("timeout"))
+
+            def expire() -> None:  # this wait's own waiter: a newer poll may have its own by then
+                if not waiter.done():
+                    waiter.set_result("timeout")
+
+            timer = loop.call_later(timeout, expire)
             try:
                 outcome = await waiter
             finally:
@@ -153,7 +158,7 @@ class PollHandler(TokenHandler):
             return
         if self.request.connection.stream.closed():  # type: ignore[union-attr]
             return  # the events stay in the log; the client's next poll from its cursor gets them
-        self.finish('{"events":[' + ",".join(events) + '],"cursor":"' + cursor + '"}')
+        self.finish(body_of_events(events, cursor))
 
     def on_connection_close(self) -> None:
         tab = getattr(self, "_tab", None)
@@ -174,7 +179,7 @@ class SendHandler(TokenHandler):
             self._answer(self.router.error_reply(None, GchatError("too_long", "the request body is too large")))
             return
         try:
-            command: Any = json.loads(self.request.body)
+            command: Any = loads(self.request.body)
         except (ValueError, UnicodeDecodeError):
             self._answer(self.router.error_reply(None, GchatError("bad_json", "the body is not valid JSON")))
             return

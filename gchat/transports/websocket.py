@@ -9,7 +9,6 @@ growing the server's memory.
 
 from __future__ import annotations
 
-import json
 import logging
 from typing import Any
 
@@ -22,6 +21,7 @@ from gchat.errors import (WS_CLOSE_GOING_AWAY, WS_CLOSE_POLICY, WS_CLOSE_SERVER_
                           WS_CLOSE_TRY_AGAIN, GchatError)
 from gchat.router import Client, Router
 from gchat.transports.base import OriginPolicy
+from gchat.wire import dumps, error_event, loads
 
 log = logging.getLogger("gchat.websocket")
 
@@ -37,7 +37,7 @@ class WebSocketClient(Client):
     transport = "websocket"
     __slots__ = ("handler", "cursor", "_pumping", "_again")
 
-    def __init__(self, handler: "WebSocketHandler", identity: Identity, address: str) -> None:
+    def __init__(self, handler: WebSocketHandler, identity: Identity, address: str) -> None:
         super().__init__(identity, address)
         self.handler = handler
         self.cursor: str | None = None
@@ -96,7 +96,7 @@ class WebSocketHandler(tornado.websocket.WebSocketHandler):
         # Small frames must leave at once: with Nagle's algorithm on (Tornado's default) a reply
         # or event can wait for the peer's delayed ACK, tens of milliseconds.
         self.set_nodelay(True)
-        stream = self.ws_connection.stream if self.ws_connection else None  # type: ignore[attr-defined]
+        stream = self.ws_connection.stream if self.ws_connection else None
         if stream is not None:
             stream.max_write_buffer_size = self.gchat_settings.max_output_bytes
         try:
@@ -120,12 +120,12 @@ class WebSocketHandler(tornado.websocket.WebSocketHandler):
                 "too_long", f"a frame may have at most {self.gchat_settings.max_frame_bytes} bytes"))
         else:
             try:
-                command = json.loads(message)
+                command = loads(message)
             except ValueError:
                 reply = self.router.error_reply(None, GchatError("bad_json", "the frame is not valid JSON"))
             else:
                 reply = await self.router.handle(client.identity, command)
-        self.send(json.dumps(reply, ensure_ascii=False, separators=(",", ":")))
+        self.send(dumps(reply))
 
     def send(self, text: str) -> bool:
         """Write one frame; False when the connection is gone or was cut off for not reading."""
@@ -144,7 +144,7 @@ class WebSocketHandler(tornado.websocket.WebSocketHandler):
 
     def fail(self, error: GchatError, close_code: int) -> None:
         """Tell the client why (an ``error`` event, no cursor) and close the socket."""
-        self.send(json.dumps({"type": "error", "code": error.code, "message": error.message}))
+        self.send(error_event(error))
         self.close(close_code, error.code)
 
     def on_close(self) -> None:

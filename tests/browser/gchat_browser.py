@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import os
 import pathlib
-import socket
 import subprocess
 import sys
 import tempfile
@@ -23,6 +22,7 @@ import urllib.error
 import urllib.request
 from typing import Iterator
 
+from tests.support.process import free_port
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 CHROMIUM = os.environ.get("GCHAT_CHROMIUM", "/usr/bin/chromium")
@@ -33,12 +33,6 @@ START_TIMEOUT_S = 30.0
 # Demo users (gchat/demo.py): Ana and Dan share both courses, Ben shares PHY101 with Ana,
 # Dan blocks Ben, Eve shares no course, Tereza teaches both.
 ANA, BEN, CHLOE, DAN, EVE, TEREZA = 3, 4, 5, 6, 7, 8
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class GchatServer:

@@ -53,7 +53,7 @@ class UserState:
         self.seq = 0
         self.log: deque[tuple[int, str]] | None = None  # only once a poll client appears
         self.waiters: set[asyncio.Future[None]] = set()
-        self.sockets: set["RelaySocket"] = set()
+        self.sockets: set[RelaySocket] = set()
 
 
 class Hub:
@@ -76,7 +76,7 @@ class Hub:
             if state is None:
                 continue
             state.seq += 1
-            wire = '{"cursor":"e:%d",%s' % (state.seq, body[1:])
+            wire = f'{{"cursor":"e:{state.seq}",{body[1:]}'
             for sock in state.sockets:
                 sock.write_message(wire)
             if state.log is not None:
@@ -160,7 +160,7 @@ class PollHandler(tornado.web.RequestHandler):
         self.set_header("Content-Type", "application/json; charset=utf-8")
         self.set_header("Cache-Control", "no-store")
         if not cursor:
-            self.finish('{"events":[%s],"cursor":"e:%d"}' % (self.hub.ready(uid), state.seq))
+            self.finish(f'{{"events":[{self.hub.ready(uid)}],"cursor":"e:{state.seq}"}}')
             return
         after = int(cursor.partition(":")[2])
         if after >= state.seq:
@@ -168,13 +168,13 @@ class PollHandler(tornado.web.RequestHandler):
             state.waiters.add(self.waiter)
             try:
                 await asyncio.wait_for(asyncio.shield(self.waiter), random.uniform(*self.timeout))
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
             state.waiters.discard(self.waiter)
             if self.request.connection.stream.closed():  # type: ignore[union-attr]
                 return
         events = [wire for seq, wire in state.log if seq > after]
-        self.finish('{"events":[%s],"cursor":"e:%d"}' % (",".join(events), state.seq))
+        self.finish('{"events":[' + ",".join(events) + f'],"cursor":"e:{state.seq}"}}')
 
     def on_connection_close(self) -> None:
         if self.waiter is not None and not self.waiter.done():

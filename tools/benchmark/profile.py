@@ -16,7 +16,9 @@ from collections import Counter
 from typing import Any
 
 # Leaf-frame areas: the first rule whose text occurs in the frame's file part wins.
-AREAS = (
+Rules = tuple[tuple[str, tuple[str, ...]], ...]
+
+AREAS: Rules = (
     ("database driver (PyMySQL, DBUtils)", ("pymysql/", "dbutils/")),
     ("JSON encode/decode", ("json/",)),
     ("Tornado WebSocket framing", ("tornado/websocket.py", "tornado/speedups")),
@@ -30,8 +32,9 @@ AREAS = (
     ("socket and selectors", ("socket.py", "selectors.py", "ssl.py")),
     ("logging", ("logging/",)),
     ("tokens (itsdangerous, hmac)", ("itsdangerous/", "hmac.py", "hashlib")),
-    ("gchat: router", ("gchat/router.py",)),
-    ("gchat: broker", ("gchat/broker.py", "gchat/redis_broker.py")),
+    ("gchat: router", ("gchat/router.py", "gchat/presence.py", "gchat/feed.py", "gchat/commands.py",
+                       "gchat/session_watch.py", "gchat/limits.py", "gchat/wire.py", "gchat/tasks.py")),
+    ("gchat: broker", ("gchat/broker.py", "gchat/redis_")),
     ("gchat: store", ("gchat/store.py",)),
     ("gchat: db", ("gchat/db.py",)),
     ("gchat: moodle lookups and caches", ("gchat/moodle.py", "gchat/cache.py")),
@@ -40,7 +43,7 @@ AREAS = (
     ("python-socketio / engine.io", ("socketio/", "engineio/")),
 )
 # Inclusive markers: a sample counts when any frame of its stack matches.
-INCLUSIVE = (
+INCLUSIVE: Rules = (
     ("inside a database unit of work (Database.run_sync)", ("run_sync (gchat/db.py)", "_run_once (gchat/db.py)")),
     ("JSON (any json.dumps/loads)", ("(json/",)),
     ("WebSocket writes (write_message)", ("write_message (tornado/websocket.py)",)),
@@ -51,7 +54,7 @@ INCLUSIVE = (
     ("router.handle (commands)", ("Router.handle (gchat/router.py)",)),
     ("router.catch_up / broker.read (delivery)", ("Router.catch_up (gchat/router.py)",)),
     ("broker.publish (fan-out)", ("publish (gchat/broker.py)", "publish (gchat/redis_broker.py)")),
-    ("presence (attach/detach/announce)", ("Router.attach", "Router.detach", "Router._announce")),
+    ("presence (attach/detach/announce)", ("Presence.attach", "Presence.detach", "Presence.announce")),
     ("Moodle lookups (users, course-mates, sessions)", ("(gchat/moodle.py)",)),
     ("WebSocket pings (Tornado)", ("periodic_ping", "_ping_loop", "ping (tornado/websocket.py)",
                                    "WebSocketProtocol13.write_ping")),
@@ -121,14 +124,17 @@ def summarise(path: str, top: int = 20) -> dict[str, Any]:
         return [(k, v / total * 100) for k, v in counter.most_common(n)] if total else []
 
     return {"samples": total, "threads": shares(threads, 10), "areas": shares(areas, 30),
-            "inclusive": shares(inclusive, 30), "self": shares(self_fn, top), "inclusive_functions": shares(incl_fn, top)}
+            "inclusive": shares(inclusive, 30), "self": shares(self_fn, top),
+            "inclusive_functions": shares(incl_fn, top)}
 
 
 def render(summary: dict[str, Any], title: str) -> str:
-    lines = [f"### {title}", "", f"{summary['samples']} samples of the thread holding the GIL in the server (py-spy --gil, 100 Hz): where its Python CPU time goes.", ""]
+    lines = [f"### {title}", "", f"{summary['samples']} samples of the thread holding the GIL in the server "
+             "(py-spy --gil, 100 Hz): where its Python CPU time goes.", ""]
     for key, heading in (("threads", "by thread"), ("areas", "self time by area (the leaf frame's module)"),
                          ("inclusive", "inclusive: samples with such a frame anywhere on the stack"),
-                         ("self", "self time by function (top)"), ("inclusive_functions", "inclusive by function (top)")):
+                         ("self", "self time by function (top)"),
+                         ("inclusive_functions", "inclusive by function (top)")):
         lines += [f"{heading}:", ""]
         lines += [f"- {share:5.1f}%  {name}" for name, share in summary[key]]
         lines.append("")

@@ -1,6 +1,6 @@
 """The load generator: one worker process holding many client connections on one event loop.
 
-The orchestrator (tools/bench.py) drives workers over a ``multiprocessing`` pipe with small
+The orchestrator (tools/benchmark/run.py) drives workers over a ``multiprocessing`` pipe with small
 commands: connect pairs, start an open-loop step, collect it, connect idle clients, close.
 
 Open loop: sends are scheduled by the clock (the j-th send of a step is due at
@@ -27,7 +27,8 @@ from collections import deque
 from typing import Any
 from urllib.parse import quote
 
-from tools.bench.wire import HTTPClient, ws_connect
+from tools.benchmark.procfs import raise_nofile
+from tools.benchmark.wire import HTTPClient, ws_connect
 
 MONO = time.monotonic_ns
 TEXT_SIZE = 100
@@ -114,7 +115,7 @@ class Worker:
         conns = [make_conn(self, target, c) for c in clients]
         try:
             await asyncio.wait_for(self._connect_all(conns, concurrency), limit)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             for c in conns:
                 c.close()
             done = sum(1 for c in conns if c.ready.done() and not c.ready.cancelled() and c.ready.exception() is None)
@@ -122,7 +123,7 @@ class Worker:
         self.groups.setdefault(group, []).extend(conns)
         return {"connected": len(conns), "seconds": time.monotonic() - started}
 
-    async def _connect_all(self, conns: list["Conn"], concurrency: int, attempts: int = 4) -> None:
+    async def _connect_all(self, conns: list[Conn], concurrency: int, attempts: int = 4) -> None:
         """Connect every client; a refused or dropped one tries again after a pause (as a real
         client backs off), up to ``attempts`` times in all."""
         todo = list(conns)
@@ -152,7 +153,7 @@ class Worker:
         self._sched = asyncio.get_running_loop().create_task(self._schedule(rate, t0, w1, self.senders))
         return {"senders": len(self.senders)}
 
-    async def _schedule(self, rate: float, t0: int, t_end: int, senders: list["Conn"]) -> None:
+    async def _schedule(self, rate: float, t0: int, t_end: int, senders: list[Conn]) -> None:
         period = 1e9 / rate
         n = len(senders)
         j = 0
@@ -405,7 +406,7 @@ class NativePoll(Conn):
             path = base if self.cursor is None else f"{base}&cursor={quote(self.cursor)}"
             try:
                 status, body = await self.poll_http.request(b"GET", path.encode(), self.headers)
-            except (ConnectionError, OSError, asyncio.TimeoutError) as exc:
+            except (TimeoutError, ConnectionError, OSError) as exc:
                 if self.closed:
                     return
                 failures += 1
@@ -461,7 +462,7 @@ class NativePoll(Conn):
                 body = self.outq.popleft()
                 try:
                     status, reply = await self.send_http.request(b"POST", path, headers, body)
-                except (ConnectionError, OSError, asyncio.TimeoutError):
+                except (TimeoutError, ConnectionError, OSError):
                     self.worker.error("send:connection")
                     continue
                 if b'"ref":"s' in reply:
@@ -489,10 +490,13 @@ class NativePoll(Conn):
             self.send_http.close()
 
 
-class SioMixin:
+class SioMixin(Conn):
     """Socket.IO v5 over Engine.IO v4 packets, shared by both transports."""
 
-    def _packet(self, p: bytes) -> None:  # type: ignore[misc]
+    def _out(self, packet: bytes) -> None:
+        raise NotImplementedError
+
+    def _packet(self, p: bytes) -> None:
         c = p[:1]
         if c == b"4":
             kind = p[1:2]
@@ -527,11 +531,11 @@ class SioMixin:
         elif c == b"1":
             self.lost()
 
-    def send_text(self, text: bytes) -> None:  # type: ignore[misc]
+    def send_text(self, text: bytes) -> None:
         self._out(b'42%d["cmd",{"type":"send","ref":%d,"conversation":%d,"text":"%s","client_id":"c%d-%d"}]'
                   % (self.seq, self.seq, self.conv, text, self.uid, self.seq))
 
-    async def command(self, cmd: dict[str, Any]) -> dict[str, Any]:  # type: ignore[misc]
+    async def command(self, cmd: dict[str, Any]) -> dict[str, Any]:
         self._setup_n += 1
         ack = SETUP_ACK + self._setup_n
         future = self._setup[ack] = asyncio.get_running_loop().create_future()
@@ -539,7 +543,7 @@ class SioMixin:
         return await asyncio.wait_for(future, 30)
 
 
-class SioWS(SioMixin, Conn):
+class SioWS(SioMixin):
     transport = "ws"
 
     async def connect(self) -> None:
@@ -569,7 +573,7 @@ class SioWS(SioMixin, Conn):
             self.ws.close()
 
 
-class SioPoll(SioMixin, Conn):
+class SioPoll(SioMixin):
     """Engine.IO long-polling: a waiting GET, and POSTs carrying every queued packet at once
     (``\\x1e``-separated), as the Engine.IO client does."""
 
@@ -593,7 +597,7 @@ class SioPoll(SioMixin, Conn):
         while not self.closed:
             try:
                 status, body = await self.poll_http.request(b"GET", self.path)
-            except (ConnectionError, OSError, asyncio.TimeoutError) as exc:
+            except (TimeoutError, ConnectionError, OSError) as exc:
                 if not self.closed:
                     self.lost()
                     self.fail_ready(repr(exc))
@@ -620,7 +624,7 @@ class SioPoll(SioMixin, Conn):
                 self.outq.clear()
                 try:
                     status, _ = await self.send_http.request(b"POST", self.path, headers, b"\x1e".join(packets))
-                except (ConnectionError, OSError, asyncio.TimeoutError):
+                except (TimeoutError, ConnectionError, OSError):
                     self.worker.error("send:connection")
                     continue
                 if status != 200:
@@ -645,14 +649,6 @@ def make_conn(worker: Worker, target: dict[str, Any], spec: list[Any]) -> Conn:
 
 
 # -- process entry ------------------------------------------------------------------------
-
-def raise_nofile() -> None:
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    try:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (200_000, 200_000))
-    except (ValueError, OSError):
-        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-
 
 async def _serve(pipe: Any) -> None:
     worker = Worker()

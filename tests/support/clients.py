@@ -2,6 +2,8 @@
 
 Both keep every event they receive (in order) and the last cursor; ``command`` sends one command
 and returns its reply; ``wait_for`` awaits an event matching a predicate (no sleeps).
+:func:`connect` is the one way a test logs a user in and connects them; :class:`People` keeps
+a test's clients and closes them when it ends.
 """
 
 from __future__ import annotations
@@ -9,7 +11,8 @@ from __future__ import annotations
 import asyncio
 import json
 import secrets
-from typing import Any, Callable
+from typing import Any, Protocol
+from collections.abc import Callable
 from urllib.parse import quote, urlsplit
 
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
@@ -94,6 +97,9 @@ class BaseClient:
     async def raw(self, command: Any) -> dict[str, Any]:
         raise NotImplementedError
 
+    async def close(self) -> None:
+        raise NotImplementedError
+
     async def send_text(self, conversation: int, text: str, client_id: str | None = None) -> dict[str, Any]:
         return await self.command("send", conversation=conversation, text=text,
                                   client_id=client_id or secrets.token_hex(8))
@@ -102,7 +108,7 @@ class BaseClient:
 class WSClient(BaseClient):
     transport = "websocket"
 
-    async def connect(self, cursor: str | None = None, origin: str | None = None) -> "WSClient":
+    async def connect(self, cursor: str | None = None, origin: str | None = None) -> WSClient:
         url = self.base_url.replace("http", "ws", 1) + f"{self.prefix}/ws?token={quote(self.token)}"
         if cursor:
             url += f"&cursor={quote(cursor)}"
@@ -144,14 +150,14 @@ class WSClient(BaseClient):
         self.conn.close()
         try:
             await asyncio.wait_for(self._reader, 5)
-        except (asyncio.TimeoutError, Exception):
+        except (TimeoutError, Exception):
             pass
 
 
 class PollClient(BaseClient):
     transport = "longpoll"
 
-    async def connect(self, cursor: str | None = None) -> "PollClient":
+    async def connect(self, cursor: str | None = None) -> PollClient:
         self.tab = secrets.token_hex(6)
         self.cursor = cursor
         self.http = AsyncHTTPClient(force_instance=True)
@@ -199,12 +205,12 @@ class PollClient(BaseClient):
             response = await self.http.fetch(f"{self.base_url}{self.prefix}/api/send", method="POST", body=body,
                                              headers={"X-Gchat-Token": self.token,
                                                       "Content-Type": "application/json"})
-            return json.loads(response.body)
+            reply: dict[str, Any] = json.loads(response.body)
         except HTTPClientError as exc:
             assert exc.response is not None
             reply = json.loads(exc.response.body)
             reply["http_status"] = exc.code
-            return reply
+        return reply
 
     async def close(self) -> None:
         self._stop = True
@@ -217,3 +223,53 @@ class PollClient(BaseClient):
 
 
 CLIENTS = {"websocket": WSClient, "longpoll": PollClient}
+
+
+class MoodleLogin(Protocol):
+    def login(self, user_id: int) -> str:
+        """A valid Moodle session for the user; returns its sid."""
+
+
+async def connect(base_url: str, site: MoodleLogin, user: int, transport: str | type[BaseClient] = "websocket",
+                  *, prefix: str = "/gchat", **options: Any) -> Any:
+    """Log ``user`` in to Moodle, bootstrap, connect over ``transport`` (``websocket``,
+    ``longpoll`` or a client class) with ``options`` (``cursor``, ``origin``), and return the
+    client once its ``ready`` arrived."""
+    code, boot = await bootstrap(base_url, site.login(user), prefix)
+    assert code == 200, boot
+    kind: Any = CLIENTS[transport] if isinstance(transport, str) else transport
+    client = await kind(base_url, boot["token"], prefix).connect(**options)
+    await client.wait_type("ready")
+    return client
+
+
+class People:
+    """The people of one test on one server: ``await people.connect(ana, "longpoll")``, and
+    ``await people.chat(first, second)`` for the usual set-up of two course-mates, connected,
+    with a conversation open. Every client is closed when the test ends."""
+
+    def __init__(self, base_url: str, site: Any) -> None:
+        self.base_url = base_url
+        self.site = site
+        self.clients: list[BaseClient] = []
+
+    def track(self, client: BaseClient) -> BaseClient:
+        self.clients.append(client)
+        return client
+
+    async def connect(self, user: int, transport: str | type[BaseClient] = "websocket", **options: Any) -> Any:
+        return self.track(await connect(self.base_url, self.site, user, transport, **options))
+
+    async def chat(self, first: str = "websocket", second: str = "websocket",
+                   names: tuple[str, str] = ("Ana", "Ben")) -> tuple[int, int, Any, Any, int]:
+        """Two course-mates connected (over ``first`` and ``second``), the first having opened
+        a conversation with the second: (first's id, second's id, their clients, conversation)."""
+        one, two = self.site.classmates(*names)
+        a = await self.connect(one, first)
+        b = await self.connect(two, second)
+        conversation = (await a.command("open", user=two))["conversation"]["id"]
+        return one, two, a, b, conversation
+
+    async def close(self) -> None:
+        for client in self.clients:
+            await client.close()

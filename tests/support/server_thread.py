@@ -35,13 +35,13 @@ class ServerThread:
         server = make_server(make_app(self.services), self.settings)
         sock, self.port = tornado.testing.bind_unused_port()
         server.add_sockets([sock])
+        await self.services.start()
         self._ready.set()
         await self._stop.wait()
         server.stop()
-        await self.services.router.stop(drain_secs=1)
-        self.services.db.close()
+        await self.services.aclose(drain_secs=1)
 
-    def start(self) -> "ServerThread":
+    def start(self) -> ServerThread:
         self._thread.start()
         if not self._ready.wait(10):
             raise RuntimeError("the test server did not start")

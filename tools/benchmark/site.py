@@ -12,6 +12,9 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass
+from typing import Any
+
+import pymysql
 
 from tests.moodle_site import moodle22_statements
 from tests.services import mysql_connect, with_database
@@ -32,7 +35,7 @@ class BenchSite:
         self.mysql_url = mysql_url
         self.name = name
         self.url = with_database(mysql_url, name)
-        self.conn = None
+        self.conn: pymysql.connections.Connection[Any] | None = None
         self._next_user = FIRST_USER
         self._next_course = 2
 
@@ -81,7 +84,8 @@ class BenchSite:
                 members.append(BenchUser(uid, sid))
             groups.append(members)
         with self.conn.cursor() as cur:
-            self._bulk(cur, "user", "id, auth, confirmed, mnethostid, username, firstname, lastname, email, lang", users)
+            self._bulk(cur, "user", "id, auth, confirmed, mnethostid, username, firstname, lastname, email, lang",
+                       users)
             self._bulk(cur, "course", "id, category, fullname, shortname, visible", courses)
             self._bulk(cur, "enrol", "id, enrol, status, courseid", enrols)
             self._bulk(cur, "user_enrolments", "status, enrolid, userid, timestart, timeend", enrolments)

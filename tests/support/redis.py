@@ -1,7 +1,7 @@
 """Redis for tests: the one already listening (or a throwaway instance), one key prefix per test
 so that tests never see each other's keys, and a private instance for tests that stop Redis.
 
-Import the fixtures into a test module: ``from tests.redis_fixtures import redis_url, ...``.
+The fixtures are registered for every test module by tests/conftest.py (``pytest_plugins``).
 Nothing here ever flushes a Redis: a test's keys are deleted by prefix when it ends.
 """
 

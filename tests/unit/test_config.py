@@ -7,9 +7,10 @@ import re
 
 import pytest
 
-from gchat.config import OPTION_NAMES, OPTIONS, ConfigError, Settings, load_settings, parse_db_url
+from gchat.config import (MAX_MESSAGE_LENGTH, OPTION_NAMES, OPTIONS, ConfigError, Settings, load_settings,
+                          parse_db_url, render_example, render_help)
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 EXAMPLE = os.path.join(ROOT, "conf", "gchat.conf.example")
 SETTING_LINE = re.compile(r"^#\s?([a-z][a-z0-9_]*) = ?(.*)$")
 
@@ -308,3 +309,52 @@ def test_example_uncommented_is_valid_and_changes_nothing(elsewhere):
         text = "\n".join(line[2:] if SETTING_LINE.match(line) else line for line in handle.read().splitlines())
     path = write(elsewhere / "gchat.conf", text)
     assert load(f"--config={path}") == load()
+
+
+def test_example_is_generated_from_the_declarations():
+    with open(EXAMPLE, encoding="utf-8") as handle:
+        assert handle.read() == render_example(), \
+            "conf/gchat.conf.example is out of date: python -m gchat.config > conf/gchat.conf.example"
+
+
+# -- one declaration per setting ---------------------------------------------------------------------
+
+
+def test_every_setting_is_a_flag_a_variable_and_a_file_line(elsewhere):
+    """Each declared setting is reachable from the three sources under its one name."""
+    for opt in OPTIONS:
+        if opt.switch:
+            continue  # covered by test_demo_flag_alone_and_with_a_value and test_flags
+        path = write(elsewhere / "gchat.conf", f"{opt.name} = {opt.default}\n")
+        from_file = load(f"--config={path}")
+        assert getattr(from_file, opt.name) == getattr(load(f"--{opt.name}={opt.default}"), opt.name), opt.name
+        assert getattr(from_file, opt.name) == getattr(load(env={f"GCHAT_{opt.name.upper()}": opt.default}),
+                                                       opt.name), opt.name
+
+
+DURATION_WORDS = ("ttl", "timeout", "interval", "grace", "idle")
+
+
+def test_durations_carry_their_unit():
+    """A duration says its unit: in its name, or declared (shown by --help and in the example)."""
+    for opt in OPTIONS:
+        if any(word in opt.name for word in DURATION_WORDS):
+            assert opt.unit == "seconds" or opt.name.endswith(("_secs", "_ms")), opt.name
+            assert "seconds" in (opt.doc or opt.help).lower(), opt.name
+        if opt.unit:
+            assert opt.unit in render_help([opt]), opt.name
+
+
+def test_help_lists_every_setting_once():
+    text = render_help()
+    for opt in OPTIONS:
+        assert text.count(f"--{opt.name} ") == 1, opt.name
+
+
+def test_message_length_bound_comes_from_one_constant():
+    assert Settings().max_message_length == MAX_MESSAGE_LENGTH
+    with pytest.raises(ConfigError) as exc:
+        load(f"--max_message_length={MAX_MESSAGE_LENGTH + 1}")
+    assert_names(exc, "max_message_length", str(MAX_MESSAGE_LENGTH))
+    source = open(os.path.join(ROOT, "gchat", "config.py"), encoding="utf-8").read()
+    assert source.count(str(MAX_MESSAGE_LENGTH)) == 1

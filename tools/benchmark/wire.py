@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import os
-from typing import Callable
+from collections.abc import Callable
 
 ZERO_MASK = b"\x00\x00\x00\x00"
 SOURCES = 64  # loopback source addresses to spread client connections over
@@ -269,6 +269,7 @@ class HTTPClient:
             loop = asyncio.get_running_loop()
             _, self.proto = await asyncio.wait_for(
                 loop.create_connection(HTTPProtocol, self.host, self.port, local_addr=source_for(self.host)), 30)
+        assert self.proto is not None
         return self.proto
 
     async def request(self, method: bytes, path: bytes, headers: bytes = b"", body: bytes | None = None,

@@ -1,0 +1,94 @@
+"""The feed: events into users' logs, and what a client gets when it (re)connects.
+
+Every event a user must see is published to that user's event log (gchat/broker.py); a client
+reads its log after its cursor. A client without a cursor, or with one the log cannot resume,
+gets a ``ready`` snapshot built from the database (marked ``reset: true`` in the second case),
+never a partial replay.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from gchat.auth import Identity
+from gchat.broker import Broker
+from gchat.config import Settings
+from gchat.errors import AuthError
+from gchat.moodle import User
+from gchat.ports import ChatStorage, MoodleLookups
+from gchat.store import MemberState, Message, Pair
+from gchat.wire import CursorGone, encode_event, with_cursor
+
+
+def conversation_view(uid: int, pair: Pair, state: MemberState, messages: list[Message] | None,
+                      profiles: dict[int, User]) -> dict[str, Any]:
+    """A conversation as ``uid`` sees it (docs/protocol.md: the conversation object)."""
+    peer_id = pair.peer_of(uid)
+    peer = profiles.get(peer_id)
+    result: dict[str, Any] = {
+        "id": pair.id,
+        "with": peer.as_dict() if peer else {"id": peer_id, "name": f"#{peer_id}", "picture": ""},
+        "open": state.open, "minimized": state.minimized, "unread": state.unread,
+    }
+    if messages is not None:
+        result["messages"] = [m.as_dict() for m in messages]
+    return result
+
+
+class Feed:
+    """Publishes events (counting them) and answers catch-ups."""
+
+    def __init__(self, settings: Settings, *, broker: Broker, moodle: MoodleLookups, store: ChatStorage) -> None:
+        self._settings = settings
+        self._broker = broker
+        self._moodle = moodle
+        self._store = store
+        self.events_published = 0
+
+    async def publish(self, user_ids: Iterable[int], event: dict[str, Any]) -> None:
+        self.events_published += 1
+        await self._broker.publish(user_ids, encode_event(event))
+
+    async def conversation_event(self, uid: int, pair: Pair, state: MemberState,
+                                 messages: list[Message] | None) -> dict[str, Any]:
+        profiles = await self._moodle.users([pair.peer_of(uid)])
+        return {"type": "conversation", "conversation": conversation_view(uid, pair, state, messages, profiles)}
+
+    async def catch_up(self, identity: Identity, cursor: str | None) -> tuple[list[str], str]:
+        """Everything after ``cursor`` as wire JSON, and the cursor to continue from.
+
+        No cursor: a ``ready`` snapshot. A cursor that cannot be resumed: ``ready`` with
+        ``reset: true`` and a fresh snapshot, never a partial replay.
+        """
+        if cursor:
+            try:
+                return await self._broker.read(identity.user_id, cursor)
+            except CursorGone:
+                return await self._ready(identity, reset=True)
+        return await self._ready(identity, reset=False)
+
+    async def _ready(self, identity: Identity, *, reset: bool) -> tuple[list[str], str]:
+        uid = identity.user_id
+        # The head is taken before the snapshot is read, so nothing published meanwhile is
+        # missed; it may be delivered twice (in the snapshot and as an event), which clients
+        # absorb by message id.
+        head = await self._broker.head(uid)
+        me = await self._moodle.user(uid)
+        if me is None:
+            raise AuthError("session_ended", "the Moodle user is gone")
+        mates = await self._moodle.coursemates(uid)
+        online_ids = await self._broker.online(mates)
+        views = await self._store.open_views(uid, self._settings.history_size)
+        profiles = await self._moodle.users(online_ids | {pair.peer_of(uid) for pair, _, _ in views})
+        online = sorted((profiles[i].as_dict() for i in online_ids if i in profiles),
+                        key=lambda u: (str(u["name"]).lower(), u["id"]))
+        conversations = [conversation_view(uid, pair, state, messages, profiles)
+                         for pair, state, messages in views]
+        body = encode_event({"type": "ready", "me": me.as_dict(), "online": online,
+                             "conversations": conversations, "reset": reset})
+        try:
+            later, cursor = await self._broker.read(uid, head)
+        except CursorGone:  # the log was dropped meanwhile (user went offline): the snapshot stands
+            later, cursor = [], head
+        return [with_cursor(head, body), *later], cursor

@@ -1,1 +1,0 @@
-"""Helpers of tools/bench.py: raw WebSocket/HTTP clients, the load generator, the site builder."""
