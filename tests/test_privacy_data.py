@@ -155,11 +155,11 @@ async def test_purge_runs_in_the_background_with_the_server_and_stops_with_it(si
     services = build_services(settings.replace(history_retention_days=7))
     assert services.purger is not None and services.purger.enabled
     services.purger.first_delay = 0
-    services.start_purge()
+    await services.start()  # the purge starts with the server's other parts
     report = await services.purger.wait_run()
     assert report is not None and report.messages == 1
     assert chats.texts() == {"fresh"}
-    await services.close()  # stops the purge, then the router, broker and database
+    await services.aclose()  # stops the purge, then the router, broker and database
     assert services.purger._task is None
 
 
