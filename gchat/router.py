@@ -22,10 +22,11 @@ from typing import Any, Awaitable, Callable, Coroutine
 from gchat.auth import Identity, TokenSigner
 from gchat.broker import Broker, CursorGone, encode_event, with_cursor
 from gchat.config import Settings
+from gchat.directory import Directory
 from gchat.errors import AuthError, GchatError, Unavailable, bad_command, not_allowed
 from gchat.limits import TokenBucket, WindowCounter
 from gchat.moodle import Moodle, User, sid_hash
-from gchat.store import MAX_HISTORY_LIMIT, ChatStore, MemberState, Message, Pair
+from gchat.store import MAX_HISTORY_LIMIT, ChatStore, MemberState, Message, Pair, Read
 from gchat.text import normalise_text
 
 log = logging.getLogger("gchat.router")
@@ -96,6 +97,10 @@ class Router:
             "open": self._open, "send": self._send, "seen": self._seen, "close": self._close,
             "minimize": self._minimize, "history": self._history, "typing": self._typing, "ping": self._ping,
         }
+        # Recent conversations and search (gchat/directory.py).
+        self.directory = Directory(moodle=moodle, store=store, broker=broker)
+        self._commands["conversations"] = self.directory.conversations
+        self._commands["search"] = self.directory.search
 
     # -- life cycle -------------------------------------------------------------------------
 
@@ -302,13 +307,14 @@ class Router:
         mates = await self.moodle.coursemates(uid)
         online_ids = await self.broker.online(mates)
         views = await self.store.open_views(uid, self.settings.history_size)
+        reads = await self.store.peer_reads(uid, [pair.id for pair, _, _ in views])
         profiles = await self.moodle.users(online_ids | {pair.peer_of(uid) for pair, _, _ in views})
         online = sorted((profiles[i].as_dict() for i in online_ids if i in profiles),
                         key=lambda u: (str(u["name"]).lower(), u["id"]))
-        conversations = [self._conversation_dict(uid, pair, state, messages, profiles)
+        conversations = [self._conversation_dict(uid, pair, state, messages, profiles, reads.get(pair.id))
                          for pair, state, messages in views]
         body = encode_event({"type": "ready", "me": me.as_dict(), "online": online,
-                             "conversations": conversations, "reset": reset})
+                             "conversations": conversations, "reset": reset, "coursemates": len(mates)})
         try:
             later, cursor = await self.broker.read(uid, head)
         except CursorGone:  # the log was dropped meanwhile (user went offline): the snapshot stands
@@ -317,7 +323,7 @@ class Router:
 
     @staticmethod
     def _conversation_dict(uid: int, pair: Pair, state: MemberState, messages: list[Message] | None,
-                           profiles: dict[int, User]) -> dict[str, Any]:
+                           profiles: dict[int, User], peer_read: Read | None = None) -> dict[str, Any]:
         peer_id = pair.peer_of(uid)
         peer = profiles.get(peer_id)
         result: dict[str, Any] = {
@@ -326,13 +332,17 @@ class Router:
             "open": state.open, "minimized": state.minimized, "unread": state.unread,
         }
         if messages is not None:
+            # With the messages comes how far the peer has read them (read receipts).
             result["messages"] = [m.as_dict() for m in messages]
+            result["peer_read"] = peer_read.as_dict() if peer_read else None
         return result
 
     async def _conversation_event(self, uid: int, pair: Pair, state: MemberState,
                                   messages: list[Message] | None) -> dict[str, Any]:
         profiles = await self.moodle.users([pair.peer_of(uid)])
-        return {"type": "conversation", "conversation": self._conversation_dict(uid, pair, state, messages, profiles)}
+        reads = await self.store.peer_reads(uid, [pair.id]) if messages is not None else {}
+        return {"type": "conversation",
+                "conversation": self._conversation_dict(uid, pair, state, messages, profiles, reads.get(pair.id))}
 
     # -- commands ---------------------------------------------------------------------------
 
@@ -451,9 +461,12 @@ class Router:
         pair = await self._member_pair(identity, cmd)
         message = _int_field(cmd, "message")
         assert message is not None
-        state, changed = await self.store.mark_seen(pair.id, identity.user_id, message)
+        state, changed, read = await self.store.record_read(pair.id, identity.user_id, message)
         if changed:
             await self._publish([identity.user_id], await self._conversation_event(identity.user_id, pair, state, None))
+        if read is not None:  # read receipt for the other member
+            await self._publish([pair.peer_of(identity.user_id)], {
+                "type": "read", "conversation": pair.id, "user": identity.user_id, **read.as_dict()})
         return {}
 
     async def _close(self, identity: Identity, cmd: dict[str, Any]) -> dict[str, Any]:
