@@ -193,10 +193,10 @@ OPTIONS: Sequence[Option] = (
     Option("max_output_bytes", _positive(int), str(1024 * 1024), "pending output after which a slow client is cut off"),
     Option("idle_connection_timeout", _positive(float), "15",
            "seconds an HTTP connection may sit without a request before it is closed"),
-    Option("color_header", _css_color, "#2F922C", "chat window header colour (as in block_gchat)"),
-    Option("color_header_unread", _css_color, "#5ECC76", "header colour of a window with unread messages"),
-    Option("color_header_text", _css_color, "#B0DDBA", "header text colour"),
-    Option("color_border", _css_color, "#888", "window border colour"),
+    Option("color_header", _css_color, "#267A24", "chat window header colour (block_gchat's green, darker for contrast)"),
+    Option("color_header_unread", _css_color, "#8A4B00", "header colour of a window with unread messages"),
+    Option("color_header_text", _css_color, "#FFFFFF", "header text colour"),
+    Option("color_border", _css_color, "#767676", "window border colour"),
     Option("chat_container", _selector, "body", "element the chat attaches to: body, or #page for themes that scroll inside it"),
     Option("demo", _parse_bool, "", "serve the /demo pages (log in as anyone!); default on without db_url"),
     Option("xheaders", _parse_bool, "false", "trust X-Real-Ip/X-Forwarded-For from a reverse proxy"),
@@ -241,10 +241,10 @@ class Settings:
     max_connections_per_address: int = 500
     max_output_bytes: int = 1024 * 1024
     idle_connection_timeout: float = 15.0
-    color_header: str = "#2F922C"
-    color_header_unread: str = "#5ECC76"
-    color_header_text: str = "#B0DDBA"
-    color_border: str = "#888"
+    color_header: str = "#267A24"
+    color_header_unread: str = "#8A4B00"
+    color_header_text: str = "#FFFFFF"
+    color_border: str = "#767676"
     chat_container: str = "body"
     demo: bool = False
     xheaders: bool = False
