@@ -2082,7 +2082,7 @@
         ui.onlineView = el('div', {className: 'gchat-view'}, [ui.list, ui.empty, ui.more]);
 
         ui.recentList = el('ul', {className: 'gchat-buddy-list', 'aria-label': t('tab_recent')});
-        ui.recentEmpty = el('p', {className: 'gchat-empty gchat-hidden', text: t('no_recent')});
+        ui.recentEmpty = el('p', {className: 'gchat-none gchat-hidden', text: t('no_recent')});
         ui.recentMoreButton = button('gchat-link gchat-hidden', t('more_results'));
         on(ui.recentMoreButton, 'click', function () {
             loadRecent(true);
@@ -2091,7 +2091,7 @@
             [ui.recentList, ui.recentEmpty, ui.recentMoreButton]);
 
         ui.searchList = el('ul', {className: 'gchat-buddy-list', 'aria-label': t('search_label')});
-        ui.searchEmpty = el('p', {className: 'gchat-empty gchat-hidden', role: 'status'});
+        ui.searchEmpty = el('p', {className: 'gchat-none gchat-hidden', role: 'status'});
         ui.searchMoreButton = button('gchat-link gchat-hidden', t('more_results'));
         on(ui.searchMoreButton, 'click', function () {
             runSearch(true);
@@ -2308,11 +2308,11 @@
 
     /* A person in a list: avatar, name, presence (also in the accessible name), an optional
        second line and an unread badge. */
-    function personButton(user, presence, detail, unread) {
+    function personButton(user, presence, detail, unread, kind) {
         var parts = [avatar(user, 32, presence)];
         var label = t('name_' + presence, {name: user.name});
         var text = el('span', {className: 'gchat-person-text'},
-            [el('span', {className: 'gchat-buddy-name', text: user.name})]);
+            [el('span', {className: kind ? 'gchat-person-name' : 'gchat-buddy-name', text: user.name})]);
         if (detail) {
             text.appendChild(el('span', {className: 'gchat-detail', text: detail}));
             label += '. ' + detail;
@@ -2322,7 +2322,8 @@
             parts.push(el('span', {className: 'gchat-badge', 'aria-hidden': 'true', text: String(unread)}));
             label += '. ' + t('unread', {count: unread});
         }
-        var node = el('button', {type: 'button', className: 'gchat-buddy gchat-' + presence,
+        var node = el('button', {type: 'button', className: (kind ? 'gchat-person gchat-' + kind :
+            'gchat-buddy') + ' gchat-' + presence,
             'data-user-id': user.id, 'aria-label': label, title: t('open_chat_with', {name: user.name})}, parts);
         on(node, 'click', function () {
             openWith(user);
@@ -2392,7 +2393,7 @@
                 }
             }
             var node = personButton({id: user.id, name: user.name, picture: user.picture},
-                unknown ? 'unknown' : presenceOf(user.id), detail, unread);
+                unknown ? 'unknown' : presenceOf(user.id), detail, unread, 'recent-item');
             return node;
         });
         show(ui.recentEmpty, conversations.recent !== null && !rows.length);
@@ -2406,7 +2407,7 @@
         forEach(users, function (user) {
             var presence = connection.state !== 'connected' ? 'unknown' : (user.online ? 'online' : 'offline');
             ui.searchList.appendChild(el('li', null, [personButton(user, presence,
-                presence === 'offline' ? t('offline_hint') : '')]));
+                presence === 'offline' ? t('offline_hint') : '', 0, 'search-item')]));
         });
         var none = !append && !users.length;
         setText(ui.searchEmpty, none ? t('search_none', {query: ui.query}) : '');
@@ -2573,7 +2574,7 @@
             var label = t('name_' + presence, {name: conv.peer.name}) + (unread ? '. ' + t('unread', {count: unread}) : '');
             var item = el('button', {type: 'button', className: 'gchat-overflow-item', 'aria-label': label,
                 'data-conversation': conv.id}, [avatar(conv.peer, 24, presence),
-                el('span', {className: 'gchat-buddy-name', text: conv.peer.name}),
+                el('span', {className: 'gchat-person-name', text: conv.peer.name}),
                 unread ? el('span', {className: 'gchat-badge', 'aria-hidden': 'true', text: String(unread)}) : null]);
             on(item, 'click', function () {
                 setOverflowOpen(false);
