@@ -392,6 +392,8 @@
         searchTimer: null,
         searchSeq: 0,
         searchOffset: 0,
+        searchResults: [],      // the users the search found, as shown
+        searchMore: false,
         resizeTimer: null,
         flashTimer: null,
         flashOn: false,
@@ -2039,7 +2041,7 @@
 
     function buildPanelBody() {
         ui.panelError = el('p', {className: 'gchat-panel-error gchat-hidden', role: 'alert'});
-        ui.readOnly = el('p', {className: 'gchat-note gchat-hidden', text: t('read_only')});
+        ui.readOnly = el('p', {className: 'gchat-note gchat-read-only gchat-hidden', text: t('read_only')});
         ui.search = el('input', {type: 'search', className: 'gchat-search', id: 'gchat-search',
             autocomplete: 'off', placeholder: t('search_placeholder'), 'aria-label': t('search_label'),
             'aria-keyshortcuts': SHORTCUT});
@@ -2258,6 +2260,9 @@
         show(ui.tabs, usable);
         // Presence is unknown while disconnected: every name says so.
         renderBuddies();
+        if (ui.query && ui.searchResults.length) {
+            renderSearch(ui.searchResults, ui.searchMore, false);
+        }
         renderAllHeaders();
         if (state === 'connected' && ui.view === 'recent' && conversations.recent === null) {
             loadRecent(false);
@@ -2401,6 +2406,8 @@
     }
 
     function renderSearch(users, more, append) {
+        ui.searchResults = (append ? ui.searchResults : []).concat(users);
+        ui.searchMore = more;
         if (!append) {
             empty(ui.searchList);
         }
@@ -2633,14 +2640,14 @@
         dom.seen = el('p', {className: 'gchat-seen'});
         dom.pill = button('gchat-pill gchat-hidden', t('new_messages') + ' \u2193');
         dom.typing = el('div', {className: 'gchat-typing', 'aria-hidden': 'true'});
-        dom.note = el('p', {className: 'gchat-note gchat-hidden'});
+        dom.note = el('p', {className: 'gchat-note gchat-offline-note gchat-hidden'});
         dom.error = el('div', {className: 'gchat-win-error', role: 'alert'});
         dom.counter = el('span', {className: 'gchat-counter gchat-hidden', id: baseId + '-counter'});
         dom.input = el('textarea', {className: 'gchat-input', rows: '1', placeholder: t('placeholder'),
             'aria-label': t('message_label', {name: peerName}), 'aria-describedby': baseId + '-counter'});
         dom.send = el('button', {type: 'submit', className: 'gchat-send', text: t('send')});
         dom.form = el('form', {className: 'gchat-form'}, [dom.input, dom.send]);
-        dom.readOnly = el('p', {className: 'gchat-note gchat-hidden', text: t('read_only')});
+        dom.readOnly = el('p', {className: 'gchat-note gchat-read-only gchat-hidden', text: t('read_only')});
         dom.body = el('div', {className: 'gchat-win-body', id: baseId + '-body'},
             [dom.log, dom.pill, dom.typing, dom.note, dom.error, dom.counter, dom.form, dom.readOnly]);
         dom.root = el('section', {className: 'gchat-win', role: 'dialog', 'aria-modal': 'false',
