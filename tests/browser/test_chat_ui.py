@@ -256,6 +256,7 @@ def test_read_only_when_the_role_may_not_send(users, server):
     dan = users(DAN)
     a = ana.page
     expect(a.locator(".gchat-panel .gchat-read-only")).to_have_text(PT["read_only"])
+    expect(a.locator(".gchat-panel .gchat-read-only")).to_be_visible()
     buddy(dan.page, ANA).click()
     send(dan.page, ANA, "can you read this?")
     win = window_with(a, DAN)

@@ -297,13 +297,37 @@ def test_html_in_a_message_is_shown_as_text(users):
     assert ana.dialogs == [] and dan.dialogs == []
 
 
-def test_phone_layout_windows_full_width(users):
-    ana = users(ANA, viewport={"width": 390, "height": 740})
+def test_phone_full_screen_conversation_with_a_back_button(users):
+    ana = users(ANA, viewport={"width": 390, "height": 844})
     users(DAN)
     a = ana.page
+    panel = a.locator(".gchat-panel")
+    assert panel.bounding_box()["width"] == 390
+    assert buddy(a, DAN).bounding_box()["height"] >= 44
     buddy(a, DAN).click()
-    box = window_with(a, DAN).bounding_box()
-    assert box is not None and box["width"] >= 385
+    win = window_with(a, DAN)
+    box = win.bounding_box()
+    assert box is not None and (box["x"], box["y"], box["width"], box["height"]) == (0, 0, 390, 844)
+    expect(panel).to_be_hidden()  # the list waits behind the back button
+    box_input = win.locator("textarea")
+    expect(box_input).to_be_focused()
+    assert box_input.evaluate("node => getComputedStyle(node).fontSize") == "16px"  # iOS does not zoom in
+    for target in (".gchat-win-back", ".gchat-win-min", ".gchat-win-close", ".gchat-send", "textarea"):
+        size = win.locator(target).bounding_box()
+        assert size["width"] >= 44 and size["height"] >= 44, (target, size)
+    send(a, DAN, "from the phone")
+    expect(messages(a, DAN).last).to_have_attribute("data-state", "sent")
+    win.locator(".gchat-win-back").click()
+    expect(win).to_be_hidden()
+    expect(panel).to_be_visible()
+    expect(a.locator(".gchat-panel-header")).to_be_focused()
+    # The conversation waits in the "+1" menu (and the recent list); one tap brings it back.
+    more = a.locator(".gchat-overflow-button")
+    assert more.bounding_box()["height"] >= 44
+    more.click()
+    a.locator(".gchat-overflow-item").click()
+    expect(win).to_be_visible()
+    expect(messages(a, DAN).locator(".gchat-text")).to_have_text(["from the phone"])
 
 
 @pytest.mark.server_args("--token_ttl=4", "--longpoll_timeout=1-2")
@@ -323,6 +347,9 @@ def test_tokens_are_renewed_before_they_expire(users):
     assert a.evaluate("window.gchat.state") == "connected"
 
 
+# No periodic session re-check in this test: the other tab learns it from the tab that logged
+# out (its login page's bootstrap answers 401 and it tells its siblings at once).
+@pytest.mark.server_args("--session_check_interval=3600")
 def test_logging_out_in_one_tab_is_said_in_the_others(users):
     ana = users(ANA)
     dan = users(DAN)
