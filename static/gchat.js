@@ -2047,6 +2047,7 @@
             'aria-keyshortcuts': SHORTCUT});
         on(ui.search, 'input', function () {
             window.clearTimeout(ui.searchTimer);
+            // Emptied: back to the list at once; typed: search after a short pause.
             ui.searchTimer = window.setTimeout(function () {
                 ui.query = ui.search.value.replace(/^\s+|\s+$/g, '');
                 ui.searchOffset = 0;
@@ -2055,7 +2056,7 @@
                 }
                 runSearch(false);
                 renderPanelLists();
-            }, SEARCH_DELAY_MS);
+            }, /\S/.test(ui.search.value) ? SEARCH_DELAY_MS : 0);
         });
         on(ui.search, 'keydown', function (event) {
             if (keyOf(event) === 'Escape' && ui.search.value) {
