@@ -5,9 +5,10 @@
 Starts its own gchat server (demo mode, temporary data folder, free port), logs demo users in
 with Debian's Chromium (/usr/bin/chromium; nothing is downloaded), has them chat, and saves:
 
-    screenshot.png            the list and two conversations (Ana, 1280 px)
+    screenshot.png            the list and two conversations (Ana, 1280 px), "Seen" under
+                              Ana's last message, the peer typing
     screenshot-overflow.png   four conversations at 1280 px: three docked, one in the "+1" menu
-                              (open, with its unread count), "Seen" under Ana's last message
+                              (open, with its unread count)
     screenshot-search.png     a course-mate found by search while offline, and the window that
                               says they will read it later
     screenshot-phone.png      a phone (390 x 844): the conversation full screen, back button
