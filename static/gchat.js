@@ -2256,11 +2256,9 @@
         if (ui.blockRoot) {
             toggleClass(ui.blockRoot, 'gchat-offline', lost);
         }
-        var usable = state !== 'ended' && state !== 'disabled';
-        show(ui.search, usable);
-        show(ui.tabs, usable);
-        // Presence is unknown while disconnected: every name says so.
-        renderBuddies();
+        show(ui.search, state !== 'ended' && state !== 'disabled');
+        // Presence is unknown while disconnected: every name in every list says so.
+        renderPanelLists();
         if (ui.query && ui.searchResults.length) {
             renderSearch(ui.searchResults, ui.searchMore, false);
         }
@@ -2288,6 +2286,7 @@
         }
         var usable = connection.state !== 'ended' && connection.state !== 'disabled';
         var searching = !!ui.query && usable;
+        show(ui.tabs, usable && !searching); // search results replace both lists while there is a query
         show(ui.onlineView, usable && !searching && ui.view === 'online');
         show(ui.recentView, usable && !searching && ui.view === 'recent');
         show(ui.searchView, searching);
