@@ -14,6 +14,9 @@ from gchat.directory import SEARCH_BURST, fold
 from gchat.store import ChatStore
 from tests.clients import CLIENTS, bootstrap
 
+# Both engines where the test fixtures are parametrised by engine (tests/conftest.py reads this).
+ENGINES = ("mariadb", "postgresql")
+
 
 async def connect(base_url, site, user, transport="websocket", cursor=None, sid=None):
     code, boot = await bootstrap(base_url, sid or site.login(user))
