@@ -51,6 +51,7 @@ setup(
             "hypothesis>=6",
             "playwright>=1.40",     # drives Debian's Chromium; never downloads a browser
             "pyjsparser>=2.7",      # ES5 syntax check of static/
+            "axe-playwright-python>=0.1.8",  # ships axe-core: WCAG checks of the widget, no CDN
             "redis>=5.0",
             "zstandard>=0.22",      # Redis session store tests with compressor=zstd
             "prometheus-client>=0.19",

@@ -43,6 +43,7 @@ class _Report:
 def run_check(settings: Settings, db: Database, out: Callable[[str], object] = print) -> bool:
     """Print one line per check to ``out``; False when any check FAILs."""
     report = _Report(out)
+    check_colors(settings, report)
     try:
         _run(settings, db, report)
     except Unavailable as exc:
@@ -390,3 +391,68 @@ def _major_minor(release: str) -> tuple[int, int] | None:
 
 def _one_line(exc: BaseException) -> str:
     return " ".join(str(exc).split())
+
+
+# -- colours: WCAG 2.1 contrast (https://www.w3.org/TR/WCAG21/#dfn-contrast-ratio) ------------------
+
+# The CSS colour names an admin is likely to type; others cannot be checked (a WARN says so).
+_NAMED_COLORS = {
+    "black": "#000000", "white": "#ffffff", "gray": "#808080", "grey": "#808080", "silver": "#c0c0c0",
+    "red": "#ff0000", "maroon": "#800000", "green": "#008000", "darkgreen": "#006400", "lime": "#00ff00",
+    "olive": "#808000", "navy": "#000080", "blue": "#0000ff", "teal": "#008080", "purple": "#800080",
+    "orange": "#ffa500", "yellow": "#ffff00", "brown": "#a52a2a", "darkred": "#8b0000", "darkblue": "#00008b",
+    "forestgreen": "#228b22", "seagreen": "#2e8b57", "darkslategray": "#2f4f4f", "darkslategrey": "#2f4f4f",
+}
+TEXT_CONTRAST = 4.5   # WCAG 2.1 AA, 1.4.3: normal text
+BORDER_CONTRAST = 3.0  # WCAG 2.1 AA, 1.4.11: the window's edge against the white page
+
+
+def _rgb(color: str) -> tuple[float, float, float] | None:
+    value = _NAMED_COLORS.get(color.strip().lower(), color.strip())
+    match = re.fullmatch(r"#([0-9A-Fa-f]{3}|[0-9A-Fa-f]{6})", value)
+    if not match:
+        return None
+    digits = match.group(1)
+    if len(digits) == 3:
+        digits = "".join(ch * 2 for ch in digits)
+    red, green, blue = (int(digits[i:i + 2], 16) / 255 for i in (0, 2, 4))
+    return red, green, blue
+
+
+def _luminance(rgb: tuple[float, float, float]) -> float:
+    def channel(c: float) -> float:
+        return c / 12.92 if c <= 0.03928 else ((c + 0.055) / 1.055) ** 2.4
+
+    red, green, blue = (channel(c) for c in rgb)
+    return 0.2126 * red + 0.7152 * green + 0.0722 * blue
+
+
+def contrast_ratio(first: str, second: str) -> float | None:
+    """WCAG contrast of two colours (1 to 21), or None when one cannot be read."""
+    a, b = _rgb(first), _rgb(second)
+    if a is None or b is None:
+        return None
+    light, dark = sorted((_luminance(a), _luminance(b)), reverse=True)
+    return (light + 0.05) / (dark + 0.05)
+
+
+def check_colors(settings: Settings, report: _Report) -> None:
+    """Warn when the configured window colours fail WCAG 2.1 AA: header text on both headers
+    (4.5:1) and the border against the page (3:1). Silent when they pass (the other checks'
+    output stays as it was)."""
+    pairs = (("color_header_text on color_header", settings.color_header_text, settings.color_header, TEXT_CONTRAST),
+             ("color_header_text on color_header_unread", settings.color_header_text, settings.color_header_unread,
+              TEXT_CONTRAST),
+             ("color_border on the white page", settings.color_border, "#ffffff", BORDER_CONTRAST))
+    problems = []
+    for what, first, second, needed in pairs:
+        ratio = contrast_ratio(first, second)
+        if ratio is None:
+            unreadable = first if _rgb(first) is None else second
+            problems.append(f"{what}: cannot check '{unreadable}' (use #RRGGBB)")
+        elif ratio < needed:
+            problems.append(f"{what} is {ratio:.1f}:1, WCAG 2.1 AA needs {needed:g}:1")
+    if problems:
+        report.warn("colours", "; ".join(problems) + " — some people cannot read the chat's headers; the "
+                               "defaults pass (color_header = #267A24, color_header_unread = #8A4B00, "
+                               "color_header_text = #FFFFFF, color_border = #767676)")

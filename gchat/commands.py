@@ -22,6 +22,7 @@ from typing import Any
 from gchat.auth import Identity
 from gchat.config import Settings
 from gchat.errors import GchatError, bad_command, not_allowed, refused
+from gchat.directory import Directory
 from gchat.feed import Feed
 from gchat.limits import RateLimits
 from gchat.ports import ChatStorage, MoodleLookups, Observer
@@ -132,8 +133,9 @@ class ChatCommands:
     """The handlers: ``cmd_<type>(identity, command) -> reply fields``."""
 
     def __init__(self, settings: Settings, *, moodle: MoodleLookups, store: ChatStorage, feed: Feed,
-                 limits: RateLimits, observer: Observer | None = None) -> None:
+                 limits: RateLimits, directory: Directory, observer: Observer | None = None) -> None:
         self._settings = settings
+        self._directory = directory
         self._moodle = moodle
         self._store = store
         self._feed = feed
@@ -216,9 +218,12 @@ class ChatCommands:
     async def cmd_seen(self, identity: Identity, cmd: dict[str, Any]) -> dict[str, Any]:
         pair = await self._member_pair(identity, cmd)
         message = int_field(cmd, "message")
-        state, changed = await self._store.mark_seen(pair.id, identity.user_id, message)
+        state, changed, read = await self._store.record_read(pair.id, identity.user_id, message)
         if changed:
             await self._publish_state(identity.user_id, pair, state)
+        if read is not None:  # a read receipt for the other member
+            await self._feed.publish([pair.peer_of(identity.user_id)], {
+                "type": "read", "conversation": pair.id, "user": identity.user_id, **read.as_dict()})
         return {}
 
     async def cmd_close(self, identity: Identity, cmd: dict[str, Any]) -> dict[str, Any]:
@@ -254,3 +259,11 @@ class ChatCommands:
 
     async def cmd_ping(self, identity: Identity, cmd: dict[str, Any]) -> dict[str, Any]:
         return {}
+
+    async def cmd_conversations(self, identity: Identity, cmd: dict[str, Any]) -> dict[str, Any]:
+        """Recent conversations, newest first (gchat/directory.py)."""
+        return await self._directory.conversations(identity, cmd)
+
+    async def cmd_search(self, identity: Identity, cmd: dict[str, Any]) -> dict[str, Any]:
+        """Course-mates by name, online or not (gchat/directory.py)."""
+        return await self._directory.search(identity, cmd)

@@ -381,13 +381,16 @@ class Settings:
 
     # -- look
     color_header: str = setting(
-        "#2F922C", _css_color, "chat window header colour (as in block_gchat)", section=LOOK,
+        "#267A24", _css_color, "chat window header colour (block_gchat's green, darker for contrast)",
+        section=LOOK,
         doc="Colours of the chat windows, as the old block_gchat let admins choose them (#RGB, #RRGGBB or "
-            "a colour name). The header of a chat window:")
-    color_header_unread: str = setting("#5ECC76", _css_color, "header colour of a window with unread messages",
+            "a colour name). The defaults keep block_gchat's green, darker, so that every state passes "
+            "WCAG 2.1 AA (4.5:1); gchat check warns when configured colours do not. The header of a chat "
+            "window:")
+    color_header_unread: str = setting("#8A4B00", _css_color, "header colour of a window with unread messages",
                                        doc="The header of a window with unread messages:")
-    color_header_text: str = setting("#B0DDBA", _css_color, "header text colour", doc="The header's text:")
-    color_border: str = setting("#888", _css_color, "window border colour", doc="The windows' border:")
+    color_header_text: str = setting("#FFFFFF", _css_color, "header text colour", doc="The header's text:")
+    color_border: str = setting("#767676", _css_color, "window border colour", doc="The windows' border:")
     chat_container: str = setting(
         "body", _selector, "element the chat attaches to: body, or #page for themes that scroll inside it",
         doc="The element the chat windows attach to: body, or #page for themes that scroll inside it.")

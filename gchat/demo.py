@@ -39,7 +39,21 @@ _SQLITE_MOODLE_DDL = (
         timeend INTEGER NOT NULL DEFAULT 2147483647, UNIQUE (enrolid, userid))""",
     """CREATE TABLE IF NOT EXISTS {message_contacts} (id INTEGER PRIMARY KEY, userid INTEGER NOT NULL,
         contactid INTEGER NOT NULL, blocked INTEGER NOT NULL DEFAULT 0, UNIQUE (userid, contactid))""",
+    # Messaging privacy as Moodle keeps it: the user preference message_blocknoncontacts, and
+    # the capability moodle/site:sendmessage at the system context (context 1, the default user
+    # role from $CFG->defaultuserroleid allows it, as in a fresh Moodle).
+    """CREATE TABLE IF NOT EXISTS {user_preferences} (id INTEGER PRIMARY KEY, userid INTEGER NOT NULL,
+        name TEXT NOT NULL, value TEXT NOT NULL, UNIQUE (userid, name))""",
+    """CREATE TABLE IF NOT EXISTS {context} (id INTEGER PRIMARY KEY, contextlevel INTEGER NOT NULL,
+        instanceid INTEGER NOT NULL, path TEXT, depth INTEGER NOT NULL DEFAULT 0)""",
+    """CREATE TABLE IF NOT EXISTS {role_assignments} (id INTEGER PRIMARY KEY, roleid INTEGER NOT NULL,
+        contextid INTEGER NOT NULL, userid INTEGER NOT NULL)""",
+    """CREATE TABLE IF NOT EXISTS {role_capabilities} (id INTEGER PRIMARY KEY, contextid INTEGER NOT NULL,
+        roleid INTEGER NOT NULL, capability TEXT NOT NULL, permission INTEGER NOT NULL)""",
 )
+
+SYSTEM_CONTEXT = 1
+DEFAULT_USER_ROLE = 7  # Moodle's "Authenticated user" role id in a fresh install
 
 # (id, username, first, last, lang, courses)
 DEMO_COURSES = (
@@ -54,6 +68,11 @@ DEMO_USERS = (
     (6, "dan", "Dan", "Okafor", "en", (2, 3)),
     (7, "eve", "Eve", "Novak", "en", (4,)),
     (8, "teacher", "Tereza", "Teacher", "en", (2, 3)),
+    # More classmates: enough for the conversations list, search and the "+N" overflow.
+    (9, "farid", "Farid", "Haddad", "en", (2,)),
+    (10, "grace", "Grace", "Kim", "en", (2,)),
+    (11, "hugo", "Hugo", "Lefebvre", "en", (2, 3)),
+    (12, "ines", "Inês", "Costa", "pt", (3,)),
 )
 DEMO_BLOCKS = ((6, 4),)  # Dan blocks Ben
 DEMO_NOTES = {4: "blocked by Dan", 6: "blocks Ben", 7: "no shared course"}
@@ -70,7 +89,8 @@ def seed(q: Query) -> bool:
     if q.scalar("SELECT COUNT(*) FROM {user}"):
         return False
     for name, value in (("sessiontimeout", "7200"), ("siteguest", "1"), ("sessioncookie", ""),
-                        ("dbsessions", "1"), ("release", "2.2.9 (Build: 20130114)")):
+                        ("dbsessions", "1"), ("release", "2.2.9 (Build: 20130114)"), ("messaging", "1"),
+                        ("defaultuserroleid", str(DEFAULT_USER_ROLE)), ("siteadmins", "2")):
         q.execute("INSERT INTO {config} (name, value) VALUES (%s, %s)", (name, value))
     q.execute("INSERT INTO {course} (id, category, fullname, shortname, visible) VALUES (1, 0, 'gchat demo site', 'demo', 1)")
     for cid, full, short, visible in DEMO_COURSES:
@@ -87,6 +107,10 @@ def seed(q: Query) -> bool:
                       "VALUES (0, %s, %s, 0, 0)", (cid, uid))
     for blocker, blocked in DEMO_BLOCKS:
         q.execute("INSERT INTO {message_contacts} (userid, contactid, blocked) VALUES (%s, %s, 1)", (blocker, blocked))
+    q.execute("INSERT INTO {context} (id, contextlevel, instanceid, path, depth) VALUES (%s, 10, 0, '/1', 1)",
+              (SYSTEM_CONTEXT,))
+    q.execute("INSERT INTO {role_capabilities} (contextid, roleid, capability, permission) "
+              "VALUES (%s, %s, 'moodle/site:sendmessage', 1)", (SYSTEM_CONTEXT, DEFAULT_USER_ROLE))
     return True
 
 
@@ -136,7 +160,10 @@ class DemoLoginPage(DemoHandler):
         users = await self.users()
         uid = await self.current_user_id()
         me = next((u for u in users if u["id"] == uid), None)
-        self.render("demo_login.html", prefix=self.prefix, users=users, me=me)
+        # Like Moodle's login page, this one carries the site's Additional HTML (the script tag):
+        # after a logout its bootstrap answers 401, and it tells the user's other tabs at once.
+        self.render("demo_login.html", prefix=self.prefix, users=users, me=me,
+                    script_src=self.prefix + "/static/gchat.js")
 
 
 class DemoLogin(DemoHandler):

@@ -17,12 +17,12 @@ from gchat.config import Settings
 from gchat.errors import AuthError
 from gchat.moodle import User
 from gchat.ports import ChatStorage, MoodleLookups
-from gchat.store import MemberState, Message, Pair
+from gchat.store import MemberState, Message, Pair, Read
 from gchat.wire import CursorGone, encode_event, with_cursor
 
 
 def conversation_view(uid: int, pair: Pair, state: MemberState, messages: list[Message] | None,
-                      profiles: dict[int, User]) -> dict[str, Any]:
+                      profiles: dict[int, User], peer_read: Read | None = None) -> dict[str, Any]:
     """A conversation as ``uid`` sees it (docs/protocol.md: the conversation object)."""
     peer_id = pair.peer_of(uid)
     peer = profiles.get(peer_id)
@@ -32,7 +32,9 @@ def conversation_view(uid: int, pair: Pair, state: MemberState, messages: list[M
         "open": state.open, "minimized": state.minimized, "unread": state.unread,
     }
     if messages is not None:
+        # With the messages comes how far the peer has read them (read receipts).
         result["messages"] = [m.as_dict() for m in messages]
+        result["peer_read"] = peer_read.as_dict() if peer_read else None
     return result
 
 
@@ -53,7 +55,9 @@ class Feed:
     async def conversation_event(self, uid: int, pair: Pair, state: MemberState,
                                  messages: list[Message] | None) -> dict[str, Any]:
         profiles = await self._moodle.users([pair.peer_of(uid)])
-        return {"type": "conversation", "conversation": conversation_view(uid, pair, state, messages, profiles)}
+        reads = await self._store.peer_reads(uid, [pair.id]) if messages is not None else {}
+        return {"type": "conversation",
+                "conversation": conversation_view(uid, pair, state, messages, profiles, reads.get(pair.id))}
 
     async def catch_up(self, identity: Identity, cursor: str | None) -> tuple[list[str], str]:
         """Everything after ``cursor`` as wire JSON, and the cursor to continue from.
@@ -80,13 +84,14 @@ class Feed:
         mates = await self._moodle.coursemates(uid)
         online_ids = await self._broker.online(mates)
         views = await self._store.open_views(uid, self._settings.history_size)
+        reads = await self._store.peer_reads(uid, [pair.id for pair, _, _ in views])
         profiles = await self._moodle.users(online_ids | {pair.peer_of(uid) for pair, _, _ in views})
         online = sorted((profiles[i].as_dict() for i in online_ids if i in profiles),
                         key=lambda u: (str(u["name"]).lower(), u["id"]))
-        conversations = [conversation_view(uid, pair, state, messages, profiles)
+        conversations = [conversation_view(uid, pair, state, messages, profiles, reads.get(pair.id))
                          for pair, state, messages in views]
         body = encode_event({"type": "ready", "me": me.as_dict(), "online": online,
-                             "conversations": conversations, "reset": reset})
+                             "conversations": conversations, "reset": reset, "coursemates": len(mates)})
         try:
             later, cursor = await self._broker.read(uid, head)
         except CursorGone:  # the log was dropped meanwhile (user went offline): the snapshot stands

@@ -15,6 +15,8 @@ from gchat.errors import GchatError
 # memory however many users pass through, without a sweep on every command.
 MAX_TRACKED_USERS = 50_000
 OPENS_WINDOW_SECS = 60.0
+SEARCH_RATE = 3.0  # searches per second per user, on average (typed ahead)
+SEARCH_BURST = 10
 
 
 class TokenBucket:
@@ -113,7 +115,8 @@ class RateLimits:
     * ``send``: sends and opens share a token bucket (``send_rate`` per second, ``send_burst``);
     * ``open``: new conversations, ``opens_per_minute`` in any minute;
     * ``typing``: typing notices, a bucket of the same size as sends but of their own (the
-      widget sends at most one per conversation every few seconds).
+      widget sends at most one per conversation every few seconds);
+    * ``search``: course-mate searches, typed ahead: a few per second, in bursts.
     """
 
     def __init__(self, settings: Settings, clock: Callable[[], float] = time.monotonic) -> None:
@@ -123,6 +126,8 @@ class RateLimits:
             "open": (PerUser(lambda: WindowCounter(settings.opens_per_minute, OPENS_WINDOW_SECS, clock)),
                      "too many conversations opened in the last minute"),
             "typing": (PerUser(lambda: TokenBucket(rate, burst, clock)), "too many typing notices; slow down"),
+            "search": (PerUser(lambda: TokenBucket(SEARCH_RATE, SEARCH_BURST, clock)),
+                       "too many searches; slow down"),
         }
 
     def check(self, kind: str, user_id: int) -> None:

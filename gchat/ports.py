@@ -13,7 +13,7 @@ from collections.abc import Iterable
 from typing import Protocol
 
 from gchat.moodle import MoodleConfig, SessionCheck, User
-from gchat.store import MemberState, Message, Pair, Stored
+from gchat.store import MemberState, Message, Pair, Read, Recent, Stored
 
 
 class MoodleLookups(Protocol):
@@ -53,7 +53,12 @@ class ChatStorage(Protocol):
 
     async def set_minimized(self, conversation: int, user: int, minimized: bool) -> MemberState: ...
 
-    async def mark_seen(self, conversation: int, user: int, message_id: int) -> tuple[MemberState, bool]: ...
+    async def record_read(self, conversation: int, user: int,
+                          message_id: int) -> tuple[MemberState, bool, Read | None]: ...
+
+    async def peer_reads(self, user: int, conversations: list[int]) -> dict[int, Read | None]: ...
+
+    async def recent(self, user: int, before: int | None, limit: int) -> tuple[list[Recent], bool]: ...
 
     async def open_views(self, user: int, history: int) -> list[tuple[Pair, MemberState, list[Message]]]: ...
 

@@ -24,6 +24,7 @@ from gchat.auth import Identity, TokenSigner
 from gchat.broker import Broker
 from gchat.commands import ChatCommands, Commands
 from gchat.config import Settings
+from gchat.directory import Directory
 from gchat.errors import GchatError
 from gchat.feed import Feed
 from gchat.limits import RateLimits
@@ -52,8 +53,10 @@ class Router:
         self._presence = Presence(settings, broker=broker, moodle=moodle, publish=self._feed.publish,
                                   background=self._background)
         self._sessions = SessionWatch(settings, moodle=moodle, signer=signer, presence=self._presence)
-        self._chat = ChatCommands(settings, moodle=moodle, store=store, feed=self._feed,
-                                  limits=RateLimits(settings), observer=observer)
+        limits = RateLimits(settings)
+        directory = Directory(moodle=moodle, store=store, broker=broker, limits=limits)
+        self._chat = ChatCommands(settings, moodle=moodle, store=store, feed=self._feed, limits=limits,
+                                  directory=directory, observer=observer)
         self._commands = Commands(self._chat.handlers(), observer)
 
     # -- life cycle -------------------------------------------------------------------------

@@ -162,6 +162,36 @@ class MemberState:
 
 
 @dataclass(frozen=True, slots=True)
+class Read:
+    """How far a member has read a conversation: the last message id read, and when (Unix ms)."""
+
+    message: int
+    time: int
+
+    def as_dict(self) -> dict[str, int]:
+        return {"message": self.message, "time": self.time}
+
+
+@dataclass(frozen=True, slots=True)
+class Recent:
+    """One row of a user's recent conversations: the pair, my view, its newest message, and how
+    far the peer has read."""
+
+    pair: Pair
+    state: MemberState
+    last_message: Message
+    peer_read: Read | None
+
+
+# Columns added after the first release: (table, column, portable column definition). ``gchat
+# initdb`` adds the missing ones (ALTER TABLE ... ADD COLUMN is the same on every engine), and
+# start-up and ``gchat check`` name them as missing until it has run.
+_ADDED_COLUMNS = (
+    ("gchat_members", "last_read_time", "BIGINT NOT NULL DEFAULT 0"),  # read receipts: when last_read moved
+)
+
+
+@dataclass(frozen=True, slots=True)
 class Stored:
     """The outcome of a send: the message, whether it was already stored (a retry), and the
     peer's view when the send changed it from closed to open."""
@@ -212,6 +242,7 @@ class ChatStore:
             q.execute(ddl)
         if self.db.dialect == "mysql" and self.outdated(q):
             q.execute(_MYSQL_CLIENT_ID)  # rebuilds the table (and its unique key) with the new column
+        self.upgrade_tables(q)
 
     def outdated(self, q: Query) -> list[str]:
         """What ``gchat initdb`` would still change in the existing tables, for ``gchat check``."""
@@ -222,7 +253,7 @@ class ChatStore:
         return []
 
     def missing_tables(self, q: Query) -> list[str]:
-        return [name for name in TABLES if not q.table_exists(name)]
+        return [name for name in TABLES if not q.table_exists(name)] + self.missing_columns(q)
 
     # -- conversations ----------------------------------------------------------------------
 
@@ -315,19 +346,10 @@ class ChatStore:
         return await self.db.run(work)
 
     async def mark_seen(self, conversation: int, user: int, message_id: int) -> tuple[MemberState, bool]:
-        """Record that ``user`` read up to ``message_id``; returns the view and whether it changed."""
-        def work(q: Query) -> tuple[MemberState, bool]:
-            before = self._state(q, conversation, user)
-            last_read = max(before.last_read, message_id)
-            unread = q.scalar("SELECT COUNT(*) FROM {gchat_messages} WHERE conversation = %s AND id > %s "
-                              "AND sender <> %s", (conversation, last_read, user))
-            q.execute("UPDATE {gchat_members} SET last_read = %s, unread = %s, timemodified = %s "
-                      "WHERE conversation = %s AND userid = %s",
-                      (last_read, int(unread or 0), now_ms(), conversation, user))
-            after = self._state(q, conversation, user)
-            return after, after != before
-
-        return await self.db.run(work)
+        """Record that ``user`` read up to ``message_id``; returns the view and whether it changed
+        (``record_read`` without the read receipt)."""
+        state, changed, _ = await self.record_read(conversation, user, message_id)
+        return state, changed
 
     async def open_views(self, user: int, history: int) -> list[tuple[Pair, MemberState, list[Message]]]:
         """Every conversation whose window ``user`` has open, with its last messages (for ``ready``)."""
@@ -485,3 +507,97 @@ class ChatStore:
             return [_message(row) for row in reversed(rows)]
 
         return await self.db.run(work)
+
+    # -- read receipts and recent conversations (protocol additions: read, peer_read, conversations)
+
+    def upgrade_tables(self, q: Query) -> None:
+        """Add the columns that later versions need to tables created by an earlier one."""
+        for table, column, definition in _ADDED_COLUMNS:
+            if q.table_exists(table) and not q.column_exists(table, column):
+                q.execute(f"ALTER TABLE {{{table}}} ADD COLUMN {column} {definition}")
+
+    def missing_columns(self, q: Query) -> list[str]:
+        return [f"{table}.{column}" for table, column, _ in _ADDED_COLUMNS
+                if q.table_exists(table) and not q.column_exists(table, column)]
+
+    async def record_read(self, conversation: int, user: int, message_id: int
+                          ) -> tuple[MemberState, bool, Read | None]:
+        """``mark_seen`` that also remembers when the last message read moved forward.
+
+        Returns the view, whether it changed, and the new read position when it moved (for the
+        peer's ``read`` event), else None. One transaction."""
+        def work(q: Query) -> tuple[MemberState, bool, Read | None]:
+            before = self._state(q, conversation, user)
+            last_read = max(before.last_read, message_id)
+            # Only a message of this conversation counts as read: a made-up id would otherwise
+            # show the peer "Seen" under messages that were never read.
+            newest = int(q.scalar("SELECT COALESCE(MAX(id), 0) FROM {gchat_messages} WHERE conversation = %s",
+                                  (conversation,)) or 0)
+            last_read = min(last_read, max(newest, before.last_read))
+            unread = q.scalar("SELECT COUNT(*) FROM {gchat_messages} WHERE conversation = %s AND id > %s "
+                              "AND sender <> %s", (conversation, last_read, user))
+            stamp = now_ms()
+            moved = last_read > before.last_read
+            if moved:
+                q.execute("UPDATE {gchat_members} SET last_read = %s, last_read_time = %s, unread = %s, "
+                          "timemodified = %s WHERE conversation = %s AND userid = %s",
+                          (last_read, stamp, int(unread or 0), stamp, conversation, user))
+            else:
+                q.execute("UPDATE {gchat_members} SET unread = %s, timemodified = %s "
+                          "WHERE conversation = %s AND userid = %s",
+                          (int(unread or 0), stamp, conversation, user))
+            after = self._state(q, conversation, user)
+            return after, after != before, Read(last_read, stamp) if moved else None
+
+        return await self.db.run(work)
+
+    @staticmethod
+    def _read_of(message: Any, stamp: Any) -> Read | None:
+        message = int(message or 0)
+        return Read(message, int(stamp or 0)) if message > 0 else None
+
+    async def peer_reads(self, user: int, conversations: list[int]) -> dict[int, Read | None]:
+        """For each conversation of ``user``: how far the other member has read (None: nothing yet)."""
+        if not conversations:
+            return {}
+
+        def work(q: Query) -> dict[int, Read | None]:
+            marks = ", ".join(["%s"] * len(conversations))
+            rows = q.all(f"SELECT conversation, last_read, last_read_time FROM {{gchat_members}} "
+                         f"WHERE conversation IN ({marks}) AND userid <> %s", [*conversations, user])
+            found: dict[int, Read | None] = {c: None for c in conversations}
+            for conversation, message, stamp in rows:
+                found[int(conversation)] = self._read_of(message, stamp)
+            return found
+
+        return await self.db.run(work)
+
+    async def recent(self, user: int, before: int | None, limit: int) -> tuple[list[Recent], bool]:
+        """``user``'s conversations that have messages, newest message first, those whose newest
+        message is older than ``before`` (Unix ms; all when None); at most ``limit``, and whether
+        there are more. Open or closed, online peer or not."""
+        def work(q: Query) -> tuple[list[Recent], bool]:
+            sql = ("SELECT c.id, c.user_low, c.user_high, m.is_open, m.minimized, m.unread, m.last_read, "
+                   "p.last_read, p.last_read_time, x.id, x.conversation, x.sender, x.text, x.time, x.client_id "
+                   "FROM {gchat_members} m "
+                   "JOIN {gchat_conversations} c ON c.id = m.conversation "
+                   "JOIN {gchat_messages} x ON x.id = (SELECT MAX(y.id) FROM {gchat_messages} y "
+                   "WHERE y.conversation = m.conversation) "
+                   "LEFT JOIN {gchat_members} p ON p.conversation = m.conversation AND p.userid <> m.userid "
+                   "WHERE m.userid = %s")
+            params: list[Any] = [user]
+            if before is not None:
+                sql += " AND x.time < %s"
+                params.append(before)
+            sql += " ORDER BY x.time DESC, x.id DESC LIMIT %s"
+            params.append(limit + 1)
+            rows = q.all(sql, params)
+            found = [Recent(Pair(int(r[0]), int(r[1]), int(r[2])),
+                            MemberState(bool(r[3]), bool(r[4]), int(r[5]), int(r[6])),
+                            _message(r[9:15]), self._read_of(r[7], r[8])) for r in rows[:limit]]
+            return found, len(rows) > limit
+
+        found, more = await self.db.run(work)
+        for row in found:
+            self._remember(row.pair)
+        return found, more

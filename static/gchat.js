@@ -1,5 +1,6 @@
 /*
- * gchat widget: buddy list and docked chat windows for Moodle pages.
+ * gchat widget: the chat panel (online course-mates, recent conversations, search) and docked
+ * chat windows for Moodle pages.
  *
  * Installation is one tag, pasted into Moodle's "Additional HTML" footer:
  *     <script src="https://moodle.example.org/gchat/static/gchat.js"></script>
@@ -7,8 +8,14 @@
  *
  * Plain ES5 on purpose (tests/test_static_es5.py enforces it): no let/const, arrows, classes,
  * template literals, Promises or frameworks, so it runs in whatever browser a school has.
- * Wire contract: docs/protocol.md (PROTOCOL.md). Every piece of user data is put into the page
- * with textContent / createTextNode / setAttribute, never with innerHTML.
+ * Wire contract: docs/protocol.md. Every piece of user data is put into the page with
+ * textContent / createTextNode / setAttribute, never with innerHTML.
+ *
+ * Keyboard: Alt+Shift+C focuses the chat (the open conversation's input, else the panel's search).
+ *
+ * The state lives in four objects, one per area: `connection` (bootstrap, token, life cycle),
+ * `transport` (the WebSocket or long-poll connection, commands in flight), `conversations`
+ * (people, windows, messages, receipts) and `ui` (the page's elements, view state, texts).
  *
  * window.gchat exposes read-only information for tests and curious admins:
  *   transport  "websocket" | "longpoll" | null      state  see setState()
@@ -29,25 +36,80 @@
     var LONGPOLL_HELD_MS = 1500;            // a poll held this long reached a live server
     var REPLY_TIMEOUT_MS = 15000;           // a command with no reply by then has failed
     var WS_PING_INTERVAL_MS = 25000;        // app-level ping detects silently dead sockets
+    var BOOTSTRAP_TIMEOUT_MS = 20000;
     var BACKOFF_BASE_MS = 800;
     var BACKOFF_MAX_MS = 30000;
     var TYPING_SEND_EVERY_MS = 3000;
     var TYPING_SHOW_MS = 5000;
     var TITLE_FLASH_MS = 1200;
     var HISTORY_PAGE = 20;
+    var PAGE_SIZE = 20;                     // conversations and search results per request
+    var SEARCH_DELAY_MS = 250;              // typing pause before a search is sent
+    var RECENT_REFRESH_MS = 400;            // coalesces refreshes of the recent list
+    var GROUP_GAP_MS = 5 * 60000;           // consecutive messages closer than this form a group
+    var NEAR_BOTTOM_PX = 40;
+    var COUNTER_FROM = 0.8;                 // the character counter shows from 80 % of the limit
+    var DEFAULT_MAX_LENGTH = 1333;
     var TOKEN_RENEW_FRACTION = 0.8;
+    var RESIZE_DELAY_MS = 100;
+    var PHONE_MAX_WIDTH = 600;              // matches the @media rule in gchat.css
+    // Desktop dock geometry in px; matches gchat.css.
+    var DOCK = {padding: 15, gap: 15, window: 270, minimized: 200, overflow: 56};
     var STORE_TRANSPORT = 'gchat.transport';
     var STORE_OUTBOX = 'gchat.outbox';
     var STORE_PANEL = 'gchat.panel';
+    var STORE_VIEW = 'gchat.view';
+    var SIGNAL_CHANNEL = 'gchat';
+    var SIGNAL_KEY = 'gchat.signal';        // localStorage fallback of the BroadcastChannel
+    var SHORTCUT = 'Alt+Shift+C';
+    // WCAG 2.1 AA with white text (5.4:1 and 6.8:1); the server's settings normally override.
     var DEFAULT_COLORS = {
-        header: '#2F922C', header_unread: '#5ECC76', header_text: '#B0DDBA', border: '#888'
+        header: '#267A24', header_unread: '#8A4B00', header_text: '#FFFFFF', border: '#767676'
     };
-    // Used only when the server's strings table lacks a key (it never should).
+    // Used only when the server's strings table lacks a key (an older server).
     var FALLBACK_STRINGS = {
         title: 'Global Chat', no_users: 'No online users.', reconnecting: 'Connection lost, retrying…',
         send: 'Send', close: 'Close', minimise: 'Minimise', maximise: 'Maximise',
         typing: '{name} is typing…', pending: 'Sending…', failed: 'Not sent.', retry: 'Retry',
-        load_older: 'Load older messages'
+        load_older: 'Load older messages', logged_out: 'You are logged out of Moodle.',
+        error_generic: 'Something went wrong.'
+    };
+
+    // WebSocket close codes (docs/protocol.md §2) and what each means for the widget.
+    var CLOSE = {GOING_AWAY: 1001, POLICY: 1008, TOO_BIG: 1009, SERVER_ERROR: 1011, TRY_AGAIN: 1013,
+        SESSION_ENDED: 4000};
+    var CLOSE_KINDS = {};
+    CLOSE_KINDS[CLOSE.SESSION_ENDED] = 'session_ended';
+    CLOSE_KINDS[CLOSE.TRY_AGAIN] = 'server';
+    CLOSE_KINDS[CLOSE.GOING_AWAY] = 'server';
+
+    /* Every error code of the protocol (docs/protocol.md §7), in one table:
+       kind      what a connection that ends with it does: 'session_ended' (stop, logged out),
+                 'auth' (renew the token, reconnect), 'server' (reconnect later, same transport)
+       text      the string shown to the user
+       permanent a send refused with it is not retried by itself */
+    var ERRORS = {
+        not_logged_in: {kind: 'session_ended', text: 'logged_out'},
+        session_ended: {kind: 'session_ended', text: 'logged_out'},
+        bad_token: {kind: 'auth', text: 'error_generic'},
+        token_expired: {kind: 'auth', text: 'error_generic'},
+        bad_origin: {text: 'error_generic', permanent: true},
+        bad_json: {text: 'error_generic', permanent: true},
+        bad_command: {text: 'error_generic', permanent: true},
+        too_long: {text: 'error_too_long', permanent: true},
+        empty: {text: 'error_empty', permanent: true},
+        rate_limited: {text: 'error_rate_limited'},
+        not_allowed: {text: 'error_not_allowed', permanent: true},
+        not_found: {text: 'error_generic', permanent: true},
+        too_many_connections: {kind: 'server', text: 'error_unavailable'},
+        unavailable: {kind: 'server', text: 'error_unavailable'},
+        shutting_down: {kind: 'server', text: 'error_unavailable'}
+    };
+    // not_allowed carries a reason: each has its own explanation.
+    var REFUSALS = {
+        blocked: 'error_blocked', contacts_only: 'error_contacts_only', no_shared_course: 'error_no_shared_course',
+        messaging_disabled: 'error_messaging_disabled', cannot_send: 'error_cannot_send',
+        not_member: 'error_not_member'
     };
 
     // ------------------------------------------------------------------ small helpers
@@ -76,21 +138,23 @@
         return out;
     }
 
-    function storageGet(key) {
+    function storageGet(key, local) {
         try {
-            return window.sessionStorage ? window.sessionStorage.getItem(key) : null;
+            var store = local ? window.localStorage : window.sessionStorage;
+            return store ? store.getItem(key) : null;
         } catch (e) {
             return null; // storage disabled (privacy settings): behave as a fresh session
         }
     }
 
-    function storageSet(key, value) {
+    function storageSet(key, value, local) {
         try {
-            if (window.sessionStorage) {
+            var store = local ? window.localStorage : window.sessionStorage;
+            if (store) {
                 if (value === null) {
-                    window.sessionStorage.removeItem(key);
+                    store.removeItem(key);
                 } else {
-                    window.sessionStorage.setItem(key, value);
+                    store.setItem(key, value);
                 }
             }
         } catch (e) {
@@ -131,8 +195,21 @@
         return a !== null && a !== undefined && b !== null && b !== undefined && String(a) === String(b);
     }
 
+    function hasId(m) {
+        return m.id !== undefined && m.id !== null;
+    }
+
+    // Characters as the server counts them (code points): a surrogate pair is one.
+    function codePoints(text) {
+        return String(text).replace(/[\uD800-\uDBFF][\uDC00-\uDFFF]/g, '_').length;
+    }
+
+    function hasClassName(node, name) {
+        return (' ' + node.className + ' ').indexOf(' ' + name + ' ') >= 0;
+    }
+
     function addClass(node, name) {
-        if ((' ' + node.className + ' ').indexOf(' ' + name + ' ') < 0) {
+        if (!hasClassName(node, name)) {
             node.className = node.className ? node.className + ' ' + name : name;
         }
     }
@@ -152,6 +229,11 @@
 
     function on(node, type, fn) {
         node.addEventListener(type, fn, false);
+    }
+
+    function keyOf(event) {
+        var key = event.key || event.keyCode;
+        return key === 27 || key === 'Esc' ? 'Escape' : (key === 13 ? 'Enter' : key);
     }
 
     /* el('div', {className: 'x', 'aria-label': 'y'}, [child, 'text']) -- text children become text
@@ -183,14 +265,31 @@
         return node;
     }
 
+    function button(className, text, attrs) {
+        var node = el('button', attrs || {}, [text]);
+        node.type = 'button';
+        node.className = className;
+        return node;
+    }
+
     function setText(node, text) {
         node.textContent = text === null || text === undefined ? '' : String(text);
+    }
+
+    function empty(node) {
+        while (node.firstChild) {
+            node.removeChild(node.firstChild);
+        }
     }
 
     function removeNode(node) {
         if (node && node.parentNode) {
             node.parentNode.removeChild(node);
         }
+    }
+
+    function show(node, visible) {
+        toggleClass(node, 'gchat-hidden', !visible);
     }
 
     function safeImageUrl(url) {
@@ -230,11 +329,83 @@
         return (secure ? 'wss://' : 'ws://') + a.host + a.pathname.replace(/^([^\/])/, '/$1') + a.search;
     }
 
+    // ------------------------------------------------------------------ state
+
+    var connection = {
+        state: 'starting',      // see setState()
+        token: null,
+        cursor: null,           // the last event cursor processed
+        ended: false,
+        messaging: true,        // bootstrap: the site's messaging switch
+        canSend: true,          // bootstrap: moodle/site:sendmessage
+        unloading: false,       // the page is going away: a dropped connection is no news
+        seenReady: false,       // a ready snapshot arrived on this page
+        bootstrapAttempt: 0,
+        renewTimer: null,
+        renewing: false,
+        renewWaiters: [],
+        reconnectTimer: null,
+        reconnectAttempt: 0,
+        authRetries: 0,
+        generation: 0,          // callbacks of an older connection are ignored
+        signals: null           // BroadcastChannel to the other tabs, when the browser has one
+    };
+
+    var transport = {
+        conn: null,             // the current transport object
+        wsProven: false,        // a WebSocket delivered events on this page
+        wsFailStreak: 0,
+        tabId: randomId(16),
+        nextRef: 1,
+        inflight: {},           // ref -> {callback, timer}
+        outbox: []              // commands waiting for a connection: {cmd, callback}
+    };
+
+    var conversations = {
+        me: null,
+        online: {},             // user id -> user
+        onlineTotal: null,      // ready.online_total: the server listed only the first ones
+        coursemates: null,      // ready.coursemates
+        byId: {},               // conversation id -> conversation (see makeConversation)
+        order: [],              // ids, most recently used first (first = next to the panel)
+        pendingSends: {},       // client_id -> {conversation, text, client_id, time, inflight, attempts}
+        recent: null,           // the recent conversations as the server listed them, or null
+        recentMore: false,
+        recentLoading: false,
+        recentTimer: null,
+        overflowList: []        // the conversations in the "+N" menu (layout() decides)
+    };
+
+    var ui = {
+        strings: {},
+        settings: {colors: DEFAULT_COLORS, history_size: 10, max_message_length: DEFAULT_MAX_LENGTH},
+        lang: null,
+        root: null, dock: null, panel: null, panelToggle: null, blockRoot: null, body: null,
+        banner: null, dot: null, count: null, live: null, panelError: null, readOnly: null,
+        tabs: null, tabOnline: null, tabRecent: null, onlineView: null, list: null, empty: null, more: null,
+        recentView: null, recentList: null, recentEmpty: null, recentMoreButton: null,
+        search: null, searchView: null, searchList: null, searchEmpty: null, searchMoreButton: null,
+        overflow: null, overflowButton: null, overflowMenu: null,
+        view: 'online',         // the panel's list: 'online' | 'recent'
+        phone: false,
+        query: '',
+        searchTimer: null,
+        searchSeq: 0,
+        searchOffset: 0,
+        searchResults: [],      // the users the search found, as shown
+        searchMore: false,
+        resizeTimer: null,
+        flashTimer: null,
+        flashOn: false,
+        flashFrom: null,        // the conversation that last got a message while the page was away
+        pageTitle: document.title
+    };
+
     // ------------------------------------------------------------------ public info for tests
 
     var info = {
         loaded: true,
-        version: '1',
+        version: '2',
         base: BASE,
         transport: null,
         state: 'starting',
@@ -247,27 +418,29 @@
         tokens: 0,
         snapshot: function () {
             var out = [];
-            forEach(conversationOrder, function (id) {
-                var conv = convs[id];
+            forEach(conversations.order, function (id) {
+                var conv = conversations.byId[id];
                 if (!conv) {
                     return;
                 }
                 var ids = [];
                 forEach(conv.items, function (item) {
-                    ids.push(item.message.id === undefined ? null : item.message.id);
+                    ids.push(hasId(item.message) ? item.message.id : null);
                 });
                 out.push({
                     id: conv.id, 'with': conv.peer, open: conv.open, minimized: conv.minimized,
-                    unread: unreadOf(conv), messages: ids
+                    unread: unreadOf(conv), messages: ids, peer_read: conv.peerRead, shown: !conv.overflowed
                 });
             });
-            return {online: keys(online).length, conversations: out};
+            return {online: keys(conversations.online).length, conversations: out};
         }
     };
     window.gchat = info;
 
     function setState(state) {
-        // starting | hidden (not logged in) | connecting | connected | reconnecting | ended
+        // starting | hidden (not logged in) | disabled (messaging off) | connecting | connected |
+        // reconnecting | ended (logged out of Moodle)
+        connection.state = state;
         info.state = state;
         info.connected = state === 'connected';
         if (ui.root) {
@@ -276,25 +449,9 @@
         }
     }
 
-    // ------------------------------------------------------------------ state
-
-    var token = null;
-    var me = null;
-    var strings = {};
-    var settings = {colors: DEFAULT_COLORS, history_size: 10, max_message_length: 1333};
-    var online = {};            // user id -> user
-    var convs = {};             // conversation id -> conversation (see makeConversation)
-    var conversationOrder = []; // ids in dock order, first = rightmost
-    var lastCursor = null;
-    var tabId = randomId(16);
-    var renewTimer = null;
-    var ended = false;
-    var unloading = false;      // the page is going away: a dropped connection is no news
-    var seenReady = false;      // a ready snapshot arrived on this page
-    var pageTitle = document.title;
-
     function t(key, params) {
-        var text = has(strings, key) ? strings[key] : (has(FALLBACK_STRINGS, key) ? FALLBACK_STRINGS[key] : key);
+        var text = has(ui.strings, key) ? ui.strings[key] :
+            (has(FALLBACK_STRINGS, key) ? FALLBACK_STRINGS[key] : key);
         if (params) {
             text = String(text).replace(/\{(\w+)\}/g, function (whole, name) {
                 return has(params, name) ? String(params[name]) : whole;
@@ -303,14 +460,46 @@
         return text;
     }
 
+    // The text for a failed command's error (not_allowed: by its reason).
+    function errorText(error) {
+        var code = error && error.code;
+        if (code === 'not_allowed' && error.reason && has(REFUSALS, error.reason)) {
+            return t(REFUSALS[error.reason]);
+        }
+        if (code === 'too_long') {
+            return t('error_too_long', {max: maxLength()});
+        }
+        return t(code && has(ERRORS, code) ? ERRORS[code].text : 'error_generic');
+    }
+
     function color(name) {
-        var colors = settings.colors || {};
+        var colors = ui.settings.colors || {};
         var value = colors[name];
         // Only plain colour values reach a style attribute.
         if (typeof value === 'string' && (/^(#[0-9a-f]{3,8}|[a-z]+|rgba?\([0-9.,%\s]+\))$/i).test(value)) {
             return value;
         }
         return DEFAULT_COLORS[name];
+    }
+
+    function maxLength() {
+        return Number(ui.settings.max_message_length) || DEFAULT_MAX_LENGTH;
+    }
+
+    function isMe(userId) {
+        return sameId(userId, conversations.me && conversations.me.id);
+    }
+
+    // Presence is known only while connected; otherwise it is shown as unknown.
+    function presenceOf(userId) {
+        if (connection.state !== 'connected') {
+            return 'unknown';
+        }
+        return has(conversations.online, userId) ? 'online' : 'offline';
+    }
+
+    function presenceText(presence) {
+        return t(presence === 'unknown' ? 'presence_unknown' : presence);
     }
 
     // ------------------------------------------------------------------ HTTP
@@ -353,15 +542,17 @@
         return body && body.error && body.error.code ? body.error.code : null;
     }
 
-    // ------------------------------------------------------------------ bootstrap and token
+    function errorKind(code) {
+        return code && has(ERRORS, code) ? ERRORS[code].kind || null : null;
+    }
 
-    var bootstrapAttempt = 0;
+    // ------------------------------------------------------------------ bootstrap and token
 
     function bootstrap(callback) {
         // callback(result): 'ok' | 'logged_out' | 'unreachable'
-        request('GET', '/api/bootstrap', {timeout: 20000}, function (status, body) {
+        request('GET', '/api/bootstrap', {timeout: BOOTSTRAP_TIMEOUT_MS}, function (status, body) {
             if (status === 200 && body && body.token) {
-                bootstrapAttempt = 0;
+                connection.bootstrapAttempt = 0;
                 applyBootstrap(body);
                 callback('ok');
             } else if (status === 401 || status === 403) {
@@ -373,60 +564,67 @@
     }
 
     function applyBootstrap(body) {
-        token = body.token;
+        connection.token = body.token;
         info.tokens++;
         if (body.user) {
-            me = body.user;
-            info.user = me;
+            conversations.me = body.user;
+            info.user = body.user;
         }
         if (body.strings) {
-            strings = body.strings;
+            ui.strings = body.strings;
         }
         if (body.settings) {
-            settings = body.settings;
-            if (!settings.colors) {
-                settings.colors = DEFAULT_COLORS;
+            ui.settings = body.settings;
+            if (!ui.settings.colors) {
+                ui.settings.colors = DEFAULT_COLORS;
             }
         }
-        info.lang = body.lang || null;
+        // Absent (an older server) means allowed.
+        connection.messaging = body.messaging !== false;
+        var couldSend = connection.canSend;
+        connection.canSend = body.can_send !== false;
+        ui.lang = body.lang || null;
+        info.lang = ui.lang;
         scheduleTokenRenewal();
+        if (ui.root && couldSend !== connection.canSend) {
+            renderCapabilities();
+        }
     }
 
     function scheduleTokenRenewal() {
-        if (renewTimer) {
-            window.clearTimeout(renewTimer);
+        if (connection.renewTimer) {
+            window.clearTimeout(connection.renewTimer);
         }
-        var ttl = Number(settings.token_ttl) || 3600;
-        renewTimer = window.setTimeout(function () {
-            renewTimer = null;
+        var ttl = Number(ui.settings.token_ttl) || 3600;
+        connection.renewTimer = window.setTimeout(function () {
+            connection.renewTimer = null;
             renewToken();
         }, Math.max(1, ttl * TOKEN_RENEW_FRACTION) * 1000);
     }
-
-    var renewing = false;
-    var renewWaiters = [];
 
     /* Fetch a fresh token. A live WebSocket keeps running (its token was checked at connect);
        the new token is used for the next connection and for every long-poll request. */
     function renewToken(callback) {
         if (callback) {
-            renewWaiters.push(callback);
+            connection.renewWaiters.push(callback);
         }
-        if (renewing || ended) {
+        if (connection.renewing || connection.ended) {
             return;
         }
-        renewing = true;
+        connection.renewing = true;
         bootstrap(function (result) {
-            renewing = false;
-            var waiters = renewWaiters;
-            renewWaiters = [];
+            connection.renewing = false;
+            var waiters = connection.renewWaiters;
+            connection.renewWaiters = [];
             if (result === 'logged_out') {
-                endSession();
-            } else if (result === 'unreachable' && !renewTimer) {
-                renewTimer = window.setTimeout(function () {
-                    renewTimer = null;
+                endSession(true);
+            } else if (result === 'unreachable' && !connection.renewTimer) {
+                connection.renewTimer = window.setTimeout(function () {
+                    connection.renewTimer = null;
                     renewToken();
                 }, backoffDelay(2));
+            } else if (result === 'ok' && !connection.messaging) {
+                disableMessaging();
             }
             forEach(waiters, function (fn) {
                 fn(result);
@@ -435,64 +633,123 @@
     }
 
     function start() {
+        listenToOtherTabs();
         bootstrap(function (result) {
             if (result === 'ok') {
                 buildUi();
-                connect();
+                if (connection.messaging) {
+                    connect();
+                } else {
+                    disableMessaging();
+                }
             } else if (result === 'logged_out') {
                 setState('hidden'); // not logged in, or a guest: stay invisible
+                tellOtherTabs('logged_out'); // the session the other tabs share may be gone
             } else {
                 // Server unreachable: stay invisible and try again later.
-                window.setTimeout(start, backoffDelay(bootstrapAttempt++ + 2));
+                window.setTimeout(start, backoffDelay(connection.bootstrapAttempt++ + 2));
             }
         });
     }
 
-    function endSession() {
-        if (ended) {
+    // The Moodle session is over: say so, in this tab and (told by it) in every other.
+    function endSession(tell) {
+        if (connection.ended) {
             return;
         }
-        ended = true;
+        connection.ended = true;
         disconnect();
-        if (renewTimer) {
-            window.clearTimeout(renewTimer);
+        if (connection.renewTimer) {
+            window.clearTimeout(connection.renewTimer);
         }
         stopTitleFlash();
-        removeNode(ui.root);
-        removeNode(ui.blockRoot);
         storageSet(STORE_OUTBOX, null);
+        forEach(conversations.order.slice(), removeConversation);
+        conversations.online = {};
         setState('ended');
+        renderPanelLists();
+        if (tell) {
+            tellOtherTabs('logged_out');
+        }
+    }
+
+    // Chat is off on this site (bootstrap said messaging: false): say so, do not connect.
+    function disableMessaging() {
+        disconnect();
+        forEach(conversations.order.slice(), removeConversation);
+        conversations.online = {};
+        setState('disabled');
+        renderPanelLists();
+    }
+
+    // ------------------------------------------------------------------ other tabs
+
+    /* A tab that learns that the Moodle session ended (bootstrap 401, session_ended) tells the
+       others of this origin at once. They check with bootstrap themselves rather than trust the
+       message (it may come from a tab loaded before a new login), which takes one request. */
+    function listenToOtherTabs() {
+        if (window.BroadcastChannel) {
+            try {
+                connection.signals = new window.BroadcastChannel(SIGNAL_CHANNEL);
+                connection.signals.onmessage = function (event) {
+                    onSignal(event.data);
+                };
+            } catch (e) {
+                connection.signals = null;
+            }
+        }
+        on(window, 'storage', function (event) {
+            if (event.key === SIGNAL_KEY && event.newValue) {
+                onSignal(parseJSON(event.newValue));
+            }
+        });
+    }
+
+    function tellOtherTabs(type) {
+        var message = {type: type, tab: transport.tabId, time: now()};
+        if (connection.signals) {
+            try {
+                connection.signals.postMessage(message);
+                return;
+            } catch (e) {
+                // fall through to localStorage
+            }
+        }
+        storageSet(SIGNAL_KEY, JSON.stringify(message), true);
+    }
+
+    function onSignal(message) {
+        if (!message || message.type !== 'logged_out' || message.tab === transport.tabId) {
+            return;
+        }
+        if (connection.ended || connection.state === 'hidden' || connection.state === 'starting') {
+            return;
+        }
+        renewToken(); // a 401 ends the session here too (renewToken calls endSession)
     }
 
     // ------------------------------------------------------------------ connection management
-
-    var conn = null;          // the current transport object
-    var connGeneration = 0;   // callbacks of an older connection are ignored
-    var reconnectTimer = null;
-    var reconnectAttempt = 0;
-    var wsProven = false;     // a WebSocket delivered events on this page
-    var wsFailStreak = 0;
 
     function preferredTransport() {
         if (!window.WebSocket) {
             return 'longpoll';
         }
-        if (storageGet(STORE_TRANSPORT) === 'longpoll' && !wsProven) {
+        if (storageGet(STORE_TRANSPORT) === 'longpoll' && !transport.wsProven) {
             return 'longpoll';
         }
         return 'websocket';
     }
 
     function connect() {
-        if (ended) {
+        if (connection.ended || !connection.messaging) {
             return;
         }
-        if (reconnectTimer) {
-            window.clearTimeout(reconnectTimer);
-            reconnectTimer = null;
+        if (connection.reconnectTimer) {
+            window.clearTimeout(connection.reconnectTimer);
+            connection.reconnectTimer = null;
         }
         disconnect();
-        setState(info.reconnects || reconnectAttempt ? 'reconnecting' : 'connecting');
+        setState(info.reconnects || connection.reconnectAttempt ? 'reconnecting' : 'connecting');
         if (preferredTransport() === 'websocket') {
             openWebSocket();
         } else {
@@ -501,23 +758,23 @@
     }
 
     function disconnect() {
-        connGeneration++;
-        if (conn) {
-            var old = conn;
-            conn = null;
+        connection.generation++;
+        if (transport.conn) {
+            var old = transport.conn;
+            transport.conn = null;
             old.close();
         }
         failInflightReplies();
     }
 
     function scheduleReconnect() {
-        if (ended || reconnectTimer) {
+        if (connection.ended || connection.reconnectTimer) {
             return;
         }
         setState('reconnecting');
-        var delay = backoffDelay(reconnectAttempt++);
-        reconnectTimer = window.setTimeout(function () {
-            reconnectTimer = null;
+        var delay = backoffDelay(connection.reconnectAttempt++);
+        connection.reconnectTimer = window.setTimeout(function () {
+            connection.reconnectTimer = null;
             info.reconnects++;
             connect();
         }, delay);
@@ -525,15 +782,13 @@
 
     // Called by a transport once it delivered its first event.
     function transportUp(kind) {
-        reconnectAttempt = 0;
-        authRetries = 0;
+        connection.reconnectAttempt = 0;
+        connection.authRetries = 0;
         info.transport = kind;
         storageSet(STORE_TRANSPORT, kind);
         setState('connected');
         flushOutbox();
     }
-
-    var authRetries = 0;
 
     /* A transport failed. reason: 'session_ended' | 'auth' (token refused) | 'server' (the
        server said "try again later") | anything else (closed, timeout, network).
@@ -541,24 +796,24 @@
        bootstrap whether the server is there (this also renews the token): if it is, the
        WebSocket path itself is what fails, so fall back to long-polling. */
     function transportDown(kind, beforeFirstEvent, reason) {
-        if (ended || unloading) {
+        if (connection.ended || connection.unloading) {
             return;
         }
-        connGeneration++;
-        conn = null;
+        connection.generation++;
+        transport.conn = null;
         failInflightReplies();
         if (reason === 'session_ended') {
-            endSession();
+            endSession(true);
             return;
         }
         if (reason === 'auth') {
             setState('reconnecting');
-            var authGeneration = connGeneration;
+            var authGeneration = connection.generation;
             renewToken(function (result) {
-                if (authGeneration !== connGeneration || ended || reconnectTimer) {
+                if (authGeneration !== connection.generation || connection.ended || connection.reconnectTimer) {
                     return;
                 }
-                if (result === 'ok' && authRetries++ < 3) {
+                if (result === 'ok' && connection.authRetries++ < 3) {
                     info.reconnects++;
                     connect();
                 } else {
@@ -569,15 +824,15 @@
         }
         if (!beforeFirstEvent || reason === 'server') {
             if (kind === 'websocket') {
-                wsFailStreak = 0;
+                transport.wsFailStreak = 0;
             }
             scheduleReconnect();
             return;
         }
         setState('reconnecting');
-        var generation = connGeneration;
+        var generation = connection.generation;
         renewToken(function (result) {
-            if (generation !== connGeneration || ended || reconnectTimer) {
+            if (generation !== connection.generation || connection.ended || connection.reconnectTimer) {
                 return;
             }
             if (result !== 'ok') {
@@ -585,13 +840,10 @@
                 return;
             }
             if (kind === 'websocket') {
-                wsFailStreak++;
-                if (!wsProven || wsFailStreak >= 2) {
-                    wsProven = false;
+                transport.wsFailStreak++;
+                if (!transport.wsProven || transport.wsFailStreak >= 2) {
+                    transport.wsProven = false;
                     storageSet(STORE_TRANSPORT, 'longpoll');
-                    info.reconnects++;
-                    connect();
-                    return;
                 }
                 info.reconnects++;
                 connect();
@@ -604,9 +856,9 @@
     // ------------------------------------------------------------------ WebSocket transport
 
     function openWebSocket() {
-        var generation = connGeneration;
-        var url = wsUrl('/ws?token=' + encodeURIComponent(token) +
-            (lastCursor ? '&cursor=' + encodeURIComponent(lastCursor) : ''));
+        var generation = connection.generation;
+        var url = wsUrl('/ws?token=' + encodeURIComponent(connection.token) +
+            (connection.cursor ? '&cursor=' + encodeURIComponent(connection.cursor) : ''));
         var socket;
         try {
             socket = new window.WebSocket(url);
@@ -637,20 +889,20 @@
             }
         }
 
-        conn = {
+        transport.conn = {
             kind: 'websocket',
-            send: function (command) {
+            send: function (cmd) {
                 if (closed || socket.readyState !== 1) {
                     return false;
                 }
-                socket.send(JSON.stringify(command));
+                socket.send(JSON.stringify(cmd));
                 return true;
             },
             close: stop
         };
 
         socket.onmessage = function (event) {
-            if (generation !== connGeneration) {
+            if (generation !== connection.generation) {
                 return;
             }
             var data = parseJSON(event.data);
@@ -663,28 +915,24 @@
             }
             if (data.type === 'error' && !data.cursor) {
                 // Why the server is about to close this socket.
-                var code = data.code;
-                closeReason = code === 'session_ended' || code === 'not_logged_in' ? 'session_ended' :
-                    (code === 'bad_token' || code === 'token_expired' ? 'auth' :
-                        (code === 'unavailable' || code === 'too_many_connections' ||
-                            code === 'shutting_down' ? 'server' : 'closed'));
+                closeReason = errorKind(data.code) || 'closed';
                 return;
             }
             if (!gotEvent) {
                 gotEvent = true;
-                wsProven = true;
-                wsFailStreak = 0;
+                transport.wsProven = true;
+                transport.wsFailStreak = 0;
                 window.clearTimeout(firstEventTimer);
                 pingTimer = window.setInterval(function () {
                     command({type: 'ping'}, function (reply) {
-                        if (reply.error && reply.error.code === 'timeout' && generation === connGeneration) {
+                        if (reply.error && reply.error.code === 'timeout' && generation === connection.generation) {
                             stop(); // no answer: the socket is dead although the browser thinks not
                             transportDown('websocket', false, 'ping');
                         }
                     });
                 }, WS_PING_INTERVAL_MS);
                 handleEvent(data);
-                if (generation === connGeneration) {
+                if (generation === connection.generation) {
                     transportUp('websocket');
                 }
                 return;
@@ -693,21 +941,20 @@
         };
 
         socket.onclose = function (event) {
-            if (generation !== connGeneration) {
+            if (generation !== connection.generation) {
                 return;
             }
             var wasFirst = !gotEvent;
             var code = event ? event.code : 0;
             stop();
-            transportDown('websocket', wasFirst, code === 4000 ? 'session_ended' :
-                (code === 1013 || code === 1001 ? 'server' : closeReason));
+            transportDown('websocket', wasFirst, has(CLOSE_KINDS, code) ? CLOSE_KINDS[code] : closeReason);
         };
     }
 
     // ------------------------------------------------------------------ long-poll transport
 
     function openLongPoll() {
-        var generation = connGeneration;
+        var generation = connection.generation;
         var current = null;
         var gotAnswer = false;
         var up = false;
@@ -718,7 +965,7 @@
         // with nothing new, the answer only comes with the next event or after 45-55 s.
         function reportUp() {
             window.clearTimeout(heldTimer);
-            if (!up && !stopped && generation === connGeneration) {
+            if (!up && !stopped && generation === connection.generation) {
                 up = true;
                 transportUp('longpoll');
             }
@@ -737,13 +984,13 @@
             }
         }
 
-        conn = {
+        transport.conn = {
             kind: 'longpoll',
             send: function (cmd) {
                 if (stopped) {
                     return false;
                 }
-                request('POST', '/api/send', {token: token, body: cmd, timeout: REPLY_TIMEOUT_MS},
+                request('POST', '/api/send', {token: connection.token, body: cmd, timeout: REPLY_TIMEOUT_MS},
                     function (status, body) {
                         if (status === 0 || !body || typeof body !== 'object') {
                             handleReply({type: 'reply', ref: cmd.ref, ok: false,
@@ -771,52 +1018,49 @@
         };
 
         function poll() {
-            if (stopped || generation !== connGeneration) {
+            if (stopped || generation !== connection.generation) {
                 return;
             }
-            var path = '/api/poll?tab=' + encodeURIComponent(tabId) +
-                (lastCursor ? '&cursor=' + encodeURIComponent(lastCursor) : '');
+            var path = '/api/poll?tab=' + encodeURIComponent(transport.tabId) +
+                (connection.cursor ? '&cursor=' + encodeURIComponent(connection.cursor) : '');
             if (!up) {
                 heldTimer = window.setTimeout(reportUp, LONGPOLL_HELD_MS);
             }
-            current = request('GET', path, {token: token, timeout: LONGPOLL_CLIENT_TIMEOUT_MS},
+            current = request('GET', path, {token: connection.token, timeout: LONGPOLL_CLIENT_TIMEOUT_MS},
                 function (status, body) {
                     current = null;
                     window.clearTimeout(heldTimer);
-                    if (stopped || generation !== connGeneration) {
+                    if (stopped || generation !== connection.generation) {
                         return;
                     }
                     if (status === 200 && body && body.events) {
                         gotAnswer = true;
                         forEach(body.events, function (event) {
-                            if (generation === connGeneration) {
+                            if (generation === connection.generation) {
                                 handleEvent(event);
                             }
                         });
-                        if (generation !== connGeneration) {
+                        if (generation !== connection.generation) {
                             return; // an event ended the session or reset the connection
                         }
                         if (body.cursor) {
-                            lastCursor = body.cursor;
-                            info.cursor = lastCursor;
+                            connection.cursor = body.cursor;
+                            info.cursor = body.cursor;
                         }
                         reportUp();
                         poll();
                         return;
                     }
-                    var code = errorCode(body);
-                    if (code === 'session_ended' || code === 'not_logged_in') {
-                        stop();
+                    var kind = errorKind(errorCode(body));
+                    var wasFirst = !gotAnswer;
+                    stop();
+                    if (kind === 'session_ended') {
                         transportDown('longpoll', false, 'session_ended');
-                    } else if (code === 'bad_token' || code === 'token_expired') {
-                        stop();
-                        transportDown('longpoll', !gotAnswer, 'auth');
+                    } else if (kind === 'auth') {
+                        transportDown('longpoll', wasFirst, 'auth');
                     } else if (status === 503 || status === 429) {
-                        stop();
-                        transportDown('longpoll', !gotAnswer, 'server');
+                        transportDown('longpoll', wasFirst, 'server');
                     } else {
-                        var wasFirst = !gotAnswer;
-                        stop();
                         transportDown('longpoll', wasFirst, 'http ' + status);
                     }
                 });
@@ -826,48 +1070,44 @@
 
     // ------------------------------------------------------------------ commands and replies
 
-    var nextRef = 1;
-    var inflight = {};  // ref -> {callback, timer}
-    var outbox = [];    // commands waiting for a connection: {cmd, callback}
-
     /* Send a command; callback(reply) gets exactly one reply, real or synthesised
        ({ok: false, error: {code: 'timeout'|'disconnected'|'network'}}). */
     function command(cmd, callback) {
-        cmd.ref = tabId + '-' + (nextRef++);
-        if (conn && info.connected && conn.send(cmd)) {
+        cmd.ref = transport.tabId + '-' + (transport.nextRef++);
+        if (transport.conn && info.connected && transport.conn.send(cmd)) {
             track(cmd, callback);
         } else {
-            outbox.push({cmd: cmd, callback: callback});
+            transport.outbox.push({cmd: cmd, callback: callback});
         }
     }
 
     function track(cmd, callback) {
         var entry = {callback: callback, timer: null};
         entry.timer = window.setTimeout(function () {
-            delete inflight[cmd.ref];
+            delete transport.inflight[cmd.ref];
             if (callback) {
                 callback({type: 'reply', ref: cmd.ref, ok: false, error: {code: 'timeout', message: 'no reply'}});
             }
         }, REPLY_TIMEOUT_MS);
-        inflight[cmd.ref] = entry;
+        transport.inflight[cmd.ref] = entry;
     }
 
     function handleReply(reply) {
-        var entry = inflight[reply.ref];
+        var entry = transport.inflight[reply.ref];
         if (!entry) {
             return;
         }
-        delete inflight[reply.ref];
+        delete transport.inflight[reply.ref];
         window.clearTimeout(entry.timer);
-        var code = reply.ok ? null : errorCode(reply);
-        if (code === 'bad_token' || code === 'token_expired') {
+        var kind = reply.ok ? null : errorKind(errorCode(reply));
+        if (kind === 'auth') {
             renewToken(function (result) {
-                if (result === 'ok' && conn && conn.kind === 'websocket') {
+                if (result === 'ok' && transport.conn && transport.conn.kind === 'websocket') {
                     connect(); // the socket's token is no good any more: reconnect with the new one
                 }
             });
-        } else if (code === 'session_ended') {
-            endSession();
+        } else if (kind === 'session_ended') {
+            endSession(true);
         }
         if (entry.callback) {
             entry.callback(reply);
@@ -875,8 +1115,8 @@
     }
 
     function failInflightReplies() {
-        var pending = inflight;
-        inflight = {};
+        var pending = transport.inflight;
+        transport.inflight = {};
         for (var ref in pending) {
             if (has(pending, ref)) {
                 window.clearTimeout(pending[ref].timer);
@@ -889,13 +1129,13 @@
     }
 
     function flushOutbox() {
-        var waiting = outbox;
-        outbox = [];
+        var waiting = transport.outbox;
+        transport.outbox = [];
         forEach(waiting, function (item) {
-            if (conn && info.connected && conn.send(item.cmd)) {
+            if (transport.conn && info.connected && transport.conn.send(item.cmd)) {
                 track(item.cmd, item.callback);
             } else {
-                outbox.push(item);
+                transport.outbox.push(item);
             }
         });
         retryPendingMessages();
@@ -918,20 +1158,20 @@
     // Events carry strictly increasing cursors: anything not after the last one is a repeat.
     function isRepeat(cursor) {
         var next = parseCursor(cursor);
-        var last = parseCursor(lastCursor);
+        var last = parseCursor(connection.cursor);
         return !!(next && last && next.epoch === last.epoch && next.seq <= last.seq);
     }
 
     function handleEvent(event) {
-        if (ended || !event || typeof event.type !== 'string') {
+        if (connection.ended || !event || typeof event.type !== 'string') {
             return;
         }
         if (event.cursor) {
             if (event.type !== 'ready' && isRepeat(event.cursor)) {
                 return;
             }
-            lastCursor = event.cursor;
-            info.cursor = lastCursor;
+            connection.cursor = event.cursor;
+            info.cursor = event.cursor;
         }
         info.events++;
         switch (event.type) {
@@ -939,24 +1179,36 @@
             onReady(event);
             break;
         case 'presence':
-            onPresence(event);
+            onPresence(event.user, event.status);
+            break;
+        case 'presence_batch':
+            forEach(event.changes || [], function (change) {
+                if (change) {
+                    onPresence(change.user, change.status);
+                }
+            });
             break;
         case 'conversation':
             if (event.conversation) {
                 applyConversation(event.conversation, false, true);
+                refreshRecentSoon();
             }
             break;
         case 'message':
             if (event.message) {
                 addMessage(event.message, 'event');
+                refreshRecentSoon();
             }
+            break;
+        case 'read':
+            onRead(event);
             break;
         case 'typing':
             onTyping(event);
             break;
         case 'error':
-            if (event.code === 'session_ended' || event.code === 'not_logged_in') {
-                endSession();
+            if (errorKind(event.code) === 'session_ended') {
+                endSession(true);
             }
             break;
         default:
@@ -966,61 +1218,92 @@
 
     function onReady(event) {
         if (event.me) {
-            me = event.me;
-            info.user = me;
+            conversations.me = event.me;
+            info.user = event.me;
         }
-        online = {};
+        conversations.online = {};
         forEach(event.online || [], function (user) {
-            if (user && !sameId(user.id, me && me.id)) {
-                online[user.id] = user;
+            if (user && !isMe(user.id)) {
+                conversations.online[user.id] = user;
             }
         });
-        var reset = !!event.reset || !seenReady;
-        seenReady = true;
+        conversations.onlineTotal = typeof event.online_total === 'number' ? event.online_total : null;
+        conversations.coursemates = typeof event.coursemates === 'number' ? event.coursemates : null;
+        var reset = !!event.reset || !connection.seenReady;
+        connection.seenReady = true;
         var present = {};
-        forEach(event.conversations || [], function (conversation) {
-            present[conversation.id] = true;
-            applyConversation(conversation, reset);
+        forEach(event.conversations || [], function (data) {
+            present[data.id] = true;
+            applyConversation(data, reset);
         });
-        forEach(conversationOrder.slice(), function (id) {
+        forEach(conversations.order.slice(), function (id) {
             if (!present[id]) {
                 removeConversation(id);
             }
         });
-        renderBuddies();
-        forEach(conversationOrder, function (id) {
-            renderHeader(convs[id]);
-        });
+        conversations.recent = null;
+        renderPanelLists();
+        renderAllHeaders();
         restoreOutbox();
+        layout();
     }
 
-    function onPresence(event) {
-        var user = event.user;
-        if (!user || sameId(user.id, me && me.id)) {
+    function onPresence(user, status) {
+        if (!user || isMe(user.id)) {
             return;
         }
-        if (event.status === 'offline') {
-            delete online[user.id];
+        var wasOnline = has(conversations.online, user.id);
+        if (status === 'offline') {
+            delete conversations.online[user.id];
+            if (wasOnline && conversations.onlineTotal !== null) {
+                conversations.onlineTotal = Math.max(0, conversations.onlineTotal - 1);
+            }
         } else {
-            online[user.id] = user;
+            conversations.online[user.id] = user;
+            if (!wasOnline && conversations.onlineTotal !== null) {
+                conversations.onlineTotal++;
+            }
         }
         renderBuddies();
-        forEach(conversationOrder, function (id) {
-            var conv = convs[id];
-            if (conv && sameId(conv.peer.id, user.id)) {
-                renderHeader(conv);
-            }
-        });
+        var conv = findConversationWith(user.id);
+        if (conv) {
+            renderHeader(conv);
+        }
+    }
+
+    function onRead(event) {
+        var conv = conversations.byId[event.conversation];
+        if (!conv || isMe(event.user) || !event.message) {
+            return;
+        }
+        setPeerRead(conv, {message: event.message, time: event.time});
+        if (conversations.recent) {
+            forEach(conversations.recent, function (row) {
+                if (sameId(row.id, conv.id)) {
+                    row.peer_read = conv.peerRead;
+                }
+            });
+        }
+    }
+
+    function setPeerRead(conv, read) {
+        if (!read || !read.message) {
+            return;
+        }
+        if (conv.peerRead && Number(conv.peerRead.message) >= Number(read.message)) {
+            return; // receipts only move forward
+        }
+        conv.peerRead = {message: read.message, time: read.time};
+        renderSeen(conv);
     }
 
     function onTyping(event) {
-        var conv = convs[event.conversation];
+        var conv = conversations.byId[event.conversation];
         if (!conv) {
             return;
         }
         var user = event.user;
-        var userId = user && typeof user === 'object' ? user.id : user;
-        if (sameId(userId, me && me.id)) {
+        if (isMe(user && typeof user === 'object' ? user.id : user)) {
             return;
         }
         conv.typingUntil = now() + TYPING_SHOW_MS;
@@ -1041,7 +1324,8 @@
             minimized: false,
             unread: 0,          // the server's count at the last conversation event
             unreadBase: 0,      // highest message id known at that event
-            items: [],          // [{key, message, el}] sorted: by id, then pending ones
+            peerRead: null,     // {message, time}: how far the peer has read
+            items: [],          // [{key, message, el, dayEl}] sorted: by id, then pending ones
             byKey: {},
             hasOlder: true,
             loadingOlder: false,
@@ -1049,6 +1333,7 @@
             typingTimer: null,
             lastTypingSent: 0,
             lastSeenSent: 0,
+            overflowed: false,  // not shown in the dock: listed in the "+N" menu
             dom: null
         };
     }
@@ -1056,9 +1341,8 @@
     // The stored message with the highest id (pending local copies have none), or null.
     function newestMessage(conv) {
         for (var i = conv.items.length - 1; i >= 0; i--) {
-            var m = conv.items[i].message;
-            if (m.id !== undefined && m.id !== null) {
-                return m;
+            if (hasId(conv.items[i].message)) {
+                return conv.items[i].message;
             }
         }
         return null;
@@ -1076,7 +1360,7 @@
         var count = Number(conv.unread) || 0;
         forEach(conv.items, function (item) {
             var m = item.message;
-            if (m.id !== undefined && Number(m.id) > conv.unreadBase && !sameId(m.from, me && me.id)) {
+            if (hasId(m) && Number(m.id) > conv.unreadBase && !isMe(m.from)) {
                 count++;
             }
         });
@@ -1089,7 +1373,7 @@
         if (!data || data.id === undefined) {
             return null;
         }
-        var conv = convs[data.id];
+        var conv = conversations.byId[data.id];
         if (!data.open) {
             if (conv) {
                 removeConversation(data.id);
@@ -1099,8 +1383,10 @@
         var isNew = !conv;
         if (isNew) {
             conv = makeConversation(data);
-            convs[data.id] = conv;
-            conversationOrder.push(data.id);
+            conversations.byId[data.id] = conv;
+            // On a phone a conversation that opens by itself must not take over the screen.
+            var behind = ui.phone && live && currentPhoneConversation() ? 1 : 0;
+            conversations.order.splice(behind, 0, data.id);
         }
         if (data['with']) {
             conv.peer = data['with'];
@@ -1118,9 +1404,15 @@
             forEach(data.messages, function (m) {
                 addMessage(m, 'snapshot');
             });
-            if (data.messages.length < (Number(settings.history_size) || 10)) {
+            if (data.messages.length < (Number(ui.settings.history_size) || 10)) {
                 conv.hasOlder = false;
             }
+        }
+        if (has(data, 'peer_read')) {
+            if (replaceMessages) {
+                conv.peerRead = null;
+            }
+            setPeerRead(conv, data.peer_read);
         }
         conv.unread = Number(data.unread) || 0;
         // The event counted everything stored before it; messages the client has not seen yet
@@ -1128,8 +1420,7 @@
         // highest id this client knows *now* (including the event's own messages).
         conv.unreadBase = maxMessageId(conv);
         var newest = newestMessage(conv);
-        if (live && conv.unread > 0 && newest && Number(newest.id) > knownBefore &&
-                !sameId(newest.from, me && me.id)) {
+        if (live && conv.unread > 0 && newest && Number(newest.id) > knownBefore && !isMe(newest.from)) {
             // The peer's message that opened this window (its message event will be a repeat).
             announce(conv, newest);
             noteIncoming(conv);
@@ -1139,40 +1430,71 @@
         renderOlderControl(conv);
         updateTitleFlash();
         maybeSeen(conv);
+        if (isNew) {
+            layout();
+        }
         return conv;
     }
 
     function removeConversation(id) {
-        var conv = convs[id];
+        var conv = conversations.byId[id];
         if (!conv) {
             return;
         }
         window.clearTimeout(conv.typingTimer);
+        var hadFocus = false;
         if (conv.dom) {
-            var hadFocus = conv.dom.root.contains(document.activeElement);
+            hadFocus = conv.dom.root.contains(document.activeElement);
             removeNode(conv.dom.root);
-            if (hadFocus && ui.panelToggle) {
-                ui.panelToggle.focus();
-            }
         }
-        delete convs[id];
-        for (var i = 0; i < conversationOrder.length; i++) {
-            if (sameId(conversationOrder[i], id)) {
-                conversationOrder.splice(i, 1);
+        delete conversations.byId[id];
+        for (var i = 0; i < conversations.order.length; i++) {
+            if (sameId(conversations.order[i], id)) {
+                conversations.order.splice(i, 1);
                 break;
             }
         }
         updateTitleFlash();
+        layout();
+        if (hadFocus) {
+            focusAfterClose();
+        }
+    }
+
+    // After a window closes, focus goes to the next window, or back to the panel.
+    function focusAfterClose() {
+        for (var i = 0; i < conversations.order.length; i++) {
+            var conv = conversations.byId[conversations.order[i]];
+            if (conv && conv.dom && !conv.overflowed) {
+                conv.dom.title.focus();
+                return;
+            }
+        }
+        if (ui.panelToggle) {
+            ui.panelToggle.focus();
+        }
     }
 
     function findConversationWith(userId) {
-        for (var i = 0; i < conversationOrder.length; i++) {
-            var conv = convs[conversationOrder[i]];
+        for (var i = 0; i < conversations.order.length; i++) {
+            var conv = conversations.byId[conversations.order[i]];
             if (conv && sameId(conv.peer.id, userId)) {
                 return conv;
             }
         }
         return null;
+    }
+
+    // Bring a conversation next to the panel (out of the overflow menu, if it was there).
+    function promote(conv) {
+        for (var i = 0; i < conversations.order.length; i++) {
+            if (sameId(conversations.order[i], conv.id)) {
+                conversations.order.splice(i, 1);
+                break;
+            }
+        }
+        conversations.order.unshift(conv.id);
+        layout();
     }
 
     // ------------------------------------------------------------------ messages
@@ -1181,7 +1503,7 @@
        Messages are shown sorted by id; pending ones follow at the end in sending order.
        A server copy with a known client_id replaces the pending one. Returns the item. */
     function addMessage(m, source) {
-        var conv = convs[m.conversation];
+        var conv = conversations.byId[m.conversation];
         if (!conv) {
             return null; // the protocol sends a conversation event first; nothing to show otherwise
         }
@@ -1196,14 +1518,14 @@
         if (conv.byKey[key]) {
             return conv.byKey[key];
         }
-        var item = {key: key, message: m, el: null, state: source === 'local' ? 'pending' : 'sent'};
+        var item = {key: key, message: m, el: null, dayEl: null, state: source === 'local' ? 'pending' : 'sent'};
         var index = conv.items.length;
         if (source !== 'local') {
             // after the last message with a smaller id; before every pending one
             index = 0;
             for (var i = conv.items.length - 1; i >= 0; i--) {
                 var other = conv.items[i].message;
-                if (other.id !== undefined && other.id !== null && Number(other.id) < Number(m.id)) {
+                if (hasId(other) && Number(other.id) < Number(m.id)) {
                     index = i + 1;
                     break;
                 }
@@ -1217,21 +1539,28 @@
         conv.byKey[key] = item;
         item.el = renderMessage(conv, item);
         var next = conv.items[index + 1];
-        log.insertBefore(item.el, next ? next.el : null);
+        log.insertBefore(item.el, next ? (next.dayEl || next.el) : null);
+        decorate(conv);
         if (index === 0 && conv.items.length > 1 && source === 'history') {
             log.scrollTop = oldTop + (log.scrollHeight - oldHeight); // keep the reader's place
         } else if (stick) {
             log.scrollTop = log.scrollHeight;
         }
-        var fromPeer = source !== 'local' && !sameId(m.from, me && me.id);
+        var fromPeer = source !== 'local' && !isMe(m.from);
         if (fromPeer && source === 'event') {
             conv.typingUntil = 0;
             renderTyping(conv);
             announce(conv, m);
             noteIncoming(conv);
+            if (!stick && !conv.minimized) {
+                show(conv.dom.pill, true); // scrolled up reading: say that something new came
+            }
         }
         renderHeader(conv);
         maybeSeen(conv);
+        if (conv.overflowed) {
+            renderOverflow();
+        }
         return item;
     }
 
@@ -1243,6 +1572,8 @@
             }
         }
         removeNode(item.el);
+        removeNode(item.dayEl);
+        decorate(conv);
     }
 
     function clearMessages(conv) {
@@ -1250,6 +1581,7 @@
         forEach(conv.items, function (item) {
             if (item.state === 'sent') {
                 removeNode(item.el);
+                removeNode(item.dayEl);
                 delete conv.byKey[item.key];
             } else {
                 keep.push(item);
@@ -1257,21 +1589,83 @@
         });
         conv.items = keep;
         conv.hasOlder = true;
+        decorate(conv);
     }
 
     function nearBottom(node) {
-        return node.scrollHeight - node.scrollTop - node.clientHeight < 40;
+        return node.scrollHeight - node.scrollTop - node.clientHeight < NEAR_BOTTOM_PX;
+    }
+
+    function dayKey(time) {
+        return new Date(Number(time) || now()).toDateString();
+    }
+
+    /* Day separators, grouping of consecutive messages and the "Seen" line, recomputed after
+       every change of the list (a few dozen items: cheap). */
+    function decorate(conv) {
+        var previous = null;
+        forEach(conv.items, function (item) {
+            var m = item.message;
+            var day = dayKey(m.time);
+            var newDay = !previous || dayKey(previous.message.time) !== day;
+            if (newDay && !item.dayEl) {
+                item.dayEl = el('p', {className: 'gchat-day', text: formatDay(new Date(Number(m.time) || now()))});
+            }
+            if (newDay) {
+                if (item.dayEl.nextSibling !== item.el) {
+                    conv.dom.log.insertBefore(item.dayEl, item.el);
+                }
+            } else if (item.dayEl) {
+                removeNode(item.dayEl);
+                item.dayEl = null;
+            }
+            var grouped = !newDay && previous && sameId(previous.message.from, m.from) &&
+                Math.abs((Number(m.time) || 0) - (Number(previous.message.time) || 0)) < GROUP_GAP_MS;
+            toggleClass(item.el, 'gchat-grouped', !!grouped);
+            previous = item;
+        });
+        renderSeen(conv);
+    }
+
+    // "Seen 14:02" under the last own message the peer has read.
+    function renderSeen(conv) {
+        if (!conv.dom) {
+            return;
+        }
+        var read = conv.peerRead;
+        var target = null;
+        var lastOwn = null;
+        forEach(conv.items, function (item) {
+            var m = item.message;
+            if (hasId(m) && isMe(m.from)) {
+                lastOwn = item;
+                if (read && Number(m.id) <= Number(read.message)) {
+                    target = item;
+                }
+            }
+        });
+        // Only under the newest own message: an older one read says nothing new.
+        if (!target || target !== lastOwn) {
+            removeNode(conv.dom.seen);
+            return;
+        }
+        var date = new Date(Number(read.time) || now());
+        setText(conv.dom.seen, t('seen', {time: formatTime(date)}));
+        conv.dom.seen.setAttribute('title', formatFull(date));
+        var after = target.el.nextSibling;
+        if (after !== conv.dom.seen) {
+            conv.dom.log.insertBefore(conv.dom.seen, after);
+        }
     }
 
     // ------------------------------------------------------------------ sending
 
-    var pendingSends = {}; // client_id -> {conversation, text, client_id, time, inflight, attempts}
-
     function saveOutbox() {
         var list = [];
-        for (var id in pendingSends) {
-            if (has(pendingSends, id) && !pendingSends[id].permanent) {
-                var p = pendingSends[id];
+        var pending = conversations.pendingSends;
+        for (var id in pending) {
+            if (has(pending, id) && !pending[id].permanent) {
+                var p = pending[id];
                 list.push({conversation: p.conversation, text: p.text, client_id: p.client_id, time: p.time});
             }
         }
@@ -1279,9 +1673,9 @@
     }
 
     function dropFromOutbox(clientId) {
-        if (has(pendingSends, clientId)) {
-            window.clearTimeout(pendingSends[clientId].retryTimer);
-            delete pendingSends[clientId];
+        if (has(conversations.pendingSends, clientId)) {
+            window.clearTimeout(conversations.pendingSends[clientId].retryTimer);
+            delete conversations.pendingSends[clientId];
             saveOutbox();
         }
     }
@@ -1294,8 +1688,8 @@
             return;
         }
         forEach(saved, function (p) {
-            var conv = p && convs[p.conversation];
-            if (!conv || !p.client_id || !p.text || has(pendingSends, p.client_id)) {
+            var conv = p && conversations.byId[p.conversation];
+            if (!conv || !p.client_id || !p.text || has(conversations.pendingSends, p.client_id)) {
                 return;
             }
             for (var i = 0; i < conv.items.length; i++) {
@@ -1312,9 +1706,10 @@
         if (!/\S/.test(text)) {
             return false;
         }
-        var max = Number(settings.max_message_length) || 1333;
-        if (text.length > max) {
-            showWindowError(conv, t('error_too_long', {max: max}));
+        var over = codePoints(text) - maxLength();
+        if (over > 0) {
+            // Never cut: the text stays in the box and the counter says how much is too much.
+            showWindowError(conv, t('error_too_long', {max: maxLength()}));
             return false;
         }
         queueMessage(conv, text, randomId(24), now());
@@ -1324,15 +1719,15 @@
     function queueMessage(conv, text, clientId, time) {
         var p = {conversation: conv.id, text: text, client_id: clientId, time: time,
             inflight: false, attempts: 0, retryTimer: null, permanent: false};
-        pendingSends[clientId] = p;
+        conversations.pendingSends[clientId] = p;
         saveOutbox();
-        addMessage({conversation: conv.id, from: me && me.id, text: text, time: time, client_id: clientId},
-            'local');
+        addMessage({conversation: conv.id, from: conversations.me && conversations.me.id, text: text, time: time,
+            client_id: clientId}, 'local');
         transmit(p);
     }
 
     function transmit(p) {
-        if (!has(pendingSends, p.client_id) || p.inflight) {
+        if (!has(conversations.pendingSends, p.client_id) || p.inflight) {
             return;
         }
         window.clearTimeout(p.retryTimer);
@@ -1342,7 +1737,7 @@
         command({type: 'send', conversation: p.conversation, text: p.text, client_id: p.client_id},
             function (reply) {
                 p.inflight = false;
-                if (!has(pendingSends, p.client_id)) {
+                if (!has(conversations.pendingSends, p.client_id)) {
                     return; // the message event already confirmed it
                 }
                 if (reply.ok && reply.message) {
@@ -1351,18 +1746,21 @@
                     return;
                 }
                 var code = errorCode(reply) || 'generic';
-                var permanent = code === 'too_long' || code === 'empty' || code === 'not_allowed' ||
-                    code === 'not_found' || code === 'bad_command' || code === 'bad_json';
-                setPendingState(p, 'failed', permanent ? code : null);
+                var permanent = has(ERRORS, code) && !!ERRORS[code].permanent;
+                setPendingState(p, 'failed', permanent ? reply.error : null);
                 if (permanent) {
                     p.permanent = true; // stays on screen with Retry, but is not carried to the next page
                     saveOutbox();
+                    var conv = conversations.byId[p.conversation];
+                    if (conv) {
+                        showWindowError(conv, errorText(reply.error));
+                    }
                     return;
                 }
                 // Transient (unavailable, timeout, connection lost, rate limited): retry by itself
                 // with the same client_id, so it is stored once whatever happened to the first try.
                 p.retryTimer = window.setTimeout(function () {
-                    if (conn && info.connected) {
+                    if (transport.conn && info.connected) {
                         transmit(p);
                     }
                 }, backoffDelay(p.attempts));
@@ -1370,26 +1768,27 @@
     }
 
     function retryPendingMessages() {
-        for (var id in pendingSends) {
-            if (has(pendingSends, id) && !pendingSends[id].inflight && !pendingSends[id].permanent) {
-                transmit(pendingSends[id]);
+        var pending = conversations.pendingSends;
+        for (var id in pending) {
+            if (has(pending, id) && !pending[id].inflight && !pending[id].permanent) {
+                transmit(pending[id]);
             }
         }
     }
 
-    function setPendingState(p, state, errorCodeValue) {
-        var conv = convs[p.conversation];
+    function setPendingState(p, state, error) {
+        var conv = conversations.byId[p.conversation];
         var item = conv && conv.byKey['c:' + p.client_id];
         if (!item) {
             return;
         }
         item.state = state;
-        item.error = errorCodeValue || null;
+        item.error = error || null;
         renderMessageState(conv, item);
     }
 
     function retryMessage(conv, item) {
-        var p = pendingSends[item.message.client_id];
+        var p = conversations.pendingSends[item.message.client_id];
         if (!p) {
             return;
         }
@@ -1403,6 +1802,7 @@
     function openWith(user) {
         var conv = findConversationWith(user.id);
         if (conv) {
+            promote(conv);
             if (conv.minimized) {
                 setMinimized(conv, false);
             }
@@ -1413,13 +1813,14 @@
             if (reply.ok && reply.conversation) {
                 var opened = applyConversation(reply.conversation, false);
                 if (opened) {
+                    promote(opened);
                     if (opened.minimized) {
                         setMinimized(opened, false);
                     }
                     focusInput(opened);
                 }
             } else {
-                flashPanelError(reply);
+                showPanelError(errorText(reply.error));
             }
         });
     }
@@ -1428,6 +1829,7 @@
         conv.minimized = minimized;
         renderWindowState(conv);
         command({type: 'minimize', conversation: conv.id, minimized: minimized});
+        layout();
         if (!minimized) {
             maybeSeen(conv);
         }
@@ -1441,7 +1843,7 @@
     /* Tell the server the peer's messages were read: only when the window is open, the page is
        visible and has focus, and the user is in this chat window. */
     function maybeSeen(conv) {
-        if (!conv || !conv.dom || conv.minimized || document.hidden || !document.hasFocus()) {
+        if (!conv || !conv.dom || conv.minimized || conv.overflowed || document.hidden || !document.hasFocus()) {
             return;
         }
         if (!conv.dom.root.contains(document.activeElement)) {
@@ -1465,7 +1867,7 @@
         }
         var oldest = null;
         for (var i = 0; i < conv.items.length; i++) {
-            if (conv.items[i].message.id !== undefined && conv.items[i].message.id !== null) {
+            if (hasId(conv.items[i].message)) {
                 oldest = conv.items[i].message.id;
                 break;
             }
@@ -1497,30 +1899,81 @@
             return;
         }
         conv.lastTypingSent = now();
-        if (conn && info.connected) {
+        if (transport.conn && info.connected) {
             command({type: 'typing', conversation: conv.id});
         }
     }
 
-    // ------------------------------------------------------------------ UI: root, panel, live region
+    function loadRecent(more) {
+        if (conversations.recentLoading || !info.connected) {
+            return;
+        }
+        var cmd = {type: 'conversations', limit: PAGE_SIZE};
+        var list = conversations.recent || [];
+        if (more && list.length && list[list.length - 1].last_message) {
+            cmd.before = list[list.length - 1].last_message.time;
+        }
+        conversations.recentLoading = true;
+        command(cmd, function (reply) {
+            conversations.recentLoading = false;
+            if (!reply.ok) {
+                showPanelError(errorText(reply.error));
+                return;
+            }
+            conversations.recent = (more ? list : []).concat(reply.conversations || []);
+            conversations.recentMore = !!reply.more;
+            renderRecent();
+        });
+    }
 
-    var ui = {root: null, dock: null, panel: null, panelToggle: null, blockRoot: null, list: null,
-        empty: null, status: null, live: null, count: null};
+    function refreshRecentSoon() {
+        if (ui.view !== 'recent' || conversations.recentTimer) {
+            return;
+        }
+        conversations.recentTimer = window.setTimeout(function () {
+            conversations.recentTimer = null;
+            loadRecent(false);
+        }, RECENT_REFRESH_MS);
+    }
+
+    function runSearch(more) {
+        var query = ui.query;
+        if (!query) {
+            renderPanelLists();
+            return;
+        }
+        var seq = ++ui.searchSeq;
+        var offset = more ? ui.searchOffset : 0;
+        command({type: 'search', query: query.slice(0, 100), offset: offset, limit: PAGE_SIZE}, function (reply) {
+            if (seq !== ui.searchSeq) {
+                return; // a newer search is on its way
+            }
+            if (!reply.ok) {
+                showPanelError(errorText(reply.error));
+                return;
+            }
+            ui.searchOffset = offset + (reply.users || []).length;
+            renderSearch(reply.users || [], !!reply.more, more);
+        });
+    }
+
+    // ------------------------------------------------------------------ UI: root, panel, live region
 
     function loadCss() {
         var link = document.createElement('link');
         link.rel = 'stylesheet';
         link.href = STATIC_BASE + '/gchat.css';
         var shown = false;
-        function show() {
+        function reveal() {
             if (!shown && ui.root) {
                 shown = true;
                 removeClass(ui.root, 'gchat-loading');
+                layout();
             }
         }
-        on(link, 'load', show);
-        on(link, 'error', show);
-        window.setTimeout(show, 3000);
+        on(link, 'load', reveal);
+        on(link, 'error', reveal);
+        window.setTimeout(reveal, 3000);
         if (ownScript.parentNode) {
             ownScript.parentNode.insertBefore(link, ownScript.nextSibling);
         } else {
@@ -1529,7 +1982,7 @@
     }
 
     function containerElement() {
-        var selector = settings.container || 'body';
+        var selector = ui.settings.container || 'body';
         var node = null;
         try {
             node = document.querySelector(selector);
@@ -1539,36 +1992,38 @@
         return node || document.body;
     }
 
+    function langAttr() {
+        return (ui.lang || 'en').replace('_', '-');
+    }
+
     function buildUi() {
         loadCss();
         ui.root = el('div', {id: 'gchat-root', className: 'gchat gchat-loading', 'data-state': info.state,
-            lang: (info.lang || 'en').replace('_', '-')});
+            lang: langAttr()});
         ui.live = el('div', {className: 'gchat-sr-only', role: 'status', 'aria-live': 'polite',
             'aria-atomic': 'true'});
         ui.dock = el('div', {className: 'gchat-dock'});
         ui.root.appendChild(ui.live);
         ui.root.appendChild(ui.dock);
+        buildOverflow();
 
+        ui.banner = el('p', {className: 'gchat-banner gchat-hidden', role: 'status'});
+        ui.body = buildPanelBody();
         var block = document.getElementById('gchat-block');
-        ui.list = el('ul', {className: 'gchat-buddy-list', 'aria-label': t('title')});
-        ui.empty = el('p', {className: 'gchat-empty', text: t('no_users')});
-        ui.status = el('p', {className: 'gchat-status', role: 'status'});
-        var body = el('div', {className: 'gchat-panel-body', id: 'gchat-panel-body'},
-            [ui.status, ui.list, ui.empty]);
         if (block) {
-            // An HTML block in Moodle: the list lives in the page, like the old block did.
-            ui.blockRoot = el('div', {className: 'gchat gchat-in-block', role: 'region',
-                'aria-label': t('title'), lang: (info.lang || 'en').replace('_', '-')}, [body]);
+            // An HTML block in Moodle: the lists live in the page, like the old block did.
             ui.count = el('span', {className: 'gchat-count'});
+            ui.blockRoot = el('div', {className: 'gchat gchat-in-block', role: 'region',
+                'aria-label': t('title'), lang: langAttr()}, [ui.banner, ui.body]);
             block.appendChild(ui.blockRoot);
         } else {
             ui.count = el('span', {className: 'gchat-count'});
+            ui.dot = el('span', {className: 'gchat-dot', 'aria-hidden': 'true'});
             ui.panelToggle = el('button', {type: 'button', className: 'gchat-panel-header',
-                'aria-expanded': 'true', 'aria-controls': 'gchat-panel-body'},
-                [el('span', {className: 'gchat-dot', 'aria-hidden': 'true'}),
-                    el('span', {className: 'gchat-panel-title', text: t('title')}), ' ', ui.count]);
-            ui.panel = el('section', {className: 'gchat-panel', role: 'region', 'aria-label': t('title')},
-                [ui.panelToggle, body]);
+                'aria-expanded': 'true', 'aria-controls': 'gchat-panel-body', 'aria-keyshortcuts': SHORTCUT},
+                [ui.dot, el('span', {className: 'gchat-panel-title', text: t('title')}), ' ', ui.count]);
+            ui.panel = el('section', {className: 'gchat-panel', 'aria-label': t('title')},
+                [ui.banner, ui.panelToggle, ui.body]);
             on(ui.panelToggle, 'click', function () {
                 setPanelCollapsed(!hasClassName(ui.panel, 'gchat-collapsed'));
             });
@@ -1577,47 +2032,204 @@
         }
         paintPanel();
         containerElement().appendChild(ui.root);
+        listenToPage();
+        setView(storageGet(STORE_VIEW) === 'recent' ? 'recent' : 'online', true);
+        renderCapabilities();
+        renderStatus();
+        renderPanelLists();
+    }
+
+    function buildPanelBody() {
+        ui.panelError = el('p', {className: 'gchat-panel-error gchat-hidden', role: 'alert'});
+        ui.readOnly = el('p', {className: 'gchat-note gchat-read-only gchat-hidden', text: t('read_only')});
+        ui.search = el('input', {type: 'search', className: 'gchat-search', id: 'gchat-search',
+            autocomplete: 'off', placeholder: t('search_placeholder'), 'aria-label': t('search_label'),
+            'aria-keyshortcuts': SHORTCUT});
+        on(ui.search, 'input', function () {
+            window.clearTimeout(ui.searchTimer);
+            // Emptied: back to the list at once; typed: search after a short pause.
+            ui.searchTimer = window.setTimeout(function () {
+                ui.query = ui.search.value.replace(/^\s+|\s+$/g, '');
+                ui.searchOffset = 0;
+                if (!ui.query) {
+                    ui.searchSeq++;
+                }
+                runSearch(false);
+                renderPanelLists();
+            }, /\S/.test(ui.search.value) ? SEARCH_DELAY_MS : 0);
+        });
+        on(ui.search, 'keydown', function (event) {
+            if (keyOf(event) === 'Escape' && ui.search.value) {
+                event.preventDefault();
+                event.stopPropagation();
+                ui.search.value = '';
+                ui.query = '';
+                ui.searchSeq++;
+                renderPanelLists();
+            }
+        });
+        ui.tabOnline = button('gchat-tab', t('tab_online'), {'aria-pressed': 'true'});
+        ui.tabRecent = button('gchat-tab', t('tab_recent'), {'aria-pressed': 'false'});
+        on(ui.tabOnline, 'click', function () {
+            setView('online');
+        });
+        on(ui.tabRecent, 'click', function () {
+            setView('recent');
+        });
+        ui.tabs = el('div', {className: 'gchat-tabs', role: 'group', 'aria-label': t('title')},
+            [ui.tabOnline, ui.tabRecent]);
+
+        ui.list = el('ul', {className: 'gchat-buddy-list', 'aria-label': t('tab_online')});
+        ui.empty = el('p', {className: 'gchat-empty', text: t('no_users')});
+        ui.more = el('p', {className: 'gchat-more gchat-hidden'});
+        ui.onlineView = el('div', {className: 'gchat-view'}, [ui.list, ui.empty, ui.more]);
+
+        ui.recentList = el('ul', {className: 'gchat-buddy-list', 'aria-label': t('tab_recent')});
+        ui.recentEmpty = el('p', {className: 'gchat-none gchat-hidden', text: t('no_recent')});
+        ui.recentMoreButton = button('gchat-link gchat-hidden', t('more_results'));
+        on(ui.recentMoreButton, 'click', function () {
+            loadRecent(true);
+        });
+        ui.recentView = el('div', {className: 'gchat-view gchat-hidden'},
+            [ui.recentList, ui.recentEmpty, ui.recentMoreButton]);
+
+        ui.searchList = el('ul', {className: 'gchat-buddy-list', 'aria-label': t('search_label')});
+        ui.searchEmpty = el('p', {className: 'gchat-none gchat-hidden', role: 'status'});
+        ui.searchMoreButton = button('gchat-link gchat-hidden', t('more_results'));
+        on(ui.searchMoreButton, 'click', function () {
+            runSearch(true);
+        });
+        ui.searchView = el('div', {className: 'gchat-view gchat-hidden'},
+            [ui.searchList, ui.searchEmpty, ui.searchMoreButton]);
+
+        return el('div', {className: 'gchat-panel-body', id: 'gchat-panel-body'},
+            [ui.panelError, ui.readOnly, ui.search, ui.tabs, ui.onlineView, ui.recentView, ui.searchView]);
+    }
+
+    function buildOverflow() {
+        ui.overflowButton = el('button', {type: 'button', className: 'gchat-overflow-button',
+            'aria-haspopup': 'true', 'aria-expanded': 'false', 'aria-controls': 'gchat-overflow-menu'});
+        ui.overflowMenu = el('ul', {className: 'gchat-overflow-menu gchat-hidden', id: 'gchat-overflow-menu'});
+        ui.overflow = el('div', {className: 'gchat-overflow gchat-hidden'}, [ui.overflowMenu, ui.overflowButton]);
+        on(ui.overflowButton, 'click', function () {
+            setOverflowOpen(hasClassName(ui.overflowMenu, 'gchat-hidden'));
+        });
+        on(ui.overflow, 'keydown', function (event) {
+            if (keyOf(event) === 'Escape') {
+                event.preventDefault();
+                event.stopPropagation();
+                setOverflowOpen(false);
+                ui.overflowButton.focus();
+            }
+        });
+        ui.dock.appendChild(ui.overflow);
+    }
+
+    function setOverflowOpen(open) {
+        show(ui.overflowMenu, open);
+        ui.overflowButton.setAttribute('aria-expanded', open ? 'true' : 'false');
+        if (open) {
+            var first = ui.overflowMenu.getElementsByTagName('button')[0];
+            if (first) {
+                first.focus();
+            }
+        }
+    }
+
+    function listenToPage() {
         on(document, 'visibilitychange', onVisibility);
         on(window, 'focus', onVisibility);
         on(window, 'pagehide', function () {
-            unloading = true;
+            connection.unloading = true;
         });
         on(window, 'pageshow', function (event) {
-            if (event.persisted && unloading) {
+            if (event.persisted && connection.unloading) {
                 // restored from the back/forward cache: the old connection is gone
-                unloading = false;
-                reconnectAttempt = 0;
+                connection.unloading = false;
+                connection.reconnectAttempt = 0;
                 connect();
             }
         });
         on(window, 'offline', function () {
             // The browser knows the network is gone: do not wait for TCP to find out.
-            if (conn && !ended) {
-                var kind = conn.kind;
+            if (transport.conn && !connection.ended) {
+                var kind = transport.conn.kind;
                 disconnect();
                 transportDown(kind, false, 'offline');
             }
         });
         on(window, 'online', function () {
-            if (reconnectTimer) {
-                reconnectAttempt = 0;
+            if (connection.reconnectTimer) {
+                connection.reconnectAttempt = 0;
                 connect();
             }
         });
-        renderBuddies();
+        on(window, 'resize', function () {
+            window.clearTimeout(ui.resizeTimer);
+            ui.resizeTimer = window.setTimeout(layout, RESIZE_DELAY_MS);
+        });
+        on(document, 'keydown', onShortcut);
+        on(document, 'mousedown', function (event) {
+            if (ui.overflow && !ui.overflow.contains(event.target)) {
+                setOverflowOpen(false);
+            }
+        });
     }
 
-    function hasClassName(node, name) {
-        return (' ' + node.className + ' ').indexOf(' ' + name + ' ') >= 0;
+    // Alt+Shift+C: to the open conversation's input, else to the panel's search field.
+    function onShortcut(event) {
+        var key = String(event.key || '').toLowerCase();
+        if (!event.altKey || !event.shiftKey || event.ctrlKey || event.metaKey ||
+                (key !== 'c' && event.keyCode !== 67)) {
+            return;
+        }
+        event.preventDefault();
+        for (var i = 0; i < conversations.order.length; i++) {
+            var conv = conversations.byId[conversations.order[i]];
+            if (conv && conv.dom && !conv.minimized && !conv.overflowed) {
+                if (conv.dom.input && !conv.dom.input.disabled && connection.canSend) {
+                    conv.dom.input.focus();
+                } else {
+                    conv.dom.log.focus();
+                }
+                return;
+            }
+        }
+        if (ui.panel) {
+            setPanelCollapsed(false);
+        }
+        if (ui.search && !hasClassName(ui.search, 'gchat-hidden')) {
+            ui.search.focus();
+        } else if (ui.panelToggle) {
+            ui.panelToggle.focus();
+        }
     }
 
     function setPanelCollapsed(collapsed, initial) {
+        if (!ui.panel) {
+            return;
+        }
         toggleClass(ui.panel, 'gchat-collapsed', collapsed);
         ui.panelToggle.setAttribute('aria-expanded', collapsed ? 'false' : 'true');
-        ui.panelToggle.setAttribute('title', collapsed ? t('show_list') : t('hide_list'));
+        ui.panelToggle.setAttribute('title', (collapsed ? t('show_list') : t('hide_list')) +
+            ' (' + SHORTCUT + ')');
         if (!initial) {
             storageSet(STORE_PANEL, collapsed ? 'collapsed' : 'open');
+            layout();
         }
+    }
+
+    function setView(view, initial) {
+        ui.view = view;
+        ui.tabOnline.setAttribute('aria-pressed', view === 'online' ? 'true' : 'false');
+        ui.tabRecent.setAttribute('aria-pressed', view === 'recent' ? 'true' : 'false');
+        if (!initial) {
+            storageSet(STORE_VIEW, view);
+        }
+        if (view === 'recent' && conversations.recent === null) {
+            loadRecent(false);
+        }
+        renderPanelLists();
     }
 
     function paintPanel() {
@@ -1628,24 +2240,64 @@
         }
     }
 
+    // The banner: visible even with the panel collapsed, for every state that is not plain chat.
     function renderStatus() {
-        if (!ui.status) {
+        if (!ui.banner) {
             return;
         }
-        var lost = info.state === 'reconnecting';
-        setText(ui.status, lost ? t('reconnecting') : (info.state === 'connecting' ? t('connecting') : ''));
-        toggleClass(ui.status, 'gchat-visible', lost || info.state === 'connecting');
+        var state = connection.state;
+        var text = state === 'reconnecting' ? t('reconnecting') : state === 'connecting' ? t('connecting') :
+            state === 'ended' ? t('logged_out') : state === 'disabled' ? t('messaging_disabled') : '';
+        setText(ui.banner, text);
+        show(ui.banner, !!text);
+        toggleClass(ui.banner, 'gchat-banner-final', state === 'ended' || state === 'disabled');
+        var lost = state !== 'connected';
         toggleClass(ui.root, 'gchat-offline', lost);
         if (ui.blockRoot) {
             toggleClass(ui.blockRoot, 'gchat-offline', lost);
         }
+        show(ui.search, state !== 'ended' && state !== 'disabled');
+        // Presence is unknown while disconnected: every name in every list says so.
+        renderPanelLists();
+        if (ui.query && ui.searchResults.length) {
+            renderSearch(ui.searchResults, ui.searchMore, false);
+        }
+        renderAllHeaders();
+        if (state === 'connected' && ui.view === 'recent' && conversations.recent === null) {
+            loadRecent(false);
+        }
     }
 
-    function renderBuddies() {
-        if (!ui.list) {
+    function renderCapabilities() {
+        if (ui.readOnly) {
+            show(ui.readOnly, !connection.canSend);
+        }
+        forEach(conversations.order, function (id) {
+            var conv = conversations.byId[id];
+            if (conv && conv.dom) {
+                renderComposer(conv);
+            }
+        });
+    }
+
+    function renderPanelLists() {
+        if (!ui.onlineView) {
             return;
         }
+        var usable = connection.state !== 'ended' && connection.state !== 'disabled';
+        var searching = !!ui.query && usable;
+        show(ui.tabs, usable && !searching); // search results replace both lists while there is a query
+        show(ui.onlineView, usable && !searching && ui.view === 'online');
+        show(ui.recentView, usable && !searching && ui.view === 'recent');
+        show(ui.searchView, searching);
+        renderBuddies();
+        renderRecent();
+        renderUnreadCount();
+    }
+
+    function sortedOnline() {
         var users = [];
+        var online = conversations.online;
         for (var id in online) {
             if (has(online, id)) {
                 users.push(online[id]);
@@ -1656,51 +2308,156 @@
             var c = an.localeCompare ? an.localeCompare(bn) : (an < bn ? -1 : an > bn ? 1 : 0);
             return c || Number(a.id) - Number(b.id);
         });
+        return users;
+    }
+
+    /* A person in a list: avatar, name, presence (also in the accessible name), an optional
+       second line and an unread badge. */
+    function personButton(user, presence, detail, unread, kind) {
+        var parts = [avatar(user, 32, presence)];
+        var label = t('name_' + presence, {name: user.name});
+        var text = el('span', {className: 'gchat-person-text'},
+            [el('span', {className: kind ? 'gchat-person-name' : 'gchat-buddy-name', text: user.name})]);
+        if (detail) {
+            text.appendChild(el('span', {className: 'gchat-detail', text: detail}));
+            label += '. ' + detail;
+        }
+        parts.push(text);
+        if (unread) {
+            parts.push(el('span', {className: 'gchat-badge', 'aria-hidden': 'true', text: String(unread)}));
+            label += '. ' + t('unread', {count: unread});
+        }
+        var node = el('button', {type: 'button', className: (kind ? 'gchat-person gchat-' + kind :
+            'gchat-buddy') + ' gchat-' + presence,
+            'data-user-id': user.id, 'aria-label': label, title: t('open_chat_with', {name: user.name})}, parts);
+        on(node, 'click', function () {
+            openWith(user);
+        });
+        return node;
+    }
+
+    function fillList(list, users, make) {
         var focusedId = null;
-        if (ui.list.contains(document.activeElement)) {
+        if (list.contains(document.activeElement)) {
             focusedId = document.activeElement.getAttribute('data-user-id');
         }
-        while (ui.list.firstChild) {
-            ui.list.removeChild(ui.list.firstChild);
+        empty(list);
+        forEach(users, function (user, i) {
+            var node = make(user, i);
+            list.appendChild(el('li', null, [node]));
+            if (focusedId !== null && sameId(focusedId, user.id)) {
+                node.focus();
+            }
+        });
+    }
+
+    function renderBuddies() {
+        if (!ui.list) {
+            return;
+        }
+        var users = sortedOnline();
+        var unknown = connection.state !== 'connected';
+        fillList(ui.list, users, function (user) {
+            return personButton(user, unknown ? 'unknown' : 'online');
+        });
+        var text = t('no_users') + ' ' + t('no_users_hint');
+        if (conversations.coursemates === 0) {
+            text = t('no_coursemates');
+        }
+        setText(ui.empty, text);
+        show(ui.empty, !users.length && connection.seenReady);
+        var total = conversations.onlineTotal;
+        var hidden = total !== null && total > users.length ? total - users.length : 0;
+        setText(ui.more, hidden ? t('more_online', {count: hidden}) : '');
+        show(ui.more, hidden > 0);
+        var count = total !== null ? Math.max(total, users.length) : users.length;
+        setText(ui.count, count && !unknown ? '(' + count + ')' : '');
+        if (ui.panelToggle) {
+            ui.panelToggle.setAttribute('aria-label', t('title') + (count && !unknown ? ', ' +
+                t('online_count', {count: count}) : '') + (ui.banner && ui.banner.textContent ?
+                '. ' + ui.banner.textContent : ''));
+        }
+    }
+
+    function renderRecent() {
+        if (!ui.recentList) {
+            return;
+        }
+        var rows = conversations.recent || [];
+        var unknown = connection.state !== 'connected';
+        fillList(ui.recentList, rows, function (row) {
+            var user = row['with'] || {};
+            var last = row.last_message;
+            var conv = conversations.byId[row.id];
+            var unread = conv ? unreadOf(conv) : Number(row.unread) || 0;
+            var detail = '';
+            if (last) {
+                detail = (isMe(last.from) ? t('you') + ': ' : '') + String(last.text).replace(/\s+/g, ' ');
+                if (detail.length > 60) {
+                    detail = detail.slice(0, 59) + '…';
+                }
+            }
+            var node = personButton({id: user.id, name: user.name, picture: user.picture},
+                unknown ? 'unknown' : presenceOf(user.id), detail, unread, 'recent-item');
+            return node;
+        });
+        show(ui.recentEmpty, conversations.recent !== null && !rows.length);
+        show(ui.recentMoreButton, conversations.recentMore);
+    }
+
+    function renderSearch(users, more, append) {
+        ui.searchResults = (append ? ui.searchResults : []).concat(users);
+        ui.searchMore = more;
+        if (!append) {
+            empty(ui.searchList);
         }
         forEach(users, function (user) {
-            var button = el('button', {type: 'button', className: 'gchat-buddy', 'data-user-id': user.id,
-                title: t('open_chat_with', {name: user.name})},
-                [avatar(user, 24), el('span', {className: 'gchat-buddy-name', text: user.name})]);
-            on(button, 'click', function () {
-                openWith(user);
-            });
-            ui.list.appendChild(el('li', null, [button]));
-            if (focusedId !== null && sameId(focusedId, user.id)) {
-                button.focus();
-            }
+            var presence = connection.state !== 'connected' ? 'unknown' : (user.online ? 'online' : 'offline');
+            ui.searchList.appendChild(el('li', null, [personButton(user, presence,
+                presence === 'offline' ? t('offline_hint') : '', 0, 'search-item')]));
         });
-        toggleClass(ui.empty, 'gchat-hidden', users.length > 0 || !seenReady);
-        setText(ui.count, users.length ? '(' + users.length + ')' : '');
+        var none = !append && !users.length;
+        setText(ui.searchEmpty, none ? t('search_none', {query: ui.query}) : '');
+        show(ui.searchEmpty, none);
+        show(ui.searchMoreButton, more);
     }
 
-    function avatar(user, size) {
-        var url = safeImageUrl(user.picture);
-        var initials = el('span', {className: 'gchat-initials', 'aria-hidden': 'true',
-            text: String(user.name || '?').charAt(0).toUpperCase()});
-        if (!url) {
-            return initials;
+    function renderUnreadCount() {
+        // The recent tab says how many conversations have unread messages.
+        if (!ui.tabRecent) {
+            return;
         }
-        var img = el('img', {className: 'gchat-avatar', src: url, alt: '', width: size, height: size});
-        on(img, 'error', function () {
-            if (img.parentNode) {
-                img.parentNode.replaceChild(initials, img);
-            }
-        });
-        return img;
+        var total = totalUnread();
+        setText(ui.tabRecent, total ? t('tab_recent') + ' (' + total + ')' : t('tab_recent'));
     }
 
-    function flashPanelError(reply) {
-        var code = errorCode(reply);
-        var key = code === 'not_allowed' ? 'error_not_allowed' : (code === 'rate_limited' ?
-            'error_rate_limited' : (code === 'unavailable' ? 'error_unavailable' : 'error_generic'));
+    function avatar(user, size, presence) {
+        var url = safeImageUrl(user.picture);
+        var initials = el('span', {className: 'gchat-initials', text: String(user.name || '?').charAt(0).toUpperCase()});
+        var image = initials;
+        if (url) {
+            image = el('img', {className: 'gchat-avatar', src: url, alt: '', width: size, height: size});
+            on(image, 'error', function () {
+                if (image.parentNode) {
+                    image.parentNode.replaceChild(initials, image);
+                }
+            });
+        }
+        var children = [image];
+        if (presence) {
+            children.push(el('span', {className: 'gchat-presence-dot gchat-' + presence}));
+        }
+        return el('span', {className: 'gchat-face', 'aria-hidden': 'true'}, children);
+    }
+
+    function showPanelError(text) {
         if (ui.live) {
-            setText(ui.live, t(key));
+            setText(ui.live, text);
+        }
+        if (ui.panelError) {
+            setText(ui.panelError, text);
+            show(ui.panelError, !!text);
+            setPanelCollapsed(false);
         }
     }
 
@@ -1715,48 +2472,188 @@
         setText(ui.live, t('new_message_from', {name: conv.peer.name, text: m.text}));
     }
 
+    // ------------------------------------------------------------------ UI: layout of the dock
+
+    function currentPhoneConversation() {
+        for (var i = 0; i < conversations.order.length; i++) {
+            var conv = conversations.byId[conversations.order[i]];
+            if (conv && !conv.minimized) {
+                return conv;
+            }
+        }
+        return null;
+    }
+
+    /* As many windows as fit next to the panel, most recently used first; the rest go into the
+       "+N" menu. On a phone one conversation at a time, full screen. Runs on every change and
+       on resize, so no window is ever off screen. */
+    function layout() {
+        if (!ui.dock || !ui.root) {
+            return;
+        }
+        var width = window.innerWidth || document.documentElement.clientWidth;
+        ui.phone = width <= PHONE_MAX_WIDTH;
+        toggleClass(ui.root, 'gchat-phone', ui.phone);
+        var order = conversations.order;
+        var shown = {};
+        var hidden = [];
+        if (ui.phone) {
+            var current = currentPhoneConversation();
+            if (current) {
+                shown[current.id] = true;
+            }
+        } else {
+            var panelWidth = ui.panel ? ui.panel.offsetWidth + DOCK.gap : 0;
+            var room = width - DOCK.padding - panelWidth;
+            var need = 0;
+            forEach(order, function (id) {
+                var conv = conversations.byId[id];
+                need += (conv && conv.minimized ? DOCK.minimized : DOCK.window) + DOCK.gap;
+            });
+            if (need > room) {
+                room -= DOCK.overflow + DOCK.gap; // the "+N" button takes a place too
+            }
+            var used = 0;
+            var full = false;
+            forEach(order, function (id, i) {
+                var conv = conversations.byId[id];
+                var w = (conv && conv.minimized ? DOCK.minimized : DOCK.window) + DOCK.gap;
+                // In order of use: once one does not fit, the older ones go to the menu too.
+                // The most recent one is always shown, even on a narrow screen.
+                full = full || (i > 0 && used + w > room);
+                if (!full) {
+                    shown[id] = true;
+                    used += w;
+                }
+            });
+        }
+        forEach(order, function (id) {
+            var conv = conversations.byId[id];
+            if (!conv || !conv.dom) {
+                return;
+            }
+            conv.overflowed = !shown[id];
+            if (conv.overflowed) {
+                hidden.push(conv);
+            }
+            toggleClass(conv.dom.root, 'gchat-overflowed', conv.overflowed);
+        });
+        // DOM (tab) order = visual order: the "+N" button, windows from left to right, the panel.
+        var focused = document.activeElement;
+        var anchor = ui.panel || null;
+        for (var i = 0; i < order.length; i++) {
+            var conv = conversations.byId[order[i]];
+            if (conv && conv.dom) {
+                if (conv.dom.root.nextSibling !== anchor || conv.dom.root.parentNode !== ui.dock) {
+                    ui.dock.insertBefore(conv.dom.root, anchor);
+                }
+                anchor = conv.dom.root;
+            }
+        }
+        if (ui.overflow.nextSibling !== anchor) {
+            ui.dock.insertBefore(ui.overflow, anchor);
+        }
+        if (focused && focused !== document.activeElement && ui.root.contains(focused)) {
+            focused.focus(); // moving a node blurs it
+        }
+        var phoneConv = ui.phone && currentPhoneConversation();
+        toggleClass(ui.root, 'gchat-conversation-open', !!phoneConv);
+        conversations.overflowList = hidden;
+        renderOverflow();
+    }
+
+    function renderOverflow() {
+        if (!ui.overflow) {
+            return;
+        }
+        var hidden = conversations.overflowList || [];
+        show(ui.overflow, hidden.length > 0);
+        if (!hidden.length) {
+            show(ui.overflowMenu, false);
+            ui.overflowButton.setAttribute('aria-expanded', 'false');
+        }
+        var unreadTotal = 0;
+        empty(ui.overflowMenu);
+        forEach(hidden, function (conv) {
+            var unread = unreadOf(conv);
+            unreadTotal += unread;
+            var presence = presenceOf(conv.peer.id);
+            var label = t('name_' + presence, {name: conv.peer.name}) + (unread ? '. ' + t('unread', {count: unread}) : '');
+            var item = el('button', {type: 'button', className: 'gchat-overflow-item', 'aria-label': label,
+                'data-conversation': conv.id}, [avatar(conv.peer, 24, presence),
+                el('span', {className: 'gchat-person-name', text: conv.peer.name}),
+                unread ? el('span', {className: 'gchat-badge', 'aria-hidden': 'true', text: String(unread)}) : null]);
+            on(item, 'click', function () {
+                setOverflowOpen(false);
+                promote(conv);
+                if (conv.minimized) {
+                    setMinimized(conv, false);
+                }
+                focusInput(conv);
+            });
+            ui.overflowMenu.appendChild(el('li', null, [item]));
+        });
+        empty(ui.overflowButton);
+        ui.overflowButton.appendChild(el('span', {'aria-hidden': 'true', text: '+' + hidden.length}));
+        if (unreadTotal) {
+            ui.overflowButton.appendChild(el('span', {className: 'gchat-badge', 'aria-hidden': 'true',
+                text: String(unreadTotal)}));
+        }
+        var label = t('more_chats', {count: hidden.length}) + (unreadTotal ? '. ' + t('unread', {count: unreadTotal}) : '');
+        ui.overflowButton.setAttribute('aria-label', label);
+        ui.overflowButton.setAttribute('title', label);
+        toggleClass(ui.overflowButton, 'gchat-unread', unreadTotal > 0);
+    }
+
     // ------------------------------------------------------------------ UI: chat windows
 
     function buildWindow(conv) {
         var peerName = conv.peer.name || '';
         var dom = {};
         var baseId = 'gchat-conv-' + String(conv.id).replace(/[^\w-]/g, '');
+        dom.back = el('button', {type: 'button', className: 'gchat-win-back', 'aria-label': t('back'),
+            title: t('back')}, [el('span', {'aria-hidden': 'true', text: '\u2190'})]);
         dom.title = el('button', {type: 'button', className: 'gchat-win-title', 'aria-expanded': 'true',
             'aria-controls': baseId + '-body'});
         dom.titleName = el('span', {className: 'gchat-win-name', text: peerName});
         dom.presence = el('span', {className: 'gchat-presence', 'aria-hidden': 'true'});
-        dom.badge = el('span', {className: 'gchat-badge'});
+        dom.presenceText = el('span', {className: 'gchat-sr-only'});
+        dom.badge = el('span', {className: 'gchat-badge', 'aria-hidden': 'true'});
+        dom.badgeText = el('span', {className: 'gchat-sr-only'});
         dom.title.appendChild(dom.presence);
         dom.title.appendChild(dom.titleName);
+        dom.title.appendChild(dom.presenceText);
         dom.title.appendChild(dom.badge);
+        dom.title.appendChild(dom.badgeText);
         dom.minimise = el('button', {type: 'button', className: 'gchat-win-min'},
             [el('span', {'aria-hidden': 'true', text: '\u2013'})]);
         dom.close = el('button', {type: 'button', className: 'gchat-win-close',
             'aria-label': t('close'), title: t('close')}, [el('span', {'aria-hidden': 'true', text: '\u00d7'})]);
-        dom.header = el('div', {className: 'gchat-win-header'}, [dom.title, dom.minimise, dom.close]);
+        dom.header = el('div', {className: 'gchat-win-header'}, [dom.back, dom.title, dom.minimise, dom.close]);
 
-        dom.older = el('button', {type: 'button', className: 'gchat-older', text: t('load_older')});
-        dom.olderNote = el('p', {className: 'gchat-older-note', text: t('no_older')});
+        dom.older = button('gchat-older', t('load_older'));
+        dom.olderNote = el('p', {className: 'gchat-older-note', text: t('start_of_conversation', {name: peerName})});
         dom.log = el('div', {className: 'gchat-log', role: 'log', 'aria-live': 'polite',
             'aria-label': t('messages', {name: peerName}), tabindex: '0'});
         dom.top = el('div', {className: 'gchat-log-top'}, [dom.older, dom.olderNote]);
         dom.log.appendChild(dom.top);
+        dom.seen = el('p', {className: 'gchat-seen'});
+        dom.pill = button('gchat-pill gchat-hidden', t('new_messages') + ' \u2193');
         dom.typing = el('div', {className: 'gchat-typing', 'aria-hidden': 'true'});
+        dom.note = el('p', {className: 'gchat-note gchat-offline-note gchat-hidden'});
         dom.error = el('div', {className: 'gchat-win-error', role: 'alert'});
+        dom.counter = el('span', {className: 'gchat-counter gchat-hidden', id: baseId + '-counter'});
         dom.input = el('textarea', {className: 'gchat-input', rows: '1', placeholder: t('placeholder'),
-            'aria-label': t('message_label', {name: peerName}),
-            maxlength: Number(settings.max_message_length) || 1333});
+            'aria-label': t('message_label', {name: peerName}), 'aria-describedby': baseId + '-counter'});
         dom.send = el('button', {type: 'submit', className: 'gchat-send', text: t('send')});
         dom.form = el('form', {className: 'gchat-form'}, [dom.input, dom.send]);
+        dom.readOnly = el('p', {className: 'gchat-note gchat-read-only gchat-hidden', text: t('read_only')});
         dom.body = el('div', {className: 'gchat-win-body', id: baseId + '-body'},
-            [dom.log, dom.typing, dom.error, dom.form]);
+            [dom.log, dom.pill, dom.typing, dom.note, dom.error, dom.counter, dom.form, dom.readOnly]);
         dom.root = el('section', {className: 'gchat-win', role: 'dialog', 'aria-modal': 'false',
-            'aria-label': t('chat_with', {name: peerName}), 'data-conversation': conv.id,
-            'data-peer': conv.peer.id}, [dom.header, dom.body]);
+            'data-conversation': conv.id, 'data-peer': conv.peer.id}, [dom.header, dom.body]);
         conv.dom = dom;
-        // The dock lays out left to right, ending with the buddy panel at the right edge; a new
-        // window goes to the left of the ones already open, so DOM (tab) order = visual order.
-        ui.dock.insertBefore(dom.root, ui.dock.firstChild);
+        ui.dock.insertBefore(dom.root, ui.panel || null);
 
         on(dom.title, 'click', function () {
             setMinimized(conv, !conv.minimized);
@@ -1767,24 +2664,42 @@
         on(dom.minimise, 'click', function () {
             setMinimized(conv, !conv.minimized);
         });
+        on(dom.back, 'click', function () {
+            // Phone: back to the list; the conversation stays (minimised) in the "+N" menu.
+            setMinimized(conv, true);
+            setPanelCollapsed(false);
+            if (ui.panelToggle) {
+                ui.panelToggle.focus();
+            }
+        });
         on(dom.close, 'click', function () {
             closeConversation(conv);
         });
         on(dom.older, 'click', function () {
             loadOlder(conv);
         });
+        on(dom.pill, 'click', function () {
+            dom.log.scrollTop = dom.log.scrollHeight;
+            show(dom.pill, false);
+            dom.log.focus();
+        });
         on(dom.log, 'scroll', function () {
             if (dom.log.scrollTop < 30) {
                 loadOlder(conv);
             }
+            if (nearBottom(dom.log)) {
+                show(dom.pill, false);
+            }
+        });
+        on(dom.log, 'keydown', function (event) {
+            moveInLog(conv, event);
         });
         on(dom.form, 'submit', function (event) {
             event.preventDefault();
             submit(conv);
         });
         on(dom.input, 'keydown', function (event) {
-            var key = event.key || event.keyCode;
-            if ((key === 'Enter' || key === 13) && !event.shiftKey && !event.isComposing) {
+            if (keyOf(event) === 'Enter' && !event.shiftKey && !event.isComposing) {
                 event.preventDefault();
                 submit(conv);
             }
@@ -1792,13 +2707,13 @@
         on(dom.input, 'input', function () {
             clearWindowError(conv);
             autoGrow(dom.input);
+            renderCounter(conv);
             if (dom.input.value) {
                 noteTyping(conv);
             }
         });
         on(dom.root, 'keydown', function (event) {
-            var key = event.key || event.keyCode;
-            if (key === 'Escape' || key === 'Esc' || key === 27) {
+            if (keyOf(event) === 'Escape') {
                 event.preventDefault();
                 if (!conv.minimized) {
                     setMinimized(conv, true);
@@ -1817,6 +2732,30 @@
         renderWindowState(conv);
         renderOlderControl(conv);
         renderHeader(conv);
+        renderComposer(conv);
+    }
+
+    // Up/Down in the log move between messages; a focused message shows its full date.
+    function moveInLog(conv, event) {
+        var key = keyOf(event);
+        if (key !== 'ArrowUp' && key !== 'ArrowDown') {
+            return;
+        }
+        var items = conv.items;
+        if (!items.length) {
+            return;
+        }
+        var index = -1;
+        for (var i = 0; i < items.length; i++) {
+            if (items[i].el === document.activeElement) {
+                index = i;
+            }
+        }
+        var next = index < 0 ? items.length - 1 : index + (key === 'ArrowUp' ? -1 : 1);
+        if (next >= 0 && next < items.length) {
+            event.preventDefault();
+            items[next].el.focus();
+        }
     }
 
     function submit(conv) {
@@ -1824,6 +2763,7 @@
         if (sendText(conv, input.value)) {
             input.value = '';
             autoGrow(input);
+            renderCounter(conv);
             conv.lastTypingSent = 0;
         }
         input.focus();
@@ -1834,9 +2774,26 @@
         textarea.style.height = Math.min(textarea.scrollHeight, 96) + 'px';
     }
 
+    // The counter appears near the limit and says how much is left, or how much is too much.
+    function renderCounter(conv) {
+        var dom = conv.dom;
+        var max = maxLength();
+        var used = codePoints(dom.input.value);
+        var visible = used >= max * COUNTER_FROM;
+        var over = used - max;
+        setText(dom.counter, over > 0 ? t('chars_over', {count: over}) : t('chars_left', {count: max - used}));
+        show(dom.counter, visible);
+        toggleClass(dom.counter, 'gchat-over', over > 0);
+        dom.input.setAttribute('aria-invalid', over > 0 ? 'true' : 'false');
+    }
+
     function focusInput(conv) {
         if (conv.dom && !conv.minimized) {
-            conv.dom.input.focus();
+            if (connection.canSend) {
+                conv.dom.input.focus();
+            } else {
+                conv.dom.log.focus();
+            }
         }
     }
 
@@ -1850,6 +2807,11 @@
             setText(conv.dom.error, '');
             removeClass(conv.dom.error, 'gchat-visible');
         }
+    }
+
+    function renderComposer(conv) {
+        show(conv.dom.form, connection.canSend);
+        show(conv.dom.readOnly, !connection.canSend);
     }
 
     function renderWindowState(conv) {
@@ -1867,7 +2829,15 @@
         dom.root.setAttribute('data-minimized', conv.minimized ? 'true' : 'false');
         if (wasMinimized && !conv.minimized) {
             dom.log.scrollTop = dom.log.scrollHeight; // just shown: start at the newest message
+            show(dom.pill, false);
         }
+    }
+
+    function renderAllHeaders() {
+        forEach(conversations.order, function (id) {
+            renderHeader(conversations.byId[id]);
+        });
+        renderOverflow();
     }
 
     function renderHeader(conv) {
@@ -1876,18 +2846,26 @@
             return;
         }
         var unread = unreadOf(conv);
-        var isOnline = has(online, conv.peer.id);
-        setText(dom.titleName, conv.peer.name || '');
+        var presence = presenceOf(conv.peer.id);
+        var name = conv.peer.name || '';
+        setText(dom.titleName, name);
+        setText(dom.presenceText, ', ' + presenceText(presence));
         setText(dom.badge, unread ? String(unread) : '');
-        dom.badge.setAttribute('aria-label', unread ? t('unread', {count: unread}) : '');
-        toggleClass(dom.badge, 'gchat-hidden', !unread);
+        setText(dom.badgeText, unread ? ', ' + t('unread', {count: unread}) : '');
+        show(dom.badge, unread > 0);
         dom.root.setAttribute('data-unread', String(unread));
+        dom.root.setAttribute('aria-label', t('chat_with', {name: name}) + ', ' + presenceText(presence));
         toggleClass(dom.root, 'gchat-unread', unread > 0);
         dom.header.style.backgroundColor = unread ? color('header_unread') : color('header');
         dom.header.style.color = color('header_text');
         dom.root.style.borderColor = color('border');
-        toggleClass(dom.presence, 'gchat-online', isOnline);
-        dom.presence.setAttribute('title', isOnline ? t('online') : t('offline'));
+        dom.presence.className = 'gchat-presence gchat-' + presence;
+        dom.presence.setAttribute('title', presenceText(presence));
+        // Writing to someone who is offline works: say that they will read it later.
+        var offline = presence === 'offline' && connection.canSend;
+        setText(dom.note, offline ? t('offline_note', {name: name}) : '');
+        show(dom.note, offline);
+        renderUnreadCount();
     }
 
     function renderOlderControl(conv) {
@@ -1897,12 +2875,13 @@
         }
         var hasIds = false;
         forEach(conv.items, function (item) {
-            if (item.message.id !== undefined && item.message.id !== null) {
+            if (hasId(item.message)) {
                 hasIds = true;
             }
         });
-        toggleClass(dom.older, 'gchat-hidden', !conv.hasOlder || !hasIds);
-        toggleClass(dom.olderNote, 'gchat-hidden', conv.hasOlder || !hasIds);
+        show(dom.older, conv.hasOlder && hasIds);
+        // "This is the start of your conversation": also in a conversation with no message yet.
+        show(dom.olderNote, !conv.hasOlder || !hasIds);
         setText(dom.older, conv.loadingOlder ? t('loading') : t('load_older'));
         dom.older.disabled = conv.loadingOlder;
     }
@@ -1918,23 +2897,21 @@
 
     function renderMessage(conv, item) {
         var m = item.message;
-        var mine = sameId(m.from, me && me.id);
+        var mine = isMe(m.from);
         var bubble = el('div', {className: 'gchat-text'});
         appendLinkified(bubble, String(m.text === undefined ? '' : m.text));
-        var time = el('time', {className: 'gchat-time'});
-        var stamp = Number(m.time) || now();
-        var date = new Date(stamp);
-        setText(time, formatTime(date));
-        time.setAttribute('datetime', date.toISOString ? date.toISOString() : '');
-        time.setAttribute('title', date.toLocaleString ? date.toLocaleString() : String(date));
+        var date = new Date(Number(m.time) || now());
+        var full = formatFull(date);
+        var time = el('time', {className: 'gchat-time', title: full,
+            datetime: date.toISOString ? date.toISOString() : null}, [formatTime(date)]);
+        var fullDate = el('span', {className: 'gchat-fulldate', 'aria-hidden': 'true', text: full});
         var state = el('span', {className: 'gchat-state'});
         var meta = el('div', {className: 'gchat-meta'}, [time, state]);
-        var node = el('div', {className: 'gchat-msg ' + (mine ? 'gchat-mine' : 'gchat-theirs'),
-            'data-id': m.id === undefined ? null : m.id, 'data-client-id': m.client_id || null},
-            [bubble, meta]);
-        if (!mine) {
-            node.insertBefore(el('span', {className: 'gchat-sr-only', text: (conv.peer.name || '') + ': '}), bubble);
-        }
+        var who = el('span', {className: 'gchat-sr-only', text: (mine ? t('you') : (conv.peer.name || '')) + ': '});
+        var content = el('div', {className: 'gchat-content'}, [who, bubble, meta, fullDate]);
+        var node = el('div', {className: 'gchat-msg ' + (mine ? 'gchat-mine' : 'gchat-theirs'), tabindex: '-1',
+            'data-id': hasId(m) ? m.id : null, 'data-client-id': m.client_id || null},
+            [mine ? null : avatar(conv.peer, 28), content]);
         item.stateEl = state;
         renderMessageState(conv, item, node);
         return node;
@@ -1947,18 +2924,13 @@
         }
         node.setAttribute('data-state', item.state);
         var state = item.stateEl;
-        while (state.firstChild) {
-            state.removeChild(state.firstChild);
-        }
+        empty(state);
         if (item.state === 'pending') {
             state.appendChild(document.createTextNode(' \u00b7 ' + t('pending')));
         } else if (item.state === 'failed') {
-            var reason = item.error === 'too_long' ? t('error_too_long',
-                {max: Number(settings.max_message_length) || 1333}) :
-                item.error === 'not_allowed' ? t('error_not_allowed') :
-                item.error === 'empty' ? t('error_empty') : '';
+            var reason = item.error ? errorText(item.error) : '';
             state.appendChild(document.createTextNode(' \u00b7 ' + t('failed') + (reason ? ' ' + reason : '') + ' '));
-            var retry = el('button', {type: 'button', className: 'gchat-retry', text: t('retry')});
+            var retry = button('gchat-retry', t('retry'));
             on(retry, 'click', function () {
                 retryMessage(conv, item);
             });
@@ -1973,16 +2945,31 @@
     }
 
     function formatTime(date) {
-        var clock = pad(date.getHours()) + ':' + pad(date.getMinutes());
+        return pad(date.getHours()) + ':' + pad(date.getMinutes());
+    }
+
+    function formatDate(date, options) {
+        try {
+            return date.toLocaleDateString(langAttr(), options);
+        } catch (e) {
+            return date.getFullYear() + '-' + pad(date.getMonth() + 1) + '-' + pad(date.getDate());
+        }
+    }
+
+    function formatDay(date) {
         var today = new Date();
         if (date.toDateString() === today.toDateString()) {
-            return clock;
+            return t('today');
         }
-        var yesterday = new Date(today.getTime() - 86400000);
-        if (date.toDateString() === yesterday.toDateString()) {
-            return t('yesterday') + ' ' + clock;
+        if (date.toDateString() === new Date(today.getTime() - 86400000).toDateString()) {
+            return t('yesterday');
         }
-        return date.getFullYear() + '-' + pad(date.getMonth() + 1) + '-' + pad(date.getDate()) + ' ' + clock;
+        return formatDate(date, {weekday: 'long', year: 'numeric', month: 'long', day: 'numeric'});
+    }
+
+    function formatFull(date) {
+        return formatDate(date, {weekday: 'long', year: 'numeric', month: 'long', day: 'numeric'}) +
+            ' ' + formatTime(date);
     }
 
     /* Put text into node, turning http(s) URLs into links. Everything is a text node or an <a>
@@ -2020,26 +3007,22 @@
 
     // ------------------------------------------------------------------ attention: title flashing
 
-    var flashTimer = null;
-    var flashOn = false;
-    var flashFrom = null; // the conversation that last got a message while the page was away
-
     function pageAway() {
         return document.hidden || !document.hasFocus();
     }
 
     function noteIncoming(conv) {
         if (pageAway()) {
-            flashFrom = conv;
+            ui.flashFrom = conv;
             updateTitleFlash();
         }
     }
 
     function totalUnread() {
         var total = 0;
-        forEach(conversationOrder, function (id) {
-            if (convs[id]) {
-                total += unreadOf(convs[id]);
+        forEach(conversations.order, function (id) {
+            if (conversations.byId[id]) {
+                total += unreadOf(conversations.byId[id]);
             }
         });
         return total;
@@ -2047,41 +3030,41 @@
 
     function updateTitleFlash() {
         var total = totalUnread();
-        if (!flashFrom || !pageAway() || !total) {
+        if (!ui.flashFrom || !pageAway() || !total) {
             stopTitleFlash();
             return;
         }
-        if (flashTimer) {
+        if (ui.flashTimer) {
             return;
         }
-        pageTitle = document.title;
-        flashTimer = window.setInterval(function () {
-            flashOn = !flashOn;
-            var name = flashFrom && flashFrom.peer ? flashFrom.peer.name : '';
-            document.title = flashOn ? t('title_flash', {count: totalUnread(), name: name}) : pageTitle;
+        ui.pageTitle = document.title;
+        ui.flashTimer = window.setInterval(function () {
+            ui.flashOn = !ui.flashOn;
+            var name = ui.flashFrom && ui.flashFrom.peer ? ui.flashFrom.peer.name : '';
+            document.title = ui.flashOn ? t('title_flash', {count: totalUnread(), name: name}) : ui.pageTitle;
         }, TITLE_FLASH_MS);
     }
 
     function stopTitleFlash() {
-        if (flashTimer) {
-            window.clearInterval(flashTimer);
-            flashTimer = null;
-            document.title = pageTitle;
+        if (ui.flashTimer) {
+            window.clearInterval(ui.flashTimer);
+            ui.flashTimer = null;
+            document.title = ui.pageTitle;
         }
-        flashOn = false;
+        ui.flashOn = false;
     }
 
     function onVisibility() {
         if (!pageAway()) {
-            flashFrom = null;
+            ui.flashFrom = null;
             stopTitleFlash();
-            forEach(conversationOrder, function (id) {
-                maybeSeen(convs[id]);
+            forEach(conversations.order, function (id) {
+                maybeSeen(conversations.byId[id]);
             });
-            if (reconnectTimer && !document.hidden) {
+            if (connection.reconnectTimer && !document.hidden) {
                 // back in front of the user: do not make them wait for the backoff
-                window.clearTimeout(reconnectTimer);
-                reconnectTimer = null;
+                window.clearTimeout(connection.reconnectTimer);
+                connection.reconnectTimer = null;
                 connect();
             }
         }

@@ -226,8 +226,8 @@ async def test_bootstrap_needs_a_valid_moodle_session(http_server, base_url, sit
     code, boot = await bootstrap(base_url, site.login(ana))
     assert code == 200 and boot["user"]["id"] == ana and boot["user"]["name"] == "Ana Tester"
     assert boot["transports"] == ["websocket", "longpoll"] and boot["strings"]
-    assert boot["settings"]["colors"] == {"header": "#2F922C", "header_unread": "#5ECC76",
-                                          "header_text": "#B0DDBA", "border": "#888"}
+    assert boot["settings"]["colors"] == {"header": "#267A24", "header_unread": "#8A4B00",
+                                          "header_text": "#FFFFFF", "border": "#767676"}
     assert boot["settings"]["container"] == "body"
 
 

@@ -31,8 +31,10 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networki
 START_TIMEOUT_S = 30.0
 
 # Demo users (gchat/demo.py): Ana and Dan share both courses, Ben shares PHY101 with Ana,
-# Dan blocks Ben, Eve shares no course, Tereza teaches both.
+# Dan blocks Ben, Eve shares no course, Tereza teaches both; Farid and Grace are in PHY101,
+# Hugo in both, Inês in HIS201.
 ANA, BEN, CHLOE, DAN, EVE, TEREZA = 3, 4, 5, 6, 7, 8
+FARID, GRACE, HUGO, INES = 9, 10, 11, 12
 
 
 class GchatServer:
@@ -133,14 +135,15 @@ class User:
         page.on("pageerror", lambda error: self.errors.append(str(error)))
         return page
 
-    def login(self, path: str = "/demo/course"):
+    def login(self, path: str = "/demo/course", wait: bool = True):
         page = self.page
         page.goto(self.server.url("/demo"))
         page.click(f"form:has(input[name=user][value='{self.id}']) button[type=submit]")
         page.wait_for_url("**/demo/course**")
         if path != "/demo/course":
             page.goto(self.server.url(path))
-        wait_connected(page)
+        if wait:
+            wait_connected(page)
         return page
 
     def logout(self, page=None):
@@ -174,3 +177,30 @@ def messages(page, user_id: int):
     return window_with(page, user_id).locator(".gchat-msg")
 
 
+
+
+def demo_sql(server: GchatServer, sql: str, params: tuple = ()) -> None:
+    """Change the demo's Moodle the way an admin or Moodle itself would (tables with mdl_)."""
+    import sqlite3
+    conn = sqlite3.connect(os.path.join(server.data_dir, "demo.sqlite3"), timeout=10)
+    try:
+        conn.execute(sql, params)
+        conn.commit()
+    finally:
+        conn.close()
+
+
+def search(page, text: str) -> None:
+    """Type into the panel's search field; results arrive as .gchat-search-item buttons."""
+    page.locator(".gchat-search").fill(text)
+
+
+def found(page, user_id: int):
+    return page.locator(f".gchat-search-item[data-user-id='{user_id}']")
+
+
+def open_by_search(page, user_id: int, text: str) -> None:
+    search(page, text)
+    found(page, user_id).click()
+    page.locator(f".gchat-win[data-peer='{user_id}'] textarea").wait_for()
+    page.locator(".gchat-search").fill("")

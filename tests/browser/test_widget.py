@@ -42,7 +42,8 @@ def test_two_users_chat_both_ways_and_buddy_lists_follow_logins(users):
     expect(buddy(a, DAN)).to_have_text("Dan Okafor")
     expect(buddy(d, ANA)).to_have_text("Ana Silva")
     expect(a.locator(".gchat-empty")).to_be_hidden()
-    expect(buddy(d, ANA).locator("img")).to_have_attribute("width", "24")
+    expect(buddy(d, ANA).locator("img")).to_have_attribute("width", "32")
+    expect(buddy(d, ANA)).to_have_attribute("aria-label", "Ana Silva, online")
 
     # Ana opens a chat from the keyboard: Tab to the buddy button, Enter.
     buddy(a, DAN).focus()
@@ -258,7 +259,7 @@ def test_server_restart_mid_conversation(users, server):
 
     server.stop()
     a.wait_for_function("window.gchat.state === 'reconnecting'")
-    expect(a.locator(".gchat-status")).to_be_visible()
+    expect(a.locator(".gchat-banner")).to_be_visible()
     # Sent while the server is down: shown at once, delivered later, once.
     send(a, DAN, "during the gap")
     expect(messages(a, DAN).last).not_to_have_attribute("data-state", "sent")
@@ -271,7 +272,7 @@ def test_server_restart_mid_conversation(users, server):
     send(d, ANA, "after the restart")
     expect(messages(a, DAN).locator(".gchat-text")).to_have_text(
         ["before the restart", "during the gap", "after the restart"])
-    expect(a.locator(".gchat-status")).to_be_hidden()
+    expect(a.locator(".gchat-banner")).to_be_hidden()
     expect(buddy(a, DAN)).to_have_count(1)
     assert transport(a) == "websocket" and transport(d) == "longpoll"
 
@@ -289,20 +290,44 @@ def test_html_in_a_message_is_shown_as_text(users):
         texts = messages(page, peer).locator(".gchat-text")
         expect(texts.first).to_have_text(payload)
         expect(texts.last).to_have_text("<script>alert(2)</script><b>bold</b>")
-        expect(window_with(page, peer).locator(".gchat-log img, .gchat-log script, .gchat-log b")).to_have_count(0)
+        expect(window_with(page, peer).locator(".gchat-text img, .gchat-text script, .gchat-text b")).to_have_count(0)
     # Give a would-be onerror handler the chance to run: the image would have failed by now.
     a.evaluate("() => new Promise(r => setTimeout(r, 300))")
     d.evaluate("() => new Promise(r => setTimeout(r, 300))")
     assert ana.dialogs == [] and dan.dialogs == []
 
 
-def test_phone_layout_windows_full_width(users):
-    ana = users(ANA, viewport={"width": 390, "height": 740})
+def test_phone_full_screen_conversation_with_a_back_button(users):
+    ana = users(ANA, viewport={"width": 390, "height": 844})
     users(DAN)
     a = ana.page
+    panel = a.locator(".gchat-panel")
+    assert panel.bounding_box()["width"] == 390
+    assert buddy(a, DAN).bounding_box()["height"] >= 44
     buddy(a, DAN).click()
-    box = window_with(a, DAN).bounding_box()
-    assert box is not None and box["width"] >= 385
+    win = window_with(a, DAN)
+    box = win.bounding_box()
+    assert box is not None and (box["x"], box["y"], box["width"], box["height"]) == (0, 0, 390, 844)
+    expect(panel).to_be_hidden()  # the list waits behind the back button
+    box_input = win.locator("textarea")
+    expect(box_input).to_be_focused()
+    assert box_input.evaluate("node => getComputedStyle(node).fontSize") == "16px"  # iOS does not zoom in
+    for target in (".gchat-win-back", ".gchat-win-min", ".gchat-win-close", ".gchat-send", "textarea"):
+        size = win.locator(target).bounding_box()
+        assert size["width"] >= 44 and size["height"] >= 44, (target, size)
+    send(a, DAN, "from the phone")
+    expect(messages(a, DAN).last).to_have_attribute("data-state", "sent")
+    win.locator(".gchat-win-back").click()
+    expect(win).to_be_hidden()
+    expect(panel).to_be_visible()
+    expect(a.locator(".gchat-panel-header")).to_be_focused()
+    # The conversation waits in the "+1" menu (and the recent list); one tap brings it back.
+    more = a.locator(".gchat-overflow-button")
+    assert more.bounding_box()["height"] >= 44
+    more.click()
+    a.locator(".gchat-overflow-item").click()
+    expect(win).to_be_visible()
+    expect(messages(a, DAN).locator(".gchat-text")).to_have_text(["from the phone"])
 
 
 @pytest.mark.server_args("--token_ttl=4", "--longpoll_timeout=1-2")
@@ -322,16 +347,25 @@ def test_tokens_are_renewed_before_they_expire(users):
     assert a.evaluate("window.gchat.state") == "connected"
 
 
-def test_logging_out_in_one_tab_removes_the_widget_from_the_others(users):
+# No periodic session re-check in this test: the other tab learns it from the tab that logged
+# out (its login page's bootstrap answers 401 and it tells its siblings at once).
+@pytest.mark.server_args("--session_check_interval=3600")
+def test_logging_out_in_one_tab_is_said_in_the_others(users):
     ana = users(ANA)
     dan = users(DAN)
     other_tab = dan.new_page()
     other_tab.goto(dan.server.url("/demo/course?id=2"))
     wait_connected(other_tab)
     expect(buddy(ana.page, DAN)).to_have_count(1)
+    buddy(ana.page, DAN).click()
+    send(ana.page, DAN, "still there?")
+    expect(window_with(other_tab, ANA)).to_be_visible()
     dan.logout()  # in the first tab
     other_tab.wait_for_function("window.gchat.state === 'ended'")
-    expect(other_tab.locator("#gchat-root")).to_have_count(0)
+    # Not a silent disappearance: the panel says why, the windows are gone.
+    expect(other_tab.locator(".gchat-banner")).to_have_text("You are logged out of Moodle. Log in again to chat.")
+    expect(other_tab.locator(".gchat-banner")).to_be_visible()
+    expect(window_with(other_tab, ANA)).to_have_count(0)
     expect(buddy(ana.page, DAN)).to_have_count(0)
 
 
@@ -390,7 +424,7 @@ def test_longpoll_user_rides_out_a_network_drop(users):
     a.wait_for_function("window.gchat.state === 'reconnecting'")
     ana.context.set_offline(False)
     wait_connected(a, timeout=5_000)
-    expect(a.locator(".gchat-status")).to_be_hidden()
+    expect(a.locator(".gchat-banner")).to_be_hidden()
     send(d, ANA, "and now?")
     expect(messages(a, DAN).last.locator(".gchat-text")).to_have_text("and now?")
     assert a.evaluate("window.gchat.transport") == "longpoll"

@@ -20,7 +20,7 @@ from gchat.auth import Identity
 from gchat.errors import GchatError, Unavailable
 from gchat.moodle import MoodleConfig, SessionCheck, User, sid_hash
 from gchat.presence import Client
-from gchat.store import MAX_HISTORY_LIMIT, MemberState, Message, Pair, Stored
+from gchat.store import MAX_HISTORY_LIMIT, MemberState, Message, Pair, Read, Recent, Stored
 from gchat.tasks import Background
 
 
@@ -138,6 +138,7 @@ class FakeStore:
         self._by_client_id: dict[tuple[int, str], Message] = {}
         self._pair_ids = itertools.count(1)
         self._message_ids = itertools.count(1)
+        self._read_times: dict[tuple[int, int], int] = {}
 
     def _state(self, conversation: int, user: int) -> MemberState:
         return self._states.get((conversation, user), MemberState(False, False, 0, 0))
@@ -172,12 +173,36 @@ class FakeStore:
     async def set_minimized(self, conversation: int, user: int, minimized: bool) -> MemberState:
         return self._set(conversation, user, minimized=minimized)
 
-    async def mark_seen(self, conversation: int, user: int, message_id: int) -> tuple[MemberState, bool]:
+    async def record_read(self, conversation: int, user: int,
+                          message_id: int) -> tuple[MemberState, bool, Read | None]:
         before = self._state(conversation, user)
-        last_read = max(before.last_read, message_id)
+        newest = max((m.id for m in self._messages.get(conversation, [])), default=0)
+        last_read = min(max(before.last_read, message_id), max(newest, before.last_read))
         unread = sum(1 for m in self._messages.get(conversation, []) if m.id > last_read and m.sender != user)
         after = self._set(conversation, user, last_read=last_read, unread=unread)
-        return after, after != before
+        moved = last_read > before.last_read
+        if moved:
+            self._read_times[(conversation, user)] = int(time.time() * 1000)
+        return after, after != before, Read(last_read, self._read_times[(conversation, user)]) if moved else None
+
+    async def peer_reads(self, user: int, conversations: list[int]) -> dict[int, Read | None]:
+        found: dict[int, Read | None] = {}
+        for conversation in conversations:
+            peer = self._pairs[conversation].peer_of(user)
+            last = self._state(conversation, peer).last_read
+            found[conversation] = Read(last, self._read_times.get((conversation, peer), 0)) if last else None
+        return found
+
+    async def recent(self, user: int, before: int | None, limit: int) -> tuple[list[Recent], bool]:
+        rows = []
+        for (conversation, uid), state in self._states.items():
+            messages = self._messages.get(conversation)
+            if uid != user or not messages or (before is not None and messages[-1].time >= before):
+                continue
+            peer_read = (await self.peer_reads(user, [conversation]))[conversation]
+            rows.append(Recent(self._pairs[conversation], state, messages[-1], peer_read))
+        rows.sort(key=lambda r: (r.last_message.time, r.last_message.id), reverse=True)
+        return rows[:limit], len(rows) > limit
 
     async def open_views(self, user: int, history: int) -> list[tuple[Pair, MemberState, list[Message]]]:
         return [(self._pairs[conv], state, self._last(conv, history))

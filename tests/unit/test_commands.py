@@ -13,7 +13,8 @@ from gchat.errors import GchatError
 from gchat.router import Router
 from gchat.wire import parse_cursor
 
-PROTOCOL_COMMANDS = {"open", "send", "seen", "close", "minimize", "history", "typing", "ping"}
+PROTOCOL_COMMANDS = {"open", "send", "seen", "close", "minimize", "history", "typing", "ping", "conversations",
+                     "search"}
 
 
 async def log_of(broker, uid):
