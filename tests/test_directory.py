@@ -10,9 +10,10 @@ import pytest
 
 from gchat.config import parse_db_url
 from gchat.db import Database
-from gchat.directory import SEARCH_BURST, fold
+from gchat.directory import fold
+from gchat.limits import SEARCH_BURST
 from gchat.store import ChatStore
-from tests.clients import CLIENTS, bootstrap
+from tests.support.clients import CLIENTS, bootstrap
 
 # Both engines where the test fixtures are parametrised by engine (tests/conftest.py reads this).
 ENGINES = ("mariadb", "postgresql")
