@@ -328,8 +328,15 @@ def gchat_tables_line(url: str, tmp_path) -> str:
 
 
 def test_initdb_converts_the_client_id_of_an_older_gchat(tmp_path, older_gchat):
+    # The older tables also lack the read-receipt column: gchat cannot serve until initdb ran.
     line = gchat_tables_line(older_gchat, tmp_path)
-    assert line.startswith("WARN") and "client_id is VARCHAR" in line and "gchat initdb" in line, line
+    assert line.startswith("FAIL") and "gchat_members.last_read_time" in line and "gchat initdb" in line, line
+    db = Database(parse_db_url(older_gchat), prefix=OLD, pool_size=1, timeout=5)
+    try:
+        [outdated] = db.run_sync(ChatStore(db).outdated)
+    finally:
+        db.close()
+    assert "client_id is VARCHAR" in outdated, outdated
 
     for _ in range(2):  # safe to run twice
         result = run([PYTHON, MAIN, "initdb", f"--db_url={older_gchat}", f"--db_prefix={OLD}",
