@@ -10,15 +10,16 @@ from __future__ import annotations
 import re
 import time
 import urllib.parse
-from typing import Callable
+from collections.abc import Callable
 
 from gchat.config import Settings
 from gchat.db import Database, Query
 from gchat.errors import Unavailable
 from gchat.moodle import REQUIRED_TABLES, Moodle
 from gchat.php_session import read_session_bytes
-from gchat.sessions import (SESSION_KEY, RedisStore, SessionRecord, SessionsSpec, iter_redis_sessions,
-                            make_sync_client, readable_dir)
+from gchat.session_spec import SessionsSpec
+from gchat.sessions import (SESSION_KEY, RedisStore, SessionRecord, iter_redis_sessions, make_sync_client,
+                            readable_dir)
 from gchat.store import ChatStore
 
 SESSION_SETTINGS = "Site administration › Server › Session handling"

@@ -19,7 +19,8 @@ import sqlite3
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Callable, Iterator, Sequence, TypeVar
+from typing import Any, TypeVar
+from collections.abc import Callable, Iterator, Sequence
 
 import psycopg
 import pymysql
@@ -96,7 +97,7 @@ class _NoFailover(Exception):
 class Query:
     """What a unit of work sees: a cursor with the prefix and parameter style applied."""
 
-    def __init__(self, db: "Database", conn: Any) -> None:
+    def __init__(self, db: Database, conn: Any) -> None:
         self._db = db
         self._cursor = conn.cursor()
         self.dialect: Dialect = db.sql_dialect
@@ -336,7 +337,7 @@ class Database:
             future = asyncio.get_running_loop().run_in_executor(self._executor, self.run_sync, work)
             try:
                 return await asyncio.wait_for(future, self._timeout)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 self._mark_down(f"no answer within {self._timeout:g}s")
                 raise Unavailable(f"database {self.where} did not answer within {self._timeout:g}s") from None
         finally:

@@ -32,7 +32,8 @@ _SQLITE_MOODLE_DDL = (
         imagealt TEXT, lastaccess INTEGER NOT NULL DEFAULT 0)""",
     """CREATE TABLE IF NOT EXISTS {course} (id INTEGER PRIMARY KEY, category INTEGER NOT NULL DEFAULT 0,
         fullname TEXT NOT NULL, shortname TEXT NOT NULL, visible INTEGER NOT NULL DEFAULT 1)""",
-    """CREATE TABLE IF NOT EXISTS {enrol} (id INTEGER PRIMARY KEY, enrol TEXT NOT NULL, status INTEGER NOT NULL DEFAULT 0,
+    """CREATE TABLE IF NOT EXISTS {enrol} (id INTEGER PRIMARY KEY, enrol TEXT NOT NULL,
+        status INTEGER NOT NULL DEFAULT 0,
         courseid INTEGER NOT NULL)""",
     """CREATE TABLE IF NOT EXISTS {user_enrolments} (id INTEGER PRIMARY KEY, status INTEGER NOT NULL DEFAULT 0,
         enrolid INTEGER NOT NULL, userid INTEGER NOT NULL, timestart INTEGER NOT NULL DEFAULT 0,
@@ -92,7 +93,8 @@ def seed(q: Query) -> bool:
                         ("dbsessions", "1"), ("release", "2.2.9 (Build: 20130114)"), ("messaging", "1"),
                         ("defaultuserroleid", str(DEFAULT_USER_ROLE)), ("siteadmins", "2")):
         q.execute("INSERT INTO {config} (name, value) VALUES (%s, %s)", (name, value))
-    q.execute("INSERT INTO {course} (id, category, fullname, shortname, visible) VALUES (1, 0, 'gchat demo site', 'demo', 1)")
+    q.execute("INSERT INTO {course} (id, category, fullname, shortname, visible) "
+              "VALUES (1, 0, 'gchat demo site', 'demo', 1)")
     for cid, full, short, visible in DEMO_COURSES:
         q.execute("INSERT INTO {course} (id, category, fullname, shortname, visible) VALUES (%s, 1, %s, %s, %s)",
                   (cid, full, short, visible))

@@ -25,7 +25,8 @@ Differences that matter to gchat and are handled here:
 from __future__ import annotations
 
 import re
-from typing import Any, Mapping, Protocol, Sequence
+from typing import Any, Protocol
+from collections.abc import Mapping, Sequence
 
 _TABLE = re.compile(r"\{(\w+)\}")
 _OLD_NEW = re.compile(r"\b(OLD|NEW)\.(\w+)")

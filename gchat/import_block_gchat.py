@@ -27,7 +27,8 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
+from collections.abc import Callable
 
 from gchat.db import Database, Query
 from gchat.dialect import Dialect
@@ -63,7 +64,7 @@ class ImportReport:
     conversations_mixed: int = 0     # got old messages after gchat messages (see the module docstring)
     notes: list[str] = field(default_factory=list)
 
-    def add(self, other: "ImportReport") -> None:
+    def add(self, other: ImportReport) -> None:
         for name in self.__dataclass_fields__:
             if name != "notes":
                 setattr(self, name, getattr(self, name) + getattr(other, name))

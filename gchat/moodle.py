@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable
+from typing import Any
 
 from gchat.cache import TTLCache
 from gchat.db import Database, Query
@@ -115,7 +116,7 @@ class Moodle(SessionRules, MessagingRules):
     def picture_url(self, user_id: int) -> str:
         return f"{self.wwwroot}/user/pix.php/{user_id}/f2.jpg"
 
-    def _user_from_row(self, row: tuple) -> User:
+    def _user_from_row(self, row: tuple[Any, ...]) -> User:
         uid, first, last, lang = row
         name = " ".join(part for part in ((first or "").strip(), (last or "").strip()) if part)
         return User(id=int(uid), name=name or f"#{uid}", picture=self.picture_url(int(uid)), lang=lang or "en")
@@ -135,7 +136,7 @@ class Moodle(SessionRules, MessagingRules):
             else:
                 result[uid] = hit
         if missing:
-            def work(q: Query) -> list[tuple]:
+            def work(q: Query) -> list[tuple[Any, ...]]:
                 marks = ", ".join(["%s"] * len(missing))
                 return q.all(f"SELECT {_USER_COLUMNS} FROM {{user}} u WHERE u.id IN ({marks})", missing)
 
@@ -164,7 +165,7 @@ class Moodle(SessionRules, MessagingRules):
     async def _load_circle(self, user_id: int) -> Circle:
         cfg = await self.config()
 
-        def work(q: Query) -> tuple[list[tuple], set[int], tuple[set[int], set[int], set[int], bool]]:
+        def work(q: Query) -> tuple[list[tuple[Any, ...]], set[int], tuple[set[int], set[int], set[int], bool]]:
             rows, blocked = self._coursemate_rows(q, user_id, cfg.site_guest)
             candidates = {int(row[0]) for row in rows} - blocked
             return rows, blocked, self._privacy_rows(q, user_id, candidates)
@@ -181,7 +182,7 @@ class Moodle(SessionRules, MessagingRules):
         return Circle(mates=frozenset(mates - closed), audience=frozenset(audience),
                       blocked=frozenset(blocked), closed=frozenset(closed))
 
-    def _coursemate_rows(self, q: Query, me: int, site_guest: int) -> tuple[list[tuple], set[int]]:
+    def _coursemate_rows(self, q: Query, me: int, site_guest: int) -> tuple[list[tuple[Any, ...]], set[int]]:
         now = int(time.time())
         rows = q.all(
             f"SELECT DISTINCT {_USER_COLUMNS} "

@@ -30,7 +30,7 @@ class PhpFormatError(ValueError):
     """The bytes are not what PHP writes."""
 
 
-class PhpObject(dict):
+class PhpObject(dict[str, Any]):
     """A PHP object: its properties (private/protected names without their ``\\0…\\0`` prefix)."""
 
     def __init__(self, class_name: str) -> None:

@@ -24,8 +24,10 @@ import asyncio
 import json
 import logging
 import time
+from functools import partial
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator, TextIO, TypeVar
+from typing import Any, TextIO, TypeVar
+from collections.abc import Callable, Iterator
 
 from gchat.db import Database, Query
 from gchat.dialect import Dialect
@@ -170,7 +172,7 @@ async def purge_old_messages(steps: _Steps, days: int, limit: int, report: Purge
     cutoff = int(time.time() * 1000) - days * DAY_MS
     after = 0
     while True:
-        last, deleted = await steps(lambda q, after=after: _delete_old_messages(q, cutoff, after, limit))
+        last, deleted = await steps(partial(_delete_old_messages, cutoff_ms=cutoff, after=after, limit=limit))
         if not last:
             return
         report.batches += 1
@@ -181,7 +183,7 @@ async def purge_old_messages(steps: _Steps, days: int, limit: int, report: Purge
 async def purge_deleted_users(steps: _Steps, limit: int, message_limit: int, report: PurgeReport) -> None:
     after = 0
     while True:
-        conversations = await steps(lambda q, after=after: _conversations_of_deleted_users(q, after, limit))
+        conversations = await steps(partial(_conversations_of_deleted_users, after=after, limit=limit))
         if not conversations:
             return
         await _remove_conversations(steps, conversations, message_limit, report)
@@ -269,16 +271,14 @@ def export_user(db: Database, user: int, out: TextIO, *, limit: int = MESSAGE_BA
     """Write every conversation of ``user`` with all its messages (both members') and this user's
     window state as one JSON document to ``out``; returns how many conversations. Read in batches,
     written one conversation at a time, so a long history never sits in memory whole."""
-    out.write('{"user": %d, "exported": %d, "conversations": [' % (user, int(time.time() * 1000)))
+    out.write(f'{{"user": {int(user)}, "exported": {int(time.time() * 1000)}, "conversations": [')
     count = 0
     after = 0
     while True:
-        rows = db.run_sync(lambda q, after=after: _conversation_rows_of(q, user, after, CONVERSATION_BATCH))
+        rows = db.run_sync(partial(_conversation_rows_of, user=user, after=after, limit=CONVERSATION_BATCH))
         for conv_id, low, high, created in rows:
             conv_id = int(conv_id)
-            state = db.run_sync(lambda q, conv_id=conv_id: q.one(
-                "SELECT is_open, minimized, unread, last_read FROM {gchat_members} WHERE conversation = %s "
-                "AND userid = %s", (conv_id, user)))
+            state = db.run_sync(partial(_member_row, conversation=conv_id, user=user))
             conversation: dict[str, Any] = {
                 "id": conv_id, "with": int(high) if int(low) == user else int(low), "created": int(created),
                 "open": bool(state[0]) if state else False, "minimized": bool(state[1]) if state else False,
@@ -298,9 +298,7 @@ def export_user(db: Database, user: int, out: TextIO, *, limit: int = MESSAGE_BA
 def _messages_of(db: Database, conversation: int, limit: int) -> Iterator[dict[str, Any]]:
     after = 0
     while True:
-        rows = db.run_sync(lambda q, after=after: q.all(
-            "SELECT id, sender, text, time, client_id FROM {gchat_messages} WHERE conversation = %s AND id > %s "
-            "ORDER BY id LIMIT %s", (conversation, after, limit)))
+        rows = db.run_sync(partial(_message_rows, conversation=conversation, after=after, limit=limit))
         for message_id, sender, text, stamp, client_id in rows:
             yield {"id": int(message_id), "from": int(sender), "text": text, "time": int(stamp),
                    "client_id": Dialect.client_id_value(client_id)}
@@ -324,3 +322,13 @@ async def delete_user(db: Database, user: int, *, limit: int = MESSAGE_BATCH, pa
         report.messages += removed
         if removed < limit:
             return report
+
+
+def _member_row(q: Query, *, conversation: int, user: int) -> tuple[Any, ...] | None:
+    return q.one("SELECT is_open, minimized, unread, last_read FROM {gchat_members} WHERE conversation = %s "
+                 "AND userid = %s", (conversation, user))
+
+
+def _message_rows(q: Query, *, conversation: int, after: int, limit: int) -> list[tuple[Any, ...]]:
+    return q.all("SELECT id, sender, text, time, client_id FROM {gchat_messages} WHERE conversation = %s "
+                 "AND id > %s ORDER BY id LIMIT %s", (conversation, after, limit))

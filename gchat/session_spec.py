@@ -37,7 +37,7 @@ class SessionsSpec:
     def cluster(self) -> bool:
         return len(self.hosts) > 1
 
-    def with_legacy_dir(self, directory: str) -> "SessionsSpec":
+    def with_legacy_dir(self, directory: str) -> SessionsSpec:
         """``moodle_session_dir = <dir>`` is the old name of ``moodle_sessions = files:<dir>``."""
         if directory and self.kind == "database":
             return dataclasses.replace(self, kind="files", directory=directory)

@@ -39,7 +39,8 @@ import logging
 import os
 import zlib
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Iterable, Mapping
+from typing import TYPE_CHECKING, Any
+from collections.abc import Iterable, Mapping
 
 from gchat.errors import Unavailable
 from gchat.session_spec import SessionsSpec, parse_moodle_sessions  # noqa: F401 (part of this module's interface)
@@ -102,10 +103,10 @@ class SessionStore:
     def describe(self) -> str:
         raise NotImplementedError
 
-    async def lookup(self, db: "Database", sid: str, *, with_data: bool) -> SessionRecord | None:
+    async def lookup(self, db: Database, sid: str, *, with_data: bool) -> SessionRecord | None:
         raise NotImplementedError
 
-    async def lookup_many(self, db: "Database", pairs: set[tuple[int, str]],
+    async def lookup_many(self, db: Database, pairs: set[tuple[int, str]],
                           known: Mapping[str, str]) -> list[SessionRecord]:
         """Records for the sessions behind ``pairs`` (more may come back; the caller keeps
         only its pairs). ``known`` maps sid hashes to the sids seen at bootstrap."""
@@ -123,13 +124,13 @@ def _row_record(row: tuple[Any, ...]) -> SessionRecord:
                          user=tuple(row[4:9]))
 
 
-def _rows_by_sid(q: "Query", sid: str, with_sessdata: bool) -> tuple[Any, ...] | None:
+def _rows_by_sid(q: Query, sid: str, with_sessdata: bool) -> tuple[Any, ...] | None:
     extra = ", s.sessdata" if with_sessdata else ""
     return q.one(f"SELECT {_ROW_COLUMNS}{extra} FROM {{sessions}} s LEFT JOIN {{user}} u ON u.id = s.userid "
                  "WHERE s.sid = %s", (sid,))
 
 
-def _rows_of_users(q: "Query", user_ids: list[int]) -> list[tuple[Any, ...]]:
+def _rows_of_users(q: Query, user_ids: list[int]) -> list[tuple[Any, ...]]:
     marks = ", ".join(["%s"] * len(user_ids))
     return q.all(f"SELECT {_ROW_COLUMNS} FROM {{sessions}} s JOIN {{user}} u ON u.id = s.userid "
                  f"WHERE s.userid IN ({marks})", user_ids)
@@ -143,8 +144,8 @@ class DatabaseStore(SessionStore):
     def describe(self) -> str:
         return "the sessions table"
 
-    async def lookup(self, db: "Database", sid: str, *, with_data: bool) -> SessionRecord | None:
-        def work(q: "Query") -> SessionRecord | None:
+    async def lookup(self, db: Database, sid: str, *, with_data: bool) -> SessionRecord | None:
+        def work(q: Query) -> SessionRecord | None:
             row = _rows_by_sid(q, sid, with_data)
             if row is None:
                 return None
@@ -155,7 +156,7 @@ class DatabaseStore(SessionStore):
 
         return await db.run(work)
 
-    async def lookup_many(self, db: "Database", pairs: set[tuple[int, str]],
+    async def lookup_many(self, db: Database, pairs: set[tuple[int, str]],
                           known: Mapping[str, str]) -> list[SessionRecord]:
         user_ids = sorted({uid for uid, _ in pairs})
         return [_row_record(row) for row in await db.run(lambda q: _rows_of_users(q, user_ids))]
@@ -195,8 +196,8 @@ class FileStore(SessionStore):
             return SessionRecord(sid, 0, 0, mtime, problem=f"cannot parse sess_{sid}: {exc}")
         return SessionRecord(sid, session_user_id(parsed), 0, mtime, data=data)
 
-    async def lookup(self, db: "Database", sid: str, *, with_data: bool) -> SessionRecord | None:
-        def work(q: "Query") -> SessionRecord | None:
+    async def lookup(self, db: Database, sid: str, *, with_data: bool) -> SessionRecord | None:
+        def work(q: Query) -> SessionRecord | None:
             row = _rows_by_sid(q, sid, False)
             if row is None:  # Moodle 2.2-2.5 with dbsessions = 0: the file alone (state is always 0 there)
                 return self._file_record(sid)
@@ -211,13 +212,13 @@ class FileStore(SessionStore):
 
         return await db.run(work)
 
-    async def lookup_many(self, db: "Database", pairs: set[tuple[int, str]],
+    async def lookup_many(self, db: Database, pairs: set[tuple[int, str]],
                           known: Mapping[str, str]) -> list[SessionRecord]:
         user_ids = sorted({uid for uid, _ in pairs})
         # A copy made here, on the IOLoop: the worker thread must not read a dict the loop changes.
         seen = {hashed: known[hashed] for _, hashed in pairs if hashed in known}
 
-        def work(q: "Query") -> list[SessionRecord]:
+        def work(q: Query) -> list[SessionRecord]:
             records = [_row_record(row) for row in _rows_of_users(q, user_ids)]
             found = {sid_hash(r.sid) for r in records}
             wanted = {hashed for _, hashed in pairs} - found
@@ -302,12 +303,12 @@ class RedisStore(SessionStore):
         except ValueError as exc:
             return None, f"cannot uncompress sessdata with compressor={self.spec.compressor}: {exc}"
 
-    async def lookup(self, db: "Database", sid: str, *, with_data: bool) -> SessionRecord | None:
+    async def lookup(self, db: Database, sid: str, *, with_data: bool) -> SessionRecord | None:
         fields = self.FIELDS + (("sessdata",) if with_data else ())
         values = await self._call(lambda c: c.hmget(self.key(SESSION_KEY, sid), fields))
         return self.decode(sid, list(values), with_data)
 
-    async def lookup_many(self, db: "Database", pairs: set[tuple[int, str]],
+    async def lookup_many(self, db: Database, pairs: set[tuple[int, str]],
                           known: Mapping[str, str]) -> list[SessionRecord]:
         sids = {known[h] for _, h in pairs if h in known}
         unknown_users = sorted({uid for uid, h in pairs if h not in known})
@@ -350,7 +351,7 @@ class RedisStore(SessionStore):
 
         try:
             return await asyncio.wait_for(work(self._connect()), self.timeout * 2)
-        except (RedisError, OSError, asyncio.TimeoutError) as exc:
+        except (TimeoutError, RedisError, OSError) as exc:
             raise Unavailable(f"Moodle's session store {self.spec.where()} did not answer: "
                               f"{' '.join(str(exc).split()) or type(exc).__name__}") from None
 

@@ -200,7 +200,8 @@ _DE: dict[str, str] = {
     "yesterday": "Gestern",
     "logged_out": "Sie sind von Moodle abgemeldet. Melden Sie sich wieder an, um zu chatten.",
     "messaging_disabled": "Der Chat ist auf dieser Website ausgeschaltet.",
-    "read_only": "Sie können Ihre Unterhaltungen lesen, aber keine Nachrichten senden: Ihre Rolle auf dieser Website erlaubt es nicht.",
+    "read_only": ("Sie können Ihre Unterhaltungen lesen, aber keine Nachrichten senden: Ihre Rolle auf dieser "
+                  "Website erlaubt es nicht."),
     "no_users_hint": "Suchen Sie, um jemandem aus Ihren Kursen zu schreiben: er oder sie sieht es später.",
     "no_coursemates": "Sie teilen noch mit niemandem einen Kurs, daher gibt es niemanden zum Chatten.",
     "more_online": "{count} weitere online — suchen Sie nach ihnen.",

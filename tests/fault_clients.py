@@ -22,7 +22,8 @@ import random
 import secrets
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
+from collections.abc import Callable
 from urllib.parse import quote, urlsplit
 
 import tornado.websocket
@@ -91,7 +92,7 @@ async def http_request(base_url: str, method: str, path: str, *, headers: dict[s
 
     try:
         return await asyncio.wait_for(go(), timeout)
-    except asyncio.TimeoutError:
+    except TimeoutError:
         raise Failed("timeout", f"{method} {path}") from None
 
 
@@ -342,7 +343,7 @@ class Tab:
             self._changed.clear()
             try:
                 await asyncio.wait_for(self._changed.wait(), min(left, 0.5))
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
         return True
 
@@ -476,7 +477,7 @@ class WSTab(Tab):
         if self.conn is None:
             try:
                 await asyncio.wait_for(self.connected.wait(), 1.0)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 raise Failed("not_connected") from None
         conn = self.conn
         if conn is None:
@@ -490,7 +491,7 @@ class WSTab(Tab):
             return await asyncio.wait_for(future, timeout)
         except tornado.websocket.WebSocketClosedError:
             raise Failed("dropped", "the WebSocket closed") from None
-        except asyncio.TimeoutError:
+        except TimeoutError:
             raise Failed("timeout", command["type"]) from None
         finally:
             self._replies.pop(ref, None)

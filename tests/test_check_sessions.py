@@ -11,8 +11,8 @@ import pytest
 from gchat.check import run_check
 from gchat.db import Database
 from gchat.sessions import parse_moodle_sessions
-from tests.session_stores import (DatabaseSessions, FileSessions, RedisSessions, disable_mfa, enable_mfa, php,
-                                  redis_cluster, spare_ports)  # noqa: F401
+from tests.session_stores import (DatabaseSessions, FileSessions, RedisSessions, disable_mfa,  # noqa: F401
+                                  enable_mfa, php, redis_cluster, spare_ports)
 
 OLD_CLAIM = "keeps a mdl_sessions row for every session handler"
 
@@ -56,7 +56,8 @@ def redis_sessions(php, request, **options) -> RedisSessions:
 def test_an_empty_sessions_table_on_moodle_45_points_at_the_redis_store(moodle45, settings):
     ok, lines = check(settings)
     assert ok
-    assert lines["session store"].startswith("OK") and "moodle_sessions = database: mdl_sessions" in lines["session store"]
+    store = lines["session store"]
+    assert store.startswith("OK") and "moodle_sessions = database: mdl_sessions" in store
     line = lines["sessions"]
     assert line.startswith("WARN")
     assert "probably uses the Redis session store" in line and "$CFG->session_handler_class" in line
@@ -108,7 +109,8 @@ def test_redis_store_with_the_wrong_prefix_or_serializer(moodle45, settings, php
 def test_redis_store_that_does_not_answer_fails(moodle45, settings):
     (port,) = spare_ports(1)
     ok, lines = check(settings, f"redis://127.0.0.1:{port}/0?prefix=mdl_")
-    assert not ok and lines["session store"].count("FAIL") == 1 and "cannot read redis://127.0.0.1" in lines["session store"]
+    store = lines["session store"]
+    assert not ok and store.count("FAIL") == 1 and "cannot read redis://127.0.0.1" in store
 
 
 def test_redis_store_on_a_moodle_before_45_is_questioned(site, settings, php, request):

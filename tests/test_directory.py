@@ -209,7 +209,8 @@ def test_initdb_adds_the_read_time_column_to_tables_of_an_earlier_version(test_d
     try:
         db.run_sync(lambda q: q.execute(
             "CREATE TABLE {gchat_members} (conversation BIGINT NOT NULL, userid BIGINT NOT NULL, "
-            "is_open SMALLINT NOT NULL DEFAULT 0, minimized SMALLINT NOT NULL DEFAULT 0, unread INT NOT NULL DEFAULT 0, "
+            "is_open SMALLINT NOT NULL DEFAULT 0, minimized SMALLINT NOT NULL DEFAULT 0, "
+            "unread INT NOT NULL DEFAULT 0, "
             "last_read BIGINT NOT NULL DEFAULT 0, timemodified BIGINT NOT NULL, PRIMARY KEY (conversation, userid))"))
         db.run_sync(lambda q: q.execute("INSERT INTO {gchat_members} (conversation, userid, last_read, timemodified) "
                                         "VALUES (1, 2, 7, 0)"))

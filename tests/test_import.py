@@ -62,7 +62,8 @@ OLD_DDL_COMMON = (
         UNIQUE KEY {p}blocgchausersess_sesuse_uix (sessionid, userid),
         KEY {p}blocgchausersess_ses_ix (sessionid),
         KEY {p}blocgchausersess_use_ix (userid)
-    ) ENGINE=InnoDB DEFAULT CHARSET=utf8 COLLATE=utf8_unicode_ci COMMENT='Table to store open sessions for each user.'""",
+    ) ENGINE=InnoDB DEFAULT CHARSET=utf8 COLLATE=utf8_unicode_ci
+      COMMENT='Table to store open sessions for each user.'""",
     """CREATE TABLE {p}block_gchat_messages (
         id BIGINT(10) UNSIGNED NOT NULL AUTO_INCREMENT,
         text VARCHAR(1333) NOT NULL DEFAULT '',
@@ -221,7 +222,7 @@ def test_import_twice_yields_everything_once(site, old, db):
     conversations, members, messages = after_first
     pairs = {(low, high): cid for cid, low, high, _ in conversations}
     assert set(pairs) == {tuple(sorted(p)) for p in ((ana, ben), (ana, chloe), (chloe, dan))}
-    ab, ac, cd = pairs[tuple(sorted((ana, ben)))], pairs[tuple(sorted((ana, chloe)))], pairs[tuple(sorted((chloe, dan)))]
+    ab, ac, cd = (pairs[tuple(sorted(p))] for p in ((ana, ben), (ana, chloe), (chloe, dan)))
     assert dict((cid, created) for cid, _, _, created in conversations)[ab] == T0 * 1000
 
     by_client = {client_id: (mid, conv, sender, text, time) for mid, conv, sender, text, client_id, time in messages}

@@ -25,7 +25,8 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from typing import Callable, Iterator, TypeVar
+from typing import TypeVar
+from collections.abc import Callable, Iterator
 
 import pytest
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError

@@ -9,7 +9,7 @@ Helpers live in gchat_browser.py.
 from __future__ import annotations
 
 import os
-from typing import Iterator
+from collections.abc import Iterator
 
 import pytest
 from playwright.sync_api import sync_playwright

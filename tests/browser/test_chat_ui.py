@@ -233,7 +233,8 @@ def test_each_refusal_reason_is_explained(users, server):
         send(a, peer, "antes")
         expect(messages(a, peer).last).to_have_attribute("data-state", "sent")
     demo_sql(server, "INSERT INTO mdl_message_contacts (userid, contactid, blocked) VALUES (?, ?, 1)", (DAN, ANA))
-    demo_sql(server, "INSERT INTO mdl_user_preferences (userid, name, value) VALUES (?, 'message_blocknoncontacts', '1')",
+    demo_sql(server, "INSERT INTO mdl_user_preferences (userid, name, value) "
+                     "VALUES (?, 'message_blocknoncontacts', '1')",
              (TEREZA,))
     demo_sql(server, "DELETE FROM mdl_user_enrolments WHERE userid = ?", (FARID,))
     for peer, key in ((DAN, "error_blocked"), (TEREZA, "error_contacts_only"), (FARID, "error_no_shared_course")):

@@ -374,7 +374,9 @@ _HIDEABLE_TAB = """
 window.__hidden = false;
 Object.defineProperty(Document.prototype, 'hidden', {configurable: true, get: function () { return window.__hidden; }});
 Document.prototype.hasFocus = function () { return !window.__hidden; };
-window.__setHidden = function (hidden) { window.__hidden = hidden; document.dispatchEvent(new Event('visibilitychange')); };
+window.__setHidden = function (hidden) {
+  window.__hidden = hidden; document.dispatchEvent(new Event('visibilitychange'));
+};
 """
 
 
