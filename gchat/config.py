@@ -298,7 +298,8 @@ class Settings:
         doc="Moodle's database, as mysql://user:password@host:3306/moodle (MySQL, MariaDB; add "
             "?charset=utf8mb4, or ?unix_socket=/run/mysqld/mysqld.sock to connect through a socket) or "
             "postgresql://user:password@host:5432/moodle (PostgreSQL; ?host=/run/postgresql for a socket "
-            "folder, ?sslmode=require). %-escape special characters in the password. Empty: the embedded demo, an SQLite file in data_dir with demo users. "
+            "folder, ?sslmode=require). %-escape special characters in the password. Empty: the embedded "
+            "demo, an SQLite file in data_dir with demo users. "
             "gchat only reads Moodle's own tables; its chat tables live in the same database.")
     db_prefix: str = setting("mdl_", _db_prefix, "Moodle's $CFG->prefix",
                              doc="Moodle's table prefix, $CFG->prefix in Moodle's config.php. gchat's tables get "

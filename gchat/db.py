@@ -66,7 +66,7 @@ INTEGRITY_ERRORS: tuple[type[BaseException], ...] = (pymysql.err.IntegrityError,
                                                      sqlite3.IntegrityError)
 
 
-class _PgConnection(psycopg.Connection):  # type: ignore[type-arg]
+class _PgConnection(psycopg.Connection[Any]):
     """A psycopg connection DBUtils can ping when it leaves the pool, as it pings PyMySQL's."""
 
     def ping(self, reconnect: bool = False) -> bool:
@@ -83,7 +83,7 @@ class _PostgreSQLDriver:
     threadsafety = psycopg.threadsafety
 
     @staticmethod
-    def connect(**kwargs: Any) -> psycopg.Connection:  # type: ignore[type-arg]
+    def connect(**kwargs: Any) -> psycopg.Connection[Any]:
         return _PgConnection.connect(**kwargs)
 
 
@@ -106,7 +106,7 @@ class Query:
     def execute(self, sql: str, params: Sequence[Any] = ()) -> int:
         self.count += 1
         self._cursor.execute(self._db.sql(sql), tuple(params))
-        return self._cursor.rowcount
+        return int(self._cursor.rowcount)
 
     def all(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         self.execute(sql, params)

@@ -39,8 +39,8 @@ import logging
 import os
 import zlib
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
-from collections.abc import Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from gchat.errors import Unavailable
 from gchat.session_spec import SessionsSpec, parse_moodle_sessions  # noqa: F401 (part of this module's interface)
@@ -51,6 +51,7 @@ if TYPE_CHECKING:
     from gchat.db import Database, Query
 
 log = logging.getLogger("gchat.sessions")
+T = TypeVar("T")
 
 MAX_SESSION_DATA = 16 << 20  # a decompressed session larger than this is not a Moodle session
 SESSION_KEY = "session_"  # redis.php: $sessionkeyprefix
@@ -346,7 +347,7 @@ class RedisStore(SessionStore):
 
         return await self._call(work)
 
-    async def _call(self, work: Any) -> Any:
+    async def _call(self, work: Callable[[Any], Awaitable[T]]) -> T:
         from redis.exceptions import RedisError
 
         try:
@@ -394,7 +395,8 @@ def make_sync_client(spec: SessionsSpec, timeout: float) -> Any:
     if spec.socket:
         return redis.Redis(unix_socket_path=spec.socket, db=spec.db, **options)
     if spec.cluster:
-        return RedisCluster(startup_nodes=[ClusterNode(h, p) for h, p in spec.hosts], **options)
+        nodes = [ClusterNode(h, p) for h, p in spec.hosts]  # type: ignore[no-untyped-call]
+        return RedisCluster(startup_nodes=nodes, **options)
     host, port = spec.hosts[0]
     return redis.Redis(host=host, port=port, db=spec.db, **options)
 

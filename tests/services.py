@@ -44,6 +44,12 @@ def _apt_install(package: str, binary: str) -> str:
     return found
 
 
+def _answers(connection: Any) -> bool:
+    """A connection was made: close it, the server answers."""
+    connection.close()
+    return True
+
+
 def _wait_until(check, seconds: float, what: str) -> None:
     deadline = time.monotonic() + seconds
     last: Exception | None = None
@@ -105,7 +111,7 @@ class MariaDBInstance:
         self.binary = _apt_install("mariadb-server", "mariadbd")
         self.dir = tempfile.mkdtemp(prefix="gchat-mariadb-")
         self.socket = os.path.join(self.dir, "mysqld.sock")
-        self.process: subprocess.Popen | None = None
+        self.process: subprocess.Popen[bytes] | None = None
         install = shutil.which("mariadb-install-db") or "/usr/bin/mariadb-install-db"
         cmd = [install, "--no-defaults", f"--datadir={self.dir}/data", "--auth-root-authentication-method=normal",
                "--skip-test-db"]
@@ -126,7 +132,7 @@ class MariaDBInstance:
         if os.geteuid() == 0:
             cmd.append("--user=root")
         self.process = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        _wait_until(lambda: mysql_connect(self.url).close() or True, 60, "the throwaway MariaDB")
+        _wait_until(lambda: _answers(mysql_connect(self.url)), 60, "the throwaway MariaDB")
 
     def stop(self) -> None:
         if self.process and self.process.poll() is None:
@@ -216,7 +222,7 @@ class PostgreSQLInstance:
                    "-c synchronous_commit=off -c full_page_writes=off -c shared_buffers=32MB")
         self._run([os.path.join(self.bin, "pg_ctl"), "-D", self.data, "-l", os.path.join(self.dir, "server.log"),
                    "-o", options, "-w", "-t", "60", "start"])
-        _wait_until(lambda: pg_connect(self.url).close() or True, 30, "the throwaway PostgreSQL")
+        _wait_until(lambda: _answers(pg_connect(self.url)), 30, "the throwaway PostgreSQL")
 
     def stop(self) -> None:
         if os.path.exists(os.path.join(self.data, "postmaster.pid")):
@@ -246,7 +252,7 @@ class RedisInstance:
         self.binary = _apt_install("redis-server", "redis-server")
         self.dir = tempfile.mkdtemp(prefix="gchat-redis-")
         self.socket = os.path.join(self.dir, "redis.sock")
-        self.process: subprocess.Popen | None = None
+        self.process: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
