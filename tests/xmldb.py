@@ -38,6 +38,7 @@ at most 30 characters, made unique within the schema.
 from __future__ import annotations
 
 import os
+import re
 import xml.etree.ElementTree as ElementTree
 from dataclasses import dataclass, field
 from typing import Callable
@@ -289,6 +290,15 @@ def schema_path(version: str) -> str:
     if not os.path.exists(path):
         raise XmldbError(f"no Moodle schema {version!r} in tests/fixtures/xmldb (have {schema_versions()})")
     return path
+
+
+def schema_release(version: str) -> str:
+    """Moodle's ``$release`` for a fixture: the one its header quotes from version.php at the
+    source commit, else "<version>dev" (a development revision without a stored version.php)."""
+    with open(schema_path(version), encoding="utf-8") as handle:
+        head = handle.read(2000)
+    found = re.search(r"\$release = '([^']+)'", head)
+    return " ".join(found.group(1).split()) if found else f"{version}dev"
 
 
 def moodle_schema_statements(version: str, engine: str, prefix: str) -> list[str]:
