@@ -146,14 +146,21 @@ def test_db_url(server_url, engine, schema):
         drop_database(server_url, name)
 
 
-@pytest.fixture
-def site(test_db_url, schema):
-    """An empty Moodle site (config, guest, front page) in the run's database."""
+@pytest.fixture(scope="session")
+def shared_site(test_db_url, schema):
+    """The run's Moodle site on one connection, reset for each test by ``site``."""
     parts = test_db_url.split("?")[0].rsplit("/", 1)
     moodle_site = MoodleSite(test_db_url, parts[1], PREFIX, schema=schema)
-    moodle_site.reset()
     yield moodle_site
     moodle_site.close()
+
+
+@pytest.fixture
+def site(shared_site):
+    """An empty Moodle site (config, guest, front page) in the run's database."""
+    shared_site.reconnect_if_lost()
+    shared_site.reset()
+    return shared_site
 
 
 @pytest.fixture

@@ -61,6 +61,7 @@ class MoodleSite:
 
     def __init__(self, url: str, database: str, prefix: str = "mdl_", *, schema: str = "2.2") -> None:
         self.engine = "postgresql" if is_postgresql(url) else "mariadb"
+        self.url, self.database = url, database
         self.conn = db_connect(url, database)
         self.prefix = prefix
         self.schema = schema
@@ -71,15 +72,35 @@ class MoodleSite:
         self._has_id: dict[str, bool] = {}
         self._tables: list[str] | None = None
 
+    def reconnect_if_lost(self) -> None:
+        """One site serves a run's tests (a new connection costs tens of milliseconds on a
+        MariaDB that resolves client names); a test that lost the connection loses nobody else's."""
+        try:
+            self.rows("SELECT 1")
+        except Exception:  # noqa: BLE001 - whatever the driver says, a fresh connection follows
+            try:
+                self.conn.close()
+            except Exception:  # noqa: BLE001
+                pass
+            self.conn = db_connect(self.url, self.database)
+
     def tables(self) -> list[str]:
-        """This site's tables (Moodle's and gchat's, by prefix), looked up once."""
+        """This site's tables (Moodle's and gchat's, by prefix), looked up once, with whether
+        each has an ``id`` column (what an INSERT … RETURNING id needs on PostgreSQL)."""
         if self._tables is None:
             pattern = self.prefix.replace("_", "\\_") + "%"
-            found = self.rows("SELECT table_name FROM information_schema.tables WHERE table_schema = "
-                              + ("current_schema()" if self.engine == "postgresql" else "DATABASE()")
-                              + " AND table_name LIKE %s", (pattern,))
+            here = "current_schema()" if self.engine == "postgresql" else "DATABASE()"
+            found = self.rows(f"SELECT t.table_name, EXISTS (SELECT 1 FROM information_schema.columns c "
+                              f"WHERE c.table_schema = t.table_schema AND c.table_name = t.table_name "
+                              f"AND c.column_name = 'id') FROM information_schema.tables t "
+                              f"WHERE t.table_schema = {here} AND t.table_name LIKE %s", (pattern,))
             self._tables = sorted(str(row[0]) for row in found)
+            self._has_id.update((str(row[0]), bool(row[1])) for row in found)
         return self._tables
+
+    def forget_tables(self) -> None:
+        """After a test created a table: the next reset() empties it too."""
+        self._tables = None
 
     def has_table(self, name: str) -> bool:
         return self.prefix + name in self.tables()

@@ -145,10 +145,20 @@ def disable_mfa(site: Any) -> None:
 
 
 def ensure_config_plugins(site: Any) -> None:
-    """Moodle's ``config_plugins`` (lib/db/install.xml), in case the fixture schema lacks it."""
-    site.execute("CREATE TABLE IF NOT EXISTS {p}config_plugins (id BIGINT(10) NOT NULL AUTO_INCREMENT, "
-                 "plugin VARCHAR(100) NOT NULL DEFAULT 'core', name VARCHAR(100) NOT NULL DEFAULT '', "
-                 "value LONGTEXT NOT NULL, PRIMARY KEY (id), UNIQUE KEY {p}confplug_plunam_uix (plugin, name))")
+    """Moodle's ``config_plugins`` (lib/db/install.xml), in case the fixture schema lacks it
+    (the hand-made 2.2 one does; every XMLDB schema has it)."""
+    if site.has_table("config_plugins"):
+        return
+    if site.engine == "postgresql":
+        site.execute("CREATE TABLE IF NOT EXISTS {p}config_plugins (id BIGSERIAL, plugin VARCHAR(100) NOT NULL "
+                     "DEFAULT 'core', name VARCHAR(100) NOT NULL DEFAULT '', value TEXT NOT NULL, "
+                     "CONSTRAINT {p}confplug_id_pk PRIMARY KEY (id))")
+        site.execute("CREATE UNIQUE INDEX IF NOT EXISTS {p}confplug_plunam_uix ON {p}config_plugins (plugin, name)")
+    else:
+        site.execute("CREATE TABLE IF NOT EXISTS {p}config_plugins (id BIGINT(10) NOT NULL AUTO_INCREMENT, "
+                     "plugin VARCHAR(100) NOT NULL DEFAULT 'core', name VARCHAR(100) NOT NULL DEFAULT '', "
+                     "value LONGTEXT NOT NULL, PRIMARY KEY (id), UNIQUE KEY {p}confplug_plunam_uix (plugin, name))")
+    site.forget_tables()  # reset() empties it from now on
 
 
 # -- a throwaway Redis Cluster -----------------------------------------------------------------------
