@@ -12,7 +12,8 @@ The database fixtures are parametrised by ``engine`` and by ``schema``:
   are created from Moodle's own install.xml by tests/xmldb.py (tests/fixtures/xmldb/). Every
   other module gets the 2.2 fixture. A test marked ``@pytest.mark.moodle_schemas(since="3.6")``
   (or ``before="3.6"``) runs only on the schemas of those versions: no skips, the other
-  combinations are simply not generated.
+  combinations are simply not generated. A module's ``COVERED_ELSEWHERE`` set of (engine,
+  schema) pairs leaves out what another module already runs.
 """
 
 from __future__ import annotations
@@ -68,7 +69,10 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if schemas is None:
         metafunc.parametrize("engine", engines, indirect=True, scope="session")
         return
-    combos = [(engine, schema) for engine in engines for schema in schemas_for(metafunc, tuple(schemas))]
+    # A module may leave out combinations another module already runs (COVERED_ELSEWHERE).
+    elsewhere = set(getattr(metafunc.module, "COVERED_ELSEWHERE", ()))
+    combos = [(engine, schema) for engine in engines for schema in schemas_for(metafunc, tuple(schemas))
+              if (engine, schema) not in elsewhere]
     metafunc.parametrize(("engine", "schema"), combos, indirect=True, scope="session",
                          ids=[f"{engine}-moodle{schema}" for engine, schema in combos])
 
