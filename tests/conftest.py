@@ -26,12 +26,12 @@ import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from gchat.config import Settings, parse_db_url  # noqa: E402
-from gchat.db import Database  # noqa: E402
-from gchat.store import ChatStore  # noqa: E402
-from tests.moodle_site import MoodleSite, create_database, drop_database, moodle22_statements  # noqa: E402
-from tests.xmldb import moodle_schema_statements, schema_versions  # noqa: E402
-from tests.services import (MariaDBInstance, PostgreSQLInstance, db_connect, shared_mariadb_url,  # noqa: E402
+from gchat.config import Settings, parse_db_url
+from gchat.db import Database
+from gchat.store import ChatStore
+from tests.moodle_site import MoodleSite, create_database, drop_database, moodle22_statements
+from tests.xmldb import moodle_schema_statements, schema_versions
+from tests.services import (MariaDBInstance, PostgreSQLInstance, db_connect, shared_mariadb_url,
                             shared_postgresql_url, with_database)
 
 pytest_plugins = ["tests.support.fixtures", "tests.support.redis"]

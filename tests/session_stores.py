@@ -133,7 +133,8 @@ class RedisSessions:
 def enable_mfa(site: Any, *, tool: str = "1", factors: dict[str, str] | None = None) -> None:
     """tool_mfa's switches as Moodle's admin pages save them: ``set_config('enabled', …, plugin)``."""
     ensure_config_plugins(site)
-    site.execute("DELETE FROM {p}config_plugins WHERE name = 'enabled' AND (plugin = 'tool_mfa' OR plugin LIKE 'factor%%')")
+    site.execute("DELETE FROM {p}config_plugins WHERE name = 'enabled' "
+                 "AND (plugin = 'tool_mfa' OR plugin LIKE 'factor%%')")
     rows = [("tool_mfa", tool)] + list((factors if factors is not None else {"factor_totp": "1"}).items())
     for plugin, value in rows:
         site.execute("INSERT INTO {p}config_plugins (plugin, name, value) VALUES (%s, 'enabled', %s)", (plugin, value))
@@ -141,7 +142,8 @@ def enable_mfa(site: Any, *, tool: str = "1", factors: dict[str, str] | None = N
 
 def disable_mfa(site: Any) -> None:
     ensure_config_plugins(site)
-    site.execute("DELETE FROM {p}config_plugins WHERE name = 'enabled' AND (plugin = 'tool_mfa' OR plugin LIKE 'factor%%')")
+    site.execute("DELETE FROM {p}config_plugins WHERE name = 'enabled' "
+                 "AND (plugin = 'tool_mfa' OR plugin LIKE 'factor%%')")
 
 
 def ensure_config_plugins(site: Any) -> None:

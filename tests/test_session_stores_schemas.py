@@ -17,7 +17,8 @@ import pytest
 from tests.conftest import ALL_SCHEMAS
 from tests.session_stores import DatabaseSessions, php  # noqa: F401
 from tests.test_session_stores import (  # noqa: F401 - fixtures and tests collected again here
-    db, mfa, moodle, services, settings, test_a_moodle_logout_ends_a_connected_chat, test_a_not_logged_in_session_is_refused,
+    db, mfa, moodle, services, settings, test_a_moodle_logout_ends_a_connected_chat,
+    test_a_not_logged_in_session_is_refused,
     test_a_session_idle_past_sessiontimeout_is_refused, test_a_sid_nobody_has_is_refused,
     test_a_user_without_a_row_is_refused, test_a_valid_session_is_accepted_until_moodle_logs_it_out,
     test_log_in_as_belongs_to_the_real_user, test_mfa_passed_at_login_and_during_log_in_as,
@@ -31,7 +32,7 @@ COVERED_ELSEWHERE = {("mariadb", "2.2")}  # tests/test_session_stores.py
 
 
 @pytest.fixture
-def store(php, site):  # noqa: F811 - php is the session fixture imported above
+def store(php, site):
     return DatabaseSessions(php, site)
 
 

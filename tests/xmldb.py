@@ -41,7 +41,7 @@ import os
 import re
 import xml.etree.ElementTree as ElementTree
 from dataclasses import dataclass, field
-from typing import Callable
+from collections.abc import Callable
 
 FIXTURES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures", "xmldb")
 ENGINES = ("mysql", "postgresql")
