@@ -1,5 +1,5 @@
 """A Moodle 5.x site as large sites run it today: the tables Moodle 5.x's own install.xml creates
-(tests/xmldb.py), on PostgreSQL, with its sessions in Moodle's Redis store (Moodle 4.5+,
+(tests/xmldb.py), on PostgreSQL (and on MariaDB), with its sessions in Moodle's Redis store (4.5+,
 ``$CFG->session_handler_class = '\\core\\session\\redis'``), the records written by real PHP
 and phpredis (tests/php/moodle_session.php) — ``{sessions}`` stays empty, as on such a site.
 
@@ -26,12 +26,12 @@ from tests.support.clients import PollClient, WSClient, bootstrap
 from tests.support.process import clean_env, gchat_command
 
 MOODLE5 = [version for version in ALL_SCHEMAS if version.startswith("5.")][-1]  # the newest 5.x schema
-ENGINES = ("postgresql",)
+ENGINES = ("postgresql", "mariadb")
 SCHEMAS = (MOODLE5,)
 
 
 @pytest.fixture
-def sessions(php, redis_url, redis_prefix) -> RedisSessions:  # noqa: F811 - php is the fixture imported above
+def sessions(php, redis_url, redis_prefix) -> RedisSessions:
     """Moodle's Redis store with Moodle's defaults (PHP serializer, no compression), under this
     test's own key prefix ($CFG->session_redis_prefix)."""
     return RedisSessions(php, prefix=redis_prefix, url=redis_url)
@@ -63,7 +63,7 @@ def assert_moodle5_site_without_session_rows(site) -> None:
 
 
 @pytest.mark.gen_test(timeout=60)
-async def test_chat_on_moodle5_postgresql_with_redis_sessions_written_by_php(
+async def test_chat_on_moodle5_with_redis_sessions_written_by_php(
         http_server, base_url, site, services, sessions, redis_url, redis_prefix):
     ana, ben = site.classmates("Ana", "Ben")
     ana_sid, ben_sid = sessions.login(ana), sessions.login(ben)
@@ -137,24 +137,25 @@ def gchat_check(test_db_url: str, tmp_path, moodle_sessions: str) -> tuple[int, 
     return done.returncode, lines
 
 
-def server_version(server_url: str) -> str:
+def server_version(server_url: str, engine: str) -> str:
     conn = db_connect(server_url)
     with conn.cursor() as cur:
-        cur.execute("SHOW server_version")
+        cur.execute("SHOW server_version" if engine == "postgresql" else "SELECT VERSION()")
         version = cur.fetchone()[0]
     conn.close()
     return str(version)
 
 
-def test_gchat_check_names_postgresql_moodle5_and_the_redis_store(site, sessions, test_db_url, server_url,
-                                                                   redis_prefix, tmp_path):
+def test_gchat_check_names_the_engine_moodle5_and_the_redis_store(site, sessions, test_db_url, server_url, engine,
+                                                                  redis_prefix, tmp_path):
     sessions.login(site.add_user("Ana"))
     sessions.login(0)  # a visitor's session: a record, not a logged-in one
     assert_moodle5_site_without_session_rows(site)
     code, lines = gchat_check(test_db_url, tmp_path, sessions.setting)
     assert code == 0, lines
-    assert lines["database"].startswith("OK") and f"(PostgreSQL {server_version(server_url)})" in lines["database"]
-    assert lines["database"].split()[2].startswith("postgresql://")
+    name, scheme = ("PostgreSQL", "postgresql://") if engine == "postgresql" else ("MariaDB", "mysql://")
+    assert lines["database"].startswith("OK") and f"({name} {server_version(server_url, engine)})" in lines["database"]
+    assert lines["database"].split()[2].startswith(scheme)
     assert lines["moodle version"] == f"OK    moodle version: Moodle {site.release}"
     assert lines["blocks"].startswith("OK") and "message_users_blocked (Moodle 3.6+)" in lines["blocks"]
     store = lines["session store"]
