@@ -30,9 +30,9 @@ from gchat.config import Settings, parse_db_url
 from gchat.db import Database
 from gchat.store import ChatStore
 from tests.moodle_site import MoodleSite, create_database, drop_database, moodle22_statements
-from tests.xmldb import moodle_schema_statements, schema_versions
 from tests.services import (MariaDBInstance, PostgreSQLInstance, db_connect, shared_mariadb_url,
                             shared_postgresql_url, with_database)
+from tests.xmldb import moodle_schema_statements, schema_versions
 
 pytest_plugins = ["tests.support.fixtures", "tests.support.redis"]
 

@@ -13,7 +13,7 @@ import time
 from typing import Any
 
 from tests.services import db_connect, is_postgresql
-from tests.xmldb import schema_release
+from tests.xmldb import schema_release, schema_version_number
 
 FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures")
 CHAT_TABLES = ("gchat_conversations", "gchat_members", "gchat_messages")
@@ -68,6 +68,7 @@ class MoodleSite:
         # What the site's config says it is: the hand-made fixture is a 2.2.9, an XMLDB schema
         # the release of the revision it came from.
         self.release = HANDMADE_RELEASE if schema == "2.2" else schema_release(schema)
+        self.version_number = None if schema == "2.2" else schema_version_number(schema)
         self._next_user = 10
         self._has_id: dict[str, bool] = {}
         self._tables: list[str] | None = None
@@ -157,6 +158,8 @@ class MoodleSite:
         for name, value in (("sessiontimeout", "7200"), ("siteguest", str(GUEST_ID)), ("sessioncookie", ""),
                             ("dbsessions", "1"), ("release", self.release)):
             self.set_config(name, value)
+        if self.version_number:
+            self.set_config("version", self.version_number)
         self.execute("INSERT INTO {p}user (id, auth, confirmed, mnethostid, username, firstname, lastname) "
                      "VALUES (%s, 'manual', 1, 1, 'guest', 'Guest user', ' ')", (GUEST_ID,))
         self.execute("INSERT INTO {p}course (id, category, fullname, shortname) VALUES (1, 0, 'Front page', 'site')")

@@ -156,7 +156,7 @@ def test_gchat_check_names_the_engine_moodle5_and_the_redis_store(site, sessions
     name, scheme = ("PostgreSQL", "postgresql://") if engine == "postgresql" else ("MariaDB", "mysql://")
     assert lines["database"].startswith("OK") and f"({name} {server_version(server_url, engine)})" in lines["database"]
     assert lines["database"].split()[2].startswith(scheme)
-    assert lines["moodle version"] == f"OK    moodle version: Moodle {site.release}"
+    assert lines["moodle version"] == f"OK    moodle version: Moodle {site.release} (version {site.version_number})"
     assert lines["blocks"].startswith("OK") and "message_users_blocked (Moodle 3.6+)" in lines["blocks"]
     store = lines["session store"]
     assert store.startswith("OK") and "WARN" not in store
@@ -173,7 +173,7 @@ def test_gchat_check_on_moodle5_with_an_empty_sessions_table_gives_the_redis_adv
     assert_moodle5_site_without_session_rows(site)
     code, lines = gchat_check(test_db_url, tmp_path, "database")
     assert code == 0, lines  # a warning, not a failure: gchat cannot know it for sure
-    assert lines["moodle version"] == f"OK    moodle version: Moodle {site.release}"
+    assert lines["moodle version"] == f"OK    moodle version: Moodle {site.release} (version {site.version_number})"
     assert lines["session store"] == f"OK    session store: moodle_sessions = database: {PREFIX}sessions"
     advice = lines["sessions"]
     assert advice.startswith(f"WARN  sessions: no logged-in sessions in {PREFIX}sessions on Moodle {site.release}")

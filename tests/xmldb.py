@@ -301,6 +301,15 @@ def schema_release(version: str) -> str:
     return " ".join(found.group(1).split()) if found else f"{version}dev"
 
 
+def schema_version_number(version: str) -> str | None:
+    """Moodle's ``$version`` (what ``{config}.version`` holds) for a fixture, when its header
+    quotes version.php; None for a revision without one."""
+    with open(schema_path(version), encoding="utf-8") as handle:
+        head = handle.read(2000)
+    found = re.search(r"\$version = ([0-9]+(?:\.[0-9]+)?)", head)
+    return found.group(1) if found else None
+
+
 def moodle_schema_statements(version: str, engine: str, prefix: str) -> list[str]:
     """The DDL a fresh Moodle ``version`` install runs on ``engine`` ("mysql" for MySQL/MariaDB,
     "postgresql") for the tables gchat reads, with table prefix ``prefix``."""
