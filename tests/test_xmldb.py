@@ -25,7 +25,7 @@ from gchat.db import Database
 from gchat.moodle import Moodle
 from tests.services import mysql_connect, pg_connect, with_database
 from tests.xmldb import (XmldbError, moodle_schema_statements, mysql_type, parse, postgres_type, schema_path,
-                         schema_statements, schema_versions)
+                         schema_release, schema_statements, schema_versions)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PREFIX = "mdl_"
@@ -196,6 +196,8 @@ def test_each_fixture_names_its_source_revision_and_holds_the_tables_gchat_reads
     assert re.search(r"lib/db/install\.xml at commit [0-9a-f]{40}", text), "the fixture must name its source"
     tables = {t.name for t in parse(schema_path(version))}
     assert set(expected_reads(version)) <= tables
+    # The release the tests' sites carry in {config} (what gchat check reports) is this revision's.
+    assert schema_release(version).startswith(version), schema_release(version)
 
 
 def test_there_is_a_2x_a_4x_and_a_5x_schema():
