@@ -1,4 +1,8 @@
-"""A Moodle 2.2-shaped site in a real MariaDB or PostgreSQL database, and a small factory to fill it."""
+"""A Moodle site in a real MariaDB or PostgreSQL database, and a small factory to fill it: the
+hand-made Moodle 2.2 tables (tests/fixtures/moodle22*.sql) or those of a real install.xml
+(tests/xmldb.py). Rows are written so that they fit every schema: what a newer Moodle requires
+(NOT NULL columns without a default) is always given, and what moved is written where the
+schema keeps it (blocks: message_contacts.blocked up to 3.5, message_users_blocked from 3.6)."""
 
 from __future__ import annotations
 
@@ -9,12 +13,12 @@ import time
 from typing import Any
 
 from tests.services import db_connect, is_postgresql
+from tests.xmldb import schema_release, schema_version_number
 
 FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures")
-MOODLE_TABLES = ("config", "sessions", "user", "course", "enrol", "user_enrolments", "context",
-                 "message_contacts", "user_preferences")
 CHAT_TABLES = ("gchat_conversations", "gchat_members", "gchat_messages")
 GUEST_ID = 1
+HANDMADE_RELEASE = "2.2.9 (Build: 20130114)"
 _INSERT = re.compile(r"\s*INSERT\s+INTO\s+(\S+)", re.IGNORECASE)
 
 
@@ -55,12 +59,60 @@ class MoodleSite:
     never writes Moodle's tables). The same SQL serves MariaDB and PostgreSQL: ``execute`` of an
     INSERT returns the new id on both."""
 
-    def __init__(self, url: str, database: str, prefix: str = "mdl_") -> None:
+    def __init__(self, url: str, database: str, prefix: str = "mdl_", *, schema: str = "2.2") -> None:
         self.engine = "postgresql" if is_postgresql(url) else "mariadb"
+        self.url, self.database = url, database
         self.conn = db_connect(url, database)
         self.prefix = prefix
+        self.schema = schema
+        # What the site's config says it is: the hand-made fixture is a 2.2.9, an XMLDB schema
+        # the release of the revision it came from.
+        self.release = HANDMADE_RELEASE if schema == "2.2" else schema_release(schema)
+        self.version_number = None if schema == "2.2" else schema_version_number(schema)
         self._next_user = 10
         self._has_id: dict[str, bool] = {}
+        self._tables: list[str] | None = None
+
+    def reconnect_if_lost(self) -> None:
+        """One site serves a run's tests (a new connection costs tens of milliseconds on a
+        MariaDB that resolves client names); a test that lost the connection loses nobody else's."""
+        try:
+            self.rows("SELECT 1")
+        except Exception:  # whatever the driver says, a fresh connection follows
+            try:
+                self.conn.close()
+            except Exception:  # already broken
+                pass
+            self.conn = db_connect(self.url, self.database)
+
+    def tables(self) -> list[str]:
+        """This site's tables (Moodle's and gchat's, by prefix), looked up once, with whether
+        each has an ``id`` column (what an INSERT … RETURNING id needs on PostgreSQL)."""
+        if self._tables is None:
+            pattern = self.prefix.replace("_", "\\_") + "%"
+            if self.engine == "postgresql":
+                found = self.rows("SELECT t.table_name, EXISTS (SELECT 1 FROM information_schema.columns c "
+                                  "WHERE c.table_schema = t.table_schema AND c.table_name = t.table_name "
+                                  "AND c.column_name = 'id') FROM information_schema.tables t "
+                                  "WHERE t.table_schema = current_schema() AND t.table_name LIKE %s", (pattern,))
+                self._has_id.update((str(row[0]), bool(row[1])) for row in found)
+            else:  # MariaDB gives the new id without RETURNING (and reads information_schema.columns slowly)
+                found = self.rows("SELECT table_name FROM information_schema.tables WHERE table_schema = DATABASE() "
+                                  "AND table_name LIKE %s", (pattern,))
+            self._tables = sorted(str(row[0]) for row in found)
+        return self._tables
+
+    def forget_tables(self) -> None:
+        """After a test created a table: the next reset() empties it too."""
+        self._tables = None
+
+    def has_table(self, name: str) -> bool:
+        return self.prefix + name in self.tables()
+
+    @property
+    def blocks_36(self) -> bool:
+        """Moodle 3.6+ (MDL-63211): blocks in message_users_blocked, contacts either way."""
+        return self.has_table("message_users_blocked")
 
     def close(self) -> None:
         self.conn.close()
@@ -92,7 +144,7 @@ class MoodleSite:
             return [tuple(row) for row in cur.fetchall()]
 
     def reset(self) -> None:
-        tables = [self.prefix + table for table in MOODLE_TABLES + CHAT_TABLES]
+        tables = self.tables()
         if self.engine == "postgresql":
             # DELETE and restarting the sequences, in one round trip: on tables this small it is
             # many times faster than TRUNCATE, which gives each table new files.
@@ -102,11 +154,20 @@ class MoodleSite:
             with self.conn.cursor() as cur:
                 cur.execute("; ".join(statements))
         else:
-            for table in tables:
-                self.execute(f"TRUNCATE TABLE {table}")
+            # DELETE, not TRUNCATE: on InnoDB a TRUNCATE rebuilds the table (about 25 times
+            # slower over a schema's tables). Moodle's ids go on counting (rows get explicit
+            # ids or the returned one); gchat's start at 1 again where rows were deleted, as
+            # after a TRUNCATE (tests count on the first conversation being 1).
+            chat = self.prefix + "gchat_"
+            with self.conn.cursor() as cur:
+                for table in tables:
+                    if cur.execute(f"DELETE FROM {table}") and table.startswith(chat):
+                        cur.execute(f"ALTER TABLE {table} AUTO_INCREMENT = 1")
         for name, value in (("sessiontimeout", "7200"), ("siteguest", str(GUEST_ID)), ("sessioncookie", ""),
-                            ("dbsessions", "1"), ("release", "2.2.9 (Build: 20130114)")):
+                            ("dbsessions", "1"), ("release", self.release)):
             self.set_config(name, value)
+        if self.version_number:
+            self.set_config("version", self.version_number)
         self.execute("INSERT INTO {p}user (id, auth, confirmed, mnethostid, username, firstname, lastname) "
                      "VALUES (%s, 'manual', 1, 1, 'guest', 'Guest user', ' ')", (GUEST_ID,))
         self.execute("INSERT INTO {p}course (id, category, fullname, shortname) VALUES (1, 0, 'Front page', 'site')")
@@ -156,9 +217,14 @@ class MoodleSite:
         self.execute("DELETE FROM {p}sessions WHERE sid = %s", (sid,))
 
     def block(self, blocker: int, blocked: int) -> None:
-        """Moodle 2.x: blocker's contact entry for blocked, with blocked = 1."""
-        self.execute("INSERT INTO {p}message_contacts (userid, contactid, blocked) VALUES (%s, %s, 1)",
-                     (blocker, blocked))
+        """Moodle 2.x-3.5: blocker's contact entry for blocked, with blocked = 1; 3.6+: a
+        message_users_blocked row (core_message\\api::block_user)."""
+        if self.blocks_36:
+            self.execute("INSERT INTO {p}message_users_blocked (userid, blockeduserid, timecreated) "
+                         "VALUES (%s, %s, %s)", (blocker, blocked, int(time.time())))
+        else:
+            self.execute("INSERT INTO {p}message_contacts (userid, contactid, blocked) VALUES (%s, %s, 1)",
+                         (blocker, blocked))
 
     def classmates(self, *names: str) -> list[int]:
         """Users who share one visible course (the common case)."""
@@ -180,7 +246,7 @@ class MoodleSite:
         with ``defaultuserroleid`` = the "user" (authenticated user) role, as an install leaves
         them. Returns the role ids by shortname."""
         for table in self.ROLE_TABLES:
-            self.execute(f"TRUNCATE TABLE {{p}}{table}")
+            self.execute(f"DELETE FROM {{p}}{table}")
         context = self.execute("INSERT INTO {p}context (contextlevel, instanceid, path, depth) VALUES (10, 0, '', 1)")
         self.execute("UPDATE {p}context SET path = %s WHERE id = %s", (f"/{context}", context))
         self.system_context = context
@@ -196,20 +262,28 @@ class MoodleSite:
 
     def set_permission(self, role: int, capability: str, permission: int) -> None:
         """A role's permission at the system context (1 allow, -1 prevent, -1000 prohibit)."""
-        self.execute("REPLACE INTO {p}role_capabilities (contextid, roleid, capability, permission) "
-                     "VALUES (%s, %s, %s, %s)", (self.system_context, role, capability, permission))
+        self.execute("DELETE FROM {p}role_capabilities WHERE contextid = %s AND roleid = %s AND capability = %s",
+                     (self.system_context, role, capability))
+        self.execute("INSERT INTO {p}role_capabilities (contextid, roleid, capability, permission, timemodified) "
+                     "VALUES (%s, %s, %s, %s, %s)", (self.system_context, role, capability, permission,
+                                                     int(time.time())))
 
     def assign_system_role(self, user: int, role: int) -> None:
         self.execute("INSERT INTO {p}role_assignments (roleid, contextid, userid, component) VALUES (%s, %s, %s, '')",
                      (role, self.system_context, user))
 
     def set_preference(self, user: int, name: str, value: str) -> None:
-        self.execute("REPLACE INTO {p}user_preferences (userid, name, value) VALUES (%s, %s, %s)", (user, name, value))
+        self.execute("DELETE FROM {p}user_preferences WHERE userid = %s AND name = %s", (user, name))
+        self.execute("INSERT INTO {p}user_preferences (userid, name, value) VALUES (%s, %s, %s)", (user, name, value))
 
     def add_contact(self, user: int, contact: int) -> None:
         """``user``'s contact entry for ``contact`` (2.x: blocked = 0 by default; 3.6+: one row
-        per accepted contact request)."""
-        self.execute("INSERT INTO {p}message_contacts (userid, contactid) VALUES (%s, %s)", (user, contact))
+        per accepted contact request, with its time)."""
+        if self.blocks_36:
+            self.execute("INSERT INTO {p}message_contacts (userid, contactid, timecreated) VALUES (%s, %s, %s)",
+                         (user, contact, int(time.time())))
+        else:
+            self.execute("INSERT INTO {p}message_contacts (userid, contactid) VALUES (%s, %s)", (user, contact))
 
     def delete_user(self, user: int) -> None:
         """What Moodle's delete_user() leaves: the row, marked deleted."""

@@ -133,7 +133,8 @@ class RedisSessions:
 def enable_mfa(site: Any, *, tool: str = "1", factors: dict[str, str] | None = None) -> None:
     """tool_mfa's switches as Moodle's admin pages save them: ``set_config('enabled', …, plugin)``."""
     ensure_config_plugins(site)
-    site.execute("DELETE FROM {p}config_plugins WHERE name = 'enabled' AND (plugin = 'tool_mfa' OR plugin LIKE 'factor%%')")
+    site.execute("DELETE FROM {p}config_plugins WHERE name = 'enabled' "
+                 "AND (plugin = 'tool_mfa' OR plugin LIKE 'factor%%')")
     rows = [("tool_mfa", tool)] + list((factors if factors is not None else {"factor_totp": "1"}).items())
     for plugin, value in rows:
         site.execute("INSERT INTO {p}config_plugins (plugin, name, value) VALUES (%s, 'enabled', %s)", (plugin, value))
@@ -141,14 +142,25 @@ def enable_mfa(site: Any, *, tool: str = "1", factors: dict[str, str] | None = N
 
 def disable_mfa(site: Any) -> None:
     ensure_config_plugins(site)
-    site.execute("DELETE FROM {p}config_plugins WHERE name = 'enabled' AND (plugin = 'tool_mfa' OR plugin LIKE 'factor%%')")
+    site.execute("DELETE FROM {p}config_plugins WHERE name = 'enabled' "
+                 "AND (plugin = 'tool_mfa' OR plugin LIKE 'factor%%')")
 
 
 def ensure_config_plugins(site: Any) -> None:
-    """Moodle's ``config_plugins`` (lib/db/install.xml), in case the fixture schema lacks it."""
-    site.execute("CREATE TABLE IF NOT EXISTS {p}config_plugins (id BIGINT(10) NOT NULL AUTO_INCREMENT, "
-                 "plugin VARCHAR(100) NOT NULL DEFAULT 'core', name VARCHAR(100) NOT NULL DEFAULT '', "
-                 "value LONGTEXT NOT NULL, PRIMARY KEY (id), UNIQUE KEY {p}confplug_plunam_uix (plugin, name))")
+    """Moodle's ``config_plugins`` (lib/db/install.xml), in case the fixture schema lacks it
+    (the hand-made 2.2 one does; every XMLDB schema has it)."""
+    if site.has_table("config_plugins"):
+        return
+    if site.engine == "postgresql":
+        site.execute("CREATE TABLE IF NOT EXISTS {p}config_plugins (id BIGSERIAL, plugin VARCHAR(100) NOT NULL "
+                     "DEFAULT 'core', name VARCHAR(100) NOT NULL DEFAULT '', value TEXT NOT NULL, "
+                     "CONSTRAINT {p}confplug_id_pk PRIMARY KEY (id))")
+        site.execute("CREATE UNIQUE INDEX IF NOT EXISTS {p}confplug_plunam_uix ON {p}config_plugins (plugin, name)")
+    else:
+        site.execute("CREATE TABLE IF NOT EXISTS {p}config_plugins (id BIGINT(10) NOT NULL AUTO_INCREMENT, "
+                     "plugin VARCHAR(100) NOT NULL DEFAULT 'core', name VARCHAR(100) NOT NULL DEFAULT '', "
+                     "value LONGTEXT NOT NULL, PRIMARY KEY (id), UNIQUE KEY {p}confplug_plunam_uix (plugin, name))")
+    site.forget_tables()  # reset() empties it from now on
 
 
 # -- a throwaway Redis Cluster -----------------------------------------------------------------------

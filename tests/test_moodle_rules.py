@@ -1,5 +1,6 @@
-"""Every Moodle rule gchat applies, against a real MariaDB and a real PostgreSQL holding Moodle
-2.2's tables (as XMLDB creates them on each engine).
+"""Every Moodle rule gchat applies, against a real MariaDB and a real PostgreSQL, on each Moodle
+schema: the hand-made 2.2 tables and the tables Moodle's own install.xml of 2.8, 4.4 and 5.2
+creates (tests/xmldb.py; see ``SCHEMAS``).
 
 Each rule has a case that is refused and a case that is accepted, so that dropping the rule (or
 getting it backwards) fails a test. Rows are written with tests/moodle_site.py the way Moodle
@@ -16,19 +17,20 @@ import pytest
 from gchat.config import parse_db_url
 from gchat.db import Database
 from gchat.moodle import Moodle, sid_hash
-from gchat.store import ChatStore
-from tests.conftest import PREFIX
-from tests.moodle_site import GUEST_ID, MoodleSite, moodle22_statements
-from tests.services import db_connect
+from tests.conftest import ALL_SCHEMAS, PREFIX, version_key
+from tests.moodle_site import GUEST_ID, MoodleSite
 
 ENGINES = ("mariadb", "postgresql")
+SCHEMAS = ALL_SCHEMAS
 WWWROOT = "http://moodle.test"
 FOREVER = 2147483647  # ENROL_MAX_TIMESTAMP, Moodle's "no end"
 HOUR = 3600
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def db(test_db_url):
+    """One pool per schema and engine (its connections are the costly part); each test makes
+    its own Moodle over it, with empty caches, and counts queries relative to its start."""
     database = Database(parse_db_url(test_db_url), prefix=PREFIX, pool_size=4, timeout=5)
     yield database
     database.close()
@@ -88,9 +90,12 @@ async def test_userid_0_is_refused_even_when_a_user_0_row_exists(site, moodle):
     # A visitor who is not logged in has userid 0. Give user 0 a perfectly valid row, so that only
     # the "userid > 0" rule can refuse the session.
     if site.engine == "mariadb":  # MySQL would take an id of 0 to mean "the next id"
+        mode = site.rows("SELECT @@SESSION.sql_mode")[0][0]
         site.execute("SET SESSION sql_mode = CONCAT(@@sql_mode, ',NO_AUTO_VALUE_ON_ZERO')")
     site.execute("INSERT INTO {p}user (id, auth, confirmed, mnethostid, username, firstname, lastname) "
                  "VALUES (0, 'manual', 1, 1, 'nobody', 'No', 'Body')")
+    if site.engine == "mariadb":
+        site.execute("SET SESSION sql_mode = %s", (mode,))  # the site's connection serves other tests
     assert site.rows("SELECT id FROM {p}user WHERE username = 'nobody'") == [(0,)]
     await refused(moodle, site.login(0))
     uid = site.add_user()
@@ -458,18 +463,24 @@ async def test_oneself_is_not_a_mate(site, moodle):
     assert not await moodle.can_chat(me, me)
 
 
-# -- blocks, Moodle 2.x (message_contacts.blocked) ---------------------------------------------------
+# -- blocks: message_contacts.blocked up to Moodle 3.5, message_users_blocked from 3.6 (MDL-63211) --
+
+
+@pytest.mark.gen_test
+async def test_blocks_are_read_where_the_schema_keeps_them(moodle, schema):
+    expected = "users_blocked" if version_key(schema) >= (3, 6) else "contacts"
+    assert await moodle.block_mode() == expected
 
 
 @pytest.mark.gen_test
 @pytest.mark.parametrize("direction", ["me blocks mate", "mate blocks me"])
-async def test_moodle2_block_in_either_direction_separates_mates(site, moodle, direction):
+async def test_a_block_in_either_direction_separates_mates(site, moodle, direction):
     me, mate = shared_course(site)
     bystander = site.add_user("By", "Stander")
     site.enrol(bystander, site.rows("SELECT courseid FROM {p}enrol ORDER BY id DESC LIMIT 1")[0][0])
-    assert await moodle.block_mode() == "contacts"
+    await assert_mates(moodle, me, mate, True)
     if direction == "me blocks mate":
-        site.block(me, mate)
+        site.block(me, mate)  # message_contacts.blocked = 1, or a message_users_blocked row (3.6+)
     else:
         site.block(mate, me)
     await assert_mates(moodle, me, mate, False)
@@ -478,6 +489,7 @@ async def test_moodle2_block_in_either_direction_separates_mates(site, moodle, d
 
 
 @pytest.mark.gen_test
+@pytest.mark.moodle_schemas(before="3.6")
 async def test_moodle2_contact_that_is_not_blocked_stays_a_mate(site, moodle):
     me, mate = shared_course(site)
     site.execute("INSERT INTO {p}message_contacts (userid, contactid, blocked) VALUES (%s, %s, 0)", (me, mate))
@@ -487,103 +499,14 @@ async def test_moodle2_contact_that_is_not_blocked_stays_a_mate(site, moodle):
     await assert_mates(moodle, me, mate, False)
 
 
-# -- blocks, Moodle 3.6+ (message_users_blocked; message_contacts has no blocked column) ------------
-
-M36 = "m36_"
-
-
-M36_DDL = {
-    "mariadb": (
-        f"ALTER TABLE {M36}message_contacts DROP COLUMN blocked, ADD COLUMN timecreated BIGINT(10) NULL",
-        f"""CREATE TABLE {M36}message_users_blocked (
-            id BIGINT(10) NOT NULL AUTO_INCREMENT,
-            userid BIGINT(10) NOT NULL,
-            blockeduserid BIGINT(10) NOT NULL,
-            timecreated BIGINT(10) NULL,
-            PRIMARY KEY (id),
-            UNIQUE KEY {M36}messuserbloc_useblo_uix (userid, blockeduserid),
-            KEY {M36}messuserbloc_use_ix (userid),
-            KEY {M36}messuserbloc_blo_ix (blockeduserid)
-        ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_unicode_ci""",
-    ),
-    "postgresql": (
-        f"ALTER TABLE {M36}message_contacts DROP COLUMN blocked, ADD COLUMN timecreated BIGINT NULL",
-        f"""CREATE TABLE {M36}message_users_blocked (
-            id BIGSERIAL,
-            userid BIGINT NOT NULL,
-            blockeduserid BIGINT NOT NULL,
-            timecreated BIGINT NULL,
-            CONSTRAINT {M36}messuserbloc_id_pk PRIMARY KEY (id))""",
-        f"CREATE UNIQUE INDEX {M36}messuserbloc_useblo_uix ON {M36}message_users_blocked (userid, blockeduserid)",
-        f"CREATE INDEX {M36}messuserbloc_use_ix ON {M36}message_users_blocked (userid)",
-        f"CREATE INDEX {M36}messuserbloc_blo_ix ON {M36}message_users_blocked (blockeduserid)",
-    ),
-}
-
-
-@pytest.fixture(scope="module")
-def moodle36_tables(test_db_url, engine):
-    """A second site in the run's database, prefix m36_, with Moodle 3.6's messaging tables."""
-    database = test_db_url.split("?")[0].rsplit("/", 1)[1]
-    conn = db_connect(test_db_url, database)
-    with conn.cursor() as cur:
-        for statement in moodle22_statements(M36, engine) + list(M36_DDL[engine]):
-            cur.execute(statement)
-    conn.close()
-    chat = Database(parse_db_url(test_db_url), prefix=M36, pool_size=1, timeout=5)
-    chat.run_sync(ChatStore(chat).create_tables)
-    chat.close()
-    return database
-
-
-@pytest.fixture
-def site36(test_db_url, moodle36_tables):
-    site = MoodleSite(test_db_url, moodle36_tables, M36)
-    site.reset()
-    site.execute("TRUNCATE TABLE {p}message_users_blocked")
-    yield site
-    site.close()
-
-
-@pytest.fixture
-def moodle36(test_db_url, site36):
-    database = Database(parse_db_url(test_db_url), prefix=M36, pool_size=2, timeout=5)
-    yield make_moodle(database)
-    database.close()
-
-
-def block36(site: MoodleSite, blocker: int, blocked: int) -> None:
-    site.execute("INSERT INTO {p}message_users_blocked (userid, blockeduserid, timecreated) VALUES (%s, %s, %s)",
-                 (blocker, blocked, int(time.time())))
-
-
 @pytest.mark.gen_test
-async def test_moodle36_schema_is_detected(moodle36, moodle):
-    assert await moodle36.block_mode() == "users_blocked"
-    assert await moodle.block_mode() == "contacts"
-
-
-@pytest.mark.gen_test
-@pytest.mark.parametrize("direction", ["me blocks mate", "mate blocks me"])
-async def test_moodle36_block_in_either_direction_separates_mates(site36, moodle36, direction):
-    me, mate = shared_course(site36)
-    bystander = site36.add_user("By", "Stander")
-    site36.enrol(bystander, site36.rows("SELECT courseid FROM {p}enrol ORDER BY id DESC LIMIT 1")[0][0])
-    await assert_mates(moodle36, me, mate, True)
-    if direction == "me blocks mate":
-        block36(site36, me, mate)
-    else:
-        block36(site36, mate, me)
-    await assert_mates(moodle36, me, mate, False)
-    assert await moodle36.coursemates(me) == frozenset({bystander})
-    assert await moodle36.coursemates(bystander) == frozenset({me, mate})
-
-
-@pytest.mark.gen_test
-async def test_moodle36_contacts_are_still_mates(site36, moodle36):
-    me, mate = shared_course(site36)
-    site36.execute("INSERT INTO {p}message_contacts (userid, contactid, timecreated) VALUES (%s, %s, 0)", (me, mate))
-    await assert_mates(moodle36, me, mate, True)
+@pytest.mark.moodle_schemas(since="3.6")
+async def test_moodle36_contacts_are_still_mates_and_a_block_beside_them_wins(site, moodle):
+    me, mate = shared_course(site)
+    site.add_contact(me, mate)  # an accepted contact request: one row, timecreated set
+    await assert_mates(moodle, me, mate, True)
+    site.block(mate, me)
+    await assert_mates(moodle, me, mate, False)
 
 
 # -- caches ------------------------------------------------------------------------------------------

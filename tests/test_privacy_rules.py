@@ -1,8 +1,10 @@
-"""Moodle's messaging privacy rules as gchat reads them, on a real MariaDB with Moodle's tables.
+"""Moodle's messaging privacy rules as gchat reads them, on a real MariaDB and a real PostgreSQL,
+on each Moodle schema (the hand-made 2.2 tables and the XMLDB 2.8, 4.4 and 5.2 ones).
 
 Each rule has a refused case and an accepted case: the preference message_blocknoncontacts on
-the 2.x schema (one-way contacts) and on the 3.6+ schema (contacts either way), the site switch
-``messaging`` and the capability moodle/site:sendmessage with Moodle's way of combining roles.
+the 2.x-3.5 schemas (one-way contacts) and on the 3.6+ ones (contacts either way), the site
+switch ``messaging`` and the capability moodle/site:sendmessage with Moodle's way of combining
+roles.
 """
 
 from __future__ import annotations
@@ -12,17 +14,18 @@ import pytest
 from gchat.config import parse_db_url
 from gchat.db import Database
 from gchat.moodle import Moodle
-from gchat.store import ChatStore
-from tests.conftest import PREFIX
-from tests.moodle_site import MoodleSite, moodle22_statements
-from tests.services import mysql_connect
+from tests.conftest import ALL_SCHEMAS, PREFIX
+from tests.moodle_site import MoodleSite
 
+ENGINES = ("mariadb", "postgresql")
+SCHEMAS = ALL_SCHEMAS
 SEND = "moodle/site:sendmessage"
 ALLOW, PREVENT, PROHIBIT = 1, -1, -1000
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def db(test_db_url):
+    """One pool per schema and engine; each test makes its own Moodle (empty caches) over it."""
     database = Database(parse_db_url(test_db_url), prefix=PREFIX, pool_size=2, timeout=5)
     yield database
     database.close()
@@ -43,6 +46,7 @@ def trio(site: MoodleSite) -> tuple[int, int, int]:
 
 
 @pytest.mark.gen_test
+@pytest.mark.moodle_schemas(before="3.6")
 async def test_moodle2_contacts_only_admits_the_users_own_contacts(site, moodle):
     ana, ben, cat = trio(site)
     site.set_preference(ana, "message_blocknoncontacts", "1")
@@ -60,6 +64,7 @@ async def test_moodle2_contacts_only_admits_the_users_own_contacts(site, moodle)
 
 
 @pytest.mark.gen_test
+@pytest.mark.moodle_schemas(before="3.6")
 async def test_moodle2_a_blocked_contact_row_is_a_block_not_a_contact(site, moodle):
     ana, ben, _ = trio(site)
     site.set_preference(ana, "message_blocknoncontacts", "1")
@@ -90,73 +95,30 @@ async def test_a_user_without_a_shared_course_is_refused_as_such(site, moodle):
 
 # -- contacts only, Moodle 3.6+ (message_users_blocked; contacts either way) ------------------------
 
-Q36 = "q36_"
-
-
-@pytest.fixture(scope="module")
-def tables36(test_db_url):
-    database = test_db_url.split("?")[0].rsplit("/", 1)[1]
-    conn = mysql_connect(test_db_url, database)
-    with conn.cursor() as cur:
-        for statement in moodle22_statements(Q36):
-            cur.execute(statement)
-        # MDL-63211's upgrade: blocked rows move to message_users_blocked, the column goes.
-        cur.execute(f"ALTER TABLE {Q36}message_contacts DROP COLUMN blocked, ADD COLUMN timecreated BIGINT(10) NULL")
-        cur.execute(f"""CREATE TABLE {Q36}message_users_blocked (
-            id BIGINT(10) NOT NULL AUTO_INCREMENT,
-            userid BIGINT(10) NOT NULL,
-            blockeduserid BIGINT(10) NOT NULL,
-            timecreated BIGINT(10) NULL,
-            PRIMARY KEY (id),
-            UNIQUE KEY {Q36}messuserbloc_useblo_uix (userid, blockeduserid),
-            KEY {Q36}messuserbloc_use_ix (userid),
-            KEY {Q36}messuserbloc_blo_ix (blockeduserid)
-        ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_unicode_ci""")
-    conn.close()
-    chat = Database(parse_db_url(test_db_url), prefix=Q36, pool_size=1, timeout=5)
-    chat.run_sync(ChatStore(chat).create_tables)
-    chat.close()
-    return database
-
-
-@pytest.fixture
-def site36(test_db_url, tables36):
-    site = MoodleSite(test_db_url, tables36, Q36)
-    site.reset()
-    site.execute("TRUNCATE TABLE {p}message_users_blocked")
-    yield site
-    site.close()
-
-
-@pytest.fixture
-def moodle36(test_db_url, site36):
-    database = Database(parse_db_url(test_db_url), prefix=Q36, pool_size=2, timeout=5)
-    yield Moodle(database, wwwroot="http://moodle.test")
-    database.close()
+@pytest.mark.gen_test
+@pytest.mark.moodle_schemas(since="3.6")
+async def test_moodle36_contacts_only_counts_a_contact_row_in_either_direction(site, moodle):
+    ana, ben, cat = trio(site)
+    dan = site.add_user("Dan", "Tester")
+    site.enrol(dan, site.rows("SELECT courseid FROM {p}enrol ORDER BY id DESC LIMIT 1")[0][0])
+    site.set_preference(ana, "message_blocknoncontacts", "1")
+    site.add_contact(ana, ben)  # add_contact(): one row for an accepted request
+    site.add_contact(cat, ana)  # the other direction counts too (api::is_contact)
+    assert await moodle.refusal(ben, ana) is None
+    assert await moodle.refusal(cat, ana) is None
+    assert await moodle.refusal(dan, ana) == "contacts_only"
+    assert await moodle.audience(ana) == frozenset({ben, cat})
+    assert await moodle.coursemates(dan) == frozenset({ben, cat})
 
 
 @pytest.mark.gen_test
-async def test_moodle36_contacts_only_counts_a_contact_row_in_either_direction(site36, moodle36):
-    ana, ben, cat = trio(site36)
-    dan = site36.add_user("Dan", "Tester")
-    site36.enrol(dan, site36.rows("SELECT courseid FROM {p}enrol ORDER BY id DESC LIMIT 1")[0][0])
-    site36.set_preference(ana, "message_blocknoncontacts", "1")
-    site36.add_contact(ana, ben)  # add_contact(): one row for an accepted request
-    site36.add_contact(cat, ana)  # the other direction counts too (api::is_contact)
-    assert await moodle36.refusal(ben, ana) is None
-    assert await moodle36.refusal(cat, ana) is None
-    assert await moodle36.refusal(dan, ana) == "contacts_only"
-    assert await moodle36.audience(ana) == frozenset({ben, cat})
-    assert await moodle36.coursemates(dan) == frozenset({ben, cat})
-
-
-@pytest.mark.gen_test
-async def test_moodle36_block_comes_before_the_preference(site36, moodle36):
-    ana, ben, _ = trio(site36)
-    site36.set_preference(ana, "message_blocknoncontacts", "1")
-    site36.add_contact(ana, ben)
-    site36.execute("INSERT INTO {p}message_users_blocked (userid, blockeduserid) VALUES (%s, %s)", (ana, ben))
-    assert await moodle36.refusal(ben, ana) == "blocked"
+@pytest.mark.moodle_schemas(since="3.6")
+async def test_moodle36_block_comes_before_the_preference(site, moodle):
+    ana, ben, _ = trio(site)
+    site.set_preference(ana, "message_blocknoncontacts", "1")
+    site.add_contact(ana, ben)
+    site.block(ana, ben)  # a message_users_blocked row
+    assert await moodle.refusal(ben, ana) == "blocked"
 
 
 # -- the site switch ---------------------------------------------------------------------------------

@@ -1,10 +1,10 @@
 """Moodle's real schemas (install.xml subsets of 2.8, 4.4 and 5.2) created on a real MariaDB and
 a real PostgreSQL by tests/xmldb.py, and checked against what gchat reads.
 
-Each schema × engine gets a throwaway database, created here and dropped at the end. On
-MariaDB, gchat's own Moodle lookups (session rules, course-mates, blocks) also run over each
-real schema. PostgreSQL: GCHAT_TEST_POSTGRES or postgresql://postgres@127.0.0.1:5432/postgres;
-nothing is skipped when it is missing — the test fails and says so.
+Each schema × engine gets a throwaway database, created here and dropped at the end, on the
+servers of tests/services.py (the ones already running, or throwaway instances it starts).
+gchat's own Moodle lookups (session rules, course-mates, blocks, profiles) also run over each
+real schema on both engines; tests/test_moodle_rules.py runs every rule there.
 """
 
 from __future__ import annotations
@@ -15,17 +15,17 @@ import re
 import secrets
 import textwrap
 import time
-import urllib.parse
-from typing import Any, Iterator
+from typing import Any
+from collections.abc import Iterator
 
 import pytest
 
 from gchat.config import parse_db_url
 from gchat.db import Database
 from gchat.moodle import Moodle
-from tests.services import mysql_connect, with_database
+from tests.services import mysql_connect, pg_connect, with_database
 from tests.xmldb import (XmldbError, moodle_schema_statements, mysql_type, parse, postgres_type, schema_path,
-                         schema_statements, schema_versions)
+                         schema_release, schema_statements, schema_versions)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PREFIX = "mdl_"
@@ -131,16 +131,11 @@ class PostgreSQL(Engine):
     name = "postgresql"
 
     def __init__(self, server_url: str) -> None:
-        import psycopg
-
         self.db = f"gchat_xmldb_{os.getpid()}_{secrets.token_hex(3)}"
-        try:
-            self.admin = psycopg.connect(server_url, autocommit=True, connect_timeout=5)
-        except psycopg.OperationalError as exc:
-            pytest.fail(f"PostgreSQL is not reachable at {server_url} (set GCHAT_TEST_POSTGRES): {exc}")
+        self.admin = pg_connect(server_url)
         self.admin.execute(f'CREATE DATABASE "{self.db}" ENCODING \'UTF8\' TEMPLATE template0')
-        parts = urllib.parse.urlsplit(server_url)
-        self.conn = psycopg.connect(urllib.parse.urlunsplit(parts._replace(path="/" + self.db)), autocommit=True)
+        self.url = with_database(server_url, self.db)
+        self.conn = pg_connect(server_url, self.db)
 
     def execute(self, sql: str, params: tuple = ()) -> None:
         self.conn.execute(sql.replace("?", "%s"), params)
@@ -159,23 +154,28 @@ class PostgreSQL(Engine):
         self.admin.close()
 
 
-@pytest.fixture(scope="module")
-def postgres_url() -> str:
-    return os.environ.get("GCHAT_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/postgres")
+def _engine(name: str, request: pytest.FixtureRequest) -> Engine:
+    """A throwaway database on the MariaDB or PostgreSQL of tests/services.py (conftest's fixtures)."""
+    if name == "mysql":
+        return MariaDB(request.getfixturevalue("mariadb_url"))
+    return PostgreSQL(request.getfixturevalue("postgresql_url"))
 
 
-@pytest.fixture(scope="module", params=[(v, e) for v in VERSIONS for e in ("mysql", "postgresql")],
-                ids=lambda p: f"moodle{p[0]}-{p[1]}")
-def schema(request, mariadb_url, postgres_url) -> Iterator[tuple[str, Engine]]:
+BOTH = [(v, e) for v in VERSIONS for e in ("mysql", "postgresql")]
+
+
+@pytest.fixture(scope="module", params=BOTH, ids=lambda p: f"moodle{p[0]}-{p[1]}")
+def created_schema(request) -> Iterator[tuple[str, Engine]]:
     """One Moodle schema created on one engine, in a database of its own."""
     version, engine_name = request.param
-    yield from _created(version, MariaDB(mariadb_url) if engine_name == "mysql" else PostgreSQL(postgres_url))
+    yield from _created(version, _engine(engine_name, request))
 
 
-@pytest.fixture(params=VERSIONS, ids=lambda v: f"moodle{v}-mysql")
-def mariadb_schema(request, mariadb_url) -> Iterator[tuple[str, Engine]]:
-    """A fresh MariaDB database per test, for gchat's own lookups (its engine on this branch)."""
-    yield from _created(request.param, MariaDB(mariadb_url))
+@pytest.fixture(params=BOTH, ids=lambda p: f"moodle{p[0]}-{p[1]}")
+def fresh_schema(request) -> Iterator[tuple[str, Engine]]:
+    """A fresh database per test, for gchat's own lookups."""
+    version, engine_name = request.param
+    yield from _created(version, _engine(engine_name, request))
 
 
 def _created(version: str, engine: Engine) -> Iterator[tuple[str, Engine]]:
@@ -196,6 +196,8 @@ def test_each_fixture_names_its_source_revision_and_holds_the_tables_gchat_reads
     assert re.search(r"lib/db/install\.xml at commit [0-9a-f]{40}", text), "the fixture must name its source"
     tables = {t.name for t in parse(schema_path(version))}
     assert set(expected_reads(version)) <= tables
+    # The release the tests' sites carry in {config} (what gchat check reports) is this revision's.
+    assert schema_release(version).startswith(version), schema_release(version)
 
 
 def test_there_is_a_2x_a_4x_and_a_5x_schema():
@@ -297,8 +299,8 @@ def test_a_broken_definition_is_refused(tmp_path):
 
 # -- the schemas on the real engines ------------------------------------------------------------------
 
-def test_every_column_gchat_reads_exists_with_a_sensible_type(schema):
-    version, engine = schema
+def test_every_column_gchat_reads_exists_with_a_sensible_type(created_schema):
+    version, engine = created_schema
     kinds = TYPES[engine.name]
     for table, columns in expected_reads(version).items():
         found = engine.columns(PREFIX + table)
@@ -309,17 +311,17 @@ def test_every_column_gchat_reads_exists_with_a_sensible_type(schema):
             assert found[column][0] in allowed, f"{table}.{column} is {found[column][0]}, expected {kind}"
 
 
-def test_block_tables_are_the_ones_gchat_detects(schema):
-    version, engine = schema
+def test_block_tables_are_the_ones_gchat_detects(created_schema):
+    version, engine = created_schema
     has_users_blocked = bool(engine.columns(PREFIX + "message_users_blocked"))
     has_blocked_column = "blocked" in engine.columns(PREFIX + "message_contacts")
     assert (has_users_blocked, has_blocked_column) == ((False, True) if major(version) < 3 else (True, False))
 
 
-def test_moodle_defaults_and_constraints_hold(schema):
+def test_moodle_defaults_and_constraints_hold(created_schema):
     """What gchat's rules lean on: ids are assigned by the database, a NOT NULL char column
     defaults to '', an enrolment without an end has timeend 2147483647, and a sid is unique."""
-    version, engine = schema
+    version, engine = created_schema
     engine.execute(f"INSERT INTO {PREFIX}user (username, firstname, lastname) VALUES (?, ?, ?)", ("ana", "Ana", "A"))
     engine.execute(f"INSERT INTO {PREFIX}user (username, firstname, lastname) VALUES (?, ?, ?)", ("ben", "Ben", "B"))
     rows = engine.all(f"SELECT id, auth, email, lang, deleted, confirmed FROM {PREFIX}user ORDER BY id")
@@ -334,9 +336,9 @@ def test_moodle_defaults_and_constraints_hold(schema):
         engine.execute(insert, ("abc", 2, now, now))
 
 
-# -- gchat's own lookups over each real schema (MariaDB: gchat's engine today) -------------------------
+# -- gchat's own lookups over each real schema, on both engines -------------------------------------------
 
-def _gchat_site(engine: MariaDB) -> None:
+def _gchat_site(engine: Engine) -> None:
     """A tiny site in Moodle's own tables: a guest, three students, a hidden course, blocks."""
     now = int(time.time())
     run = engine.execute
@@ -358,13 +360,13 @@ def _gchat_site(engine: MariaDB) -> None:
             (sid, userid, now, now))
 
 
-def _moodle_for(engine: MariaDB) -> tuple[Database, Moodle]:
+def _moodle_for(engine: Engine) -> tuple[Database, Moodle]:
     db = Database(parse_db_url(engine.url), prefix=PREFIX, pool_size=1, timeout=5)
     return db, Moodle(db, wwwroot="http://moodle.test")
 
 
-def test_gchat_lookups_on_the_real_schema(mariadb_schema):
-    version, engine = mariadb_schema
+def test_gchat_lookups_on_the_real_schema(fresh_schema):
+    version, engine = fresh_schema
     _gchat_site(engine)
     if major(version) < 3:
         engine.execute(f"INSERT INTO {PREFIX}message_contacts (userid, contactid, blocked) VALUES (4, 2, 1)")

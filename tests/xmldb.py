@@ -38,9 +38,10 @@ at most 30 characters, made unique within the schema.
 from __future__ import annotations
 
 import os
+import re
 import xml.etree.ElementTree as ElementTree
 from dataclasses import dataclass, field
-from typing import Callable
+from collections.abc import Callable
 
 FIXTURES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures", "xmldb")
 ENGINES = ("mysql", "postgresql")
@@ -289,6 +290,24 @@ def schema_path(version: str) -> str:
     if not os.path.exists(path):
         raise XmldbError(f"no Moodle schema {version!r} in tests/fixtures/xmldb (have {schema_versions()})")
     return path
+
+
+def schema_release(version: str) -> str:
+    """Moodle's ``$release`` for a fixture: the one its header quotes from version.php at the
+    source commit, else "<version>dev" (a development revision without a stored version.php)."""
+    with open(schema_path(version), encoding="utf-8") as handle:
+        head = handle.read(2000)
+    found = re.search(r"\$release = '([^']+)'", head)
+    return " ".join(found.group(1).split()) if found else f"{version}dev"
+
+
+def schema_version_number(version: str) -> str | None:
+    """Moodle's ``$version`` (what ``{config}.version`` holds) for a fixture, when its header
+    quotes version.php; None for a revision without one."""
+    with open(schema_path(version), encoding="utf-8") as handle:
+        head = handle.read(2000)
+    found = re.search(r"\$version = ([0-9]+(?:\.[0-9]+)?)", head)
+    return found.group(1) if found else None
 
 
 def moodle_schema_statements(version: str, engine: str, prefix: str) -> list[str]:
