@@ -112,6 +112,9 @@ class PollTabs:
         if tab is not None and not tab.ended:
             tab.identity = identity  # a renewed token
             return tab
+        # A new tab is a new connection: its session must be live (an idle poll of a tab that
+        # lives here costs nothing: the session watch re-checks the tabs' sessions in batches).
+        await self.router.admit(identity)
         tab = LongPollTab(self, identity, address, tab_id)
         await self.router.attach(tab)
         self._tabs[key] = tab

@@ -122,6 +122,7 @@ class WebSocketHandler(tornado.websocket.WebSocketHandler):
             stream.max_write_buffer_size = self.gchat_settings.max_output_bytes
         try:
             identity = self.router.authenticate(query_text(self.request, "token"))
+            await self.router.admit(identity)  # no query while the session watch keeps it fresh
             client = WebSocketClient(self, identity, self.request.remote_ip or "?")
             await self.router.attach(client)
         except GchatError as exc:
