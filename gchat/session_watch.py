@@ -199,8 +199,7 @@ class SessionWatch:
         ended = 0
         if sessions:
             live = await self._moodle.live_sessions(sessions)
-            for session in live:
-                self._saw_live(session, now)
+            self._verified.update(dict.fromkeys(live, now))  # an earlier start than a lookup made meanwhile: the safe side
             for session in sessions - live:
                 ended += self._end(session, now)
         # Tokens outlive sessions by at most token_ttl: remember ended sessions that long.
