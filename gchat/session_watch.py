@@ -199,7 +199,8 @@ class SessionWatch:
         ended = 0
         if sessions:
             live = await self._moodle.live_sessions(sessions)
-            self._verified.update(dict.fromkeys(live, now))  # an earlier start than a lookup made meanwhile: the safe side
+            # ``now``: no later than the start of any lookup made meanwhile, so on the safe side.
+            self._verified.update(dict.fromkeys(live, now))
             for session in sessions - live:
                 ended += self._end(session, now)
         # Tokens outlive sessions by at most token_ttl: remember ended sessions that long.
