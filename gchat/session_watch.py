@@ -16,8 +16,9 @@ without a query per command, heartbeat or idle poll:
   lookup of that one session made there and then (shared by concurrent commands). With the
   default interval the re-check keeps every watched session fresh, so that lookup happens only
   for the first command of a session this process has not seen for a while;
-* **bootstrap** hands out no token for a session known to have ended, and none from a cached
-  lookup older than ``fresh_secs`` (gchat.moodle caches lookups for ``session_cache_ttl``).
+* **bootstrap** hands out no token from a cached lookup older than ``fresh_secs`` (gchat.moodle
+  caches lookups for ``session_cache_ttl``), nor for a session found ended unless a lookup made
+  there and then finds it live.
 
 A token outlives its session by at most ``token_ttl`` seconds: a session found ended is
 remembered that long, and its tokens are refused (``session_ended``) although their signature
@@ -87,12 +88,16 @@ class SessionWatch:
         if check.user_id is None:
             raise AuthError("not_logged_in", f"the Moodle session is not valid ({check.reason})")
         session = (check.user_id, sid_hash(sid))
-        if session[1] in self._ended:  # a cached verdict must not bring it back
-            raise AuthError("not_logged_in", "the Moodle session has ended")
         now = self._clock()
         self._used[session] = now
-        self._saw_live(session, now - max(0.0, time.monotonic() - check.checked_at))
-        if not self._is_fresh(session, now) and not await self._look_up(session):
+        if session[1] in self._ended:
+            # Found ended here: a cached verdict must not bring it back; a lookup made now may
+            # (the store's passing hiccup must not lock a user out for token_ttl).
+            fresh = False
+        else:
+            self._saw_live(session, now - max(0.0, time.monotonic() - check.checked_at))
+            fresh = self._is_fresh(session, now)
+        if not fresh and not await self._look_up(session):
             raise AuthError("not_logged_in", "the Moodle session has ended")
         user = await self._moodle.user(check.user_id)
         if user is None:
@@ -151,6 +156,7 @@ class SessionWatch:
             live = session in await self._moodle.live_sessions({session})
             if live:
                 self._saw_live(session, started)
+                self._ended.pop(session[1], None)  # only bootstrap looks up a session found ended
             else:
                 self._end(session, started)
         except BaseException as exc:
