@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
@@ -16,7 +17,7 @@ from typing import Any
 
 import tornado.httpserver
 import tornado.web
-from tornado.log import access_log
+from tornado.log import access_log, app_log, gen_log
 
 from gchat.auth import TokenSigner, load_or_create_secret
 from gchat.broker import Broker, MemoryBroker
@@ -139,6 +140,45 @@ def build_services(settings: Settings, db: Database | None = None, broker: Broke
     return Services(settings, db, moodle, store, broker, router, purger)
 
 
+# A token in a URL (the WebSocket's ?token=): whatever logs the URL, the token stays out of the log.
+TOKEN_IN_URL = re.compile(r"(\btoken=)[^&\s'\"#]+")
+REDACTED = r"\1[redacted]"
+
+
+def redact(text: str) -> str:
+    return TOKEN_IN_URL.sub(REDACTED, text)
+
+
+class RedactTokens(logging.Filter):
+    """Takes tokens out of a log line. On Tornado's loggers, whose access lines and error lines
+    (``Uncaught exception GET /gchat/ws?token=…``, the request's repr) carry request URLs: a
+    token in a log file would let whoever reads it chat as that user until it expires."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        redacted = redact(message)
+        if redacted != message:
+            record.msg, record.args = redacted, ()
+        return True
+
+
+def redact_tokens_in_logs() -> None:
+    """Put :class:`RedactTokens` on Tornado's three loggers (once per process)."""
+    for logger in (access_log, app_log, gen_log):
+        if not any(isinstance(f, RedactTokens) for f in logger.filters):
+            logger.addFilter(RedactTokens())
+
+
+class StaticFiles(tornado.web.StaticFileHandler):
+    """The widget's files. A path the operating system cannot name (a NUL byte, or another control
+    character) is not found: Tornado would hand it to ``os.stat`` and answer 500."""
+
+    def parse_url_path(self, url_path: str) -> str:
+        if any(ord(c) < 0x20 or ord(c) == 0x7F for c in url_path):
+            raise tornado.web.HTTPError(404)
+        return super().parse_url_path(url_path)
+
+
 def log_request(handler: tornado.web.RequestHandler) -> None:
     """Tornado's access log, except that refusals the protocol expects (429 rate limits, 503
     while the database is down) are warnings, not errors: one outage must not flood the log
@@ -151,7 +191,8 @@ def log_request(handler: tornado.web.RequestHandler) -> None:
     else:
         level = logging.ERROR
     request = handler.request
-    access_log.log(level, "%d %s %.2fms", status, handler._request_summary(), 1000.0 * request.request_time())
+    access_log.log(level, "%d %s %s (%s) %.2fms", status, request.method, redact(request.uri or ""),
+                   request.remote_ip, 1000.0 * request.request_time())
 
 
 def make_app(services: Services, *, extra_routes: RoutesFor | None = None,
@@ -171,13 +212,14 @@ def make_app(services: Services, *, extra_routes: RoutesFor | None = None,
         (prefix + "/ws", WebSocketHandler, common),
         (prefix + "/health", HealthHandler, dict(common, db=services.db)),
         (prefix + "/metrics", MetricsHandler, {"metrics": metrics}),
-        (prefix + "/static/(.*)", tornado.web.StaticFileHandler, {"path": static_dir()}),
+        (prefix + "/static/(.*)", StaticFiles, {"path": static_dir()}),
     ]
     if settings.demo:
         routes += demo_routes(prefix, dict(common, moodle=services.moodle, db=services.db))
         routes.append((r"/", tornado.web.RedirectHandler, {"url": prefix + "/demo"}))
     if extra_routes is not None:
         routes += extra_routes(services)
+    redact_tokens_in_logs()
     return tornado.web.Application(
         routes,
         template_path=template_dir(),

@@ -33,6 +33,7 @@ from gchat.wire import command_ref, error_reply, ok_reply
 log = logging.getLogger("gchat.router")
 
 Handler = Callable[[Identity, dict[str, Any]], Awaitable[dict[str, Any]]]
+Admit = Callable[[Identity], Awaitable[None]]  # raises when the identity's session may not act
 
 # A command may not name its sender: the sender is always the token's user.
 IDENTITY_FIELDS = ("from", "sender", "user_id", "userid")
@@ -53,11 +54,14 @@ def optional_int_field(cmd: dict[str, Any], name: str) -> int | None:
 
 
 class Commands:
-    """Validation and dispatch of commands, with the counts /metrics reads."""
+    """Validation and dispatch of commands, with the counts /metrics reads. ``admit`` (the
+    session watch's) runs first: no command of an ended Moodle session is applied."""
 
-    def __init__(self, handlers: Mapping[str, Handler], observer: Observer | None = None) -> None:
+    def __init__(self, handlers: Mapping[str, Handler], observer: Observer | None = None, *,
+                 admit: Admit | None = None) -> None:
         self._handlers = dict(handlers)
         self._observer = observer
+        self._admit = admit
         self.closing = False
         self.in_flight = 0
         self._idle = asyncio.Event()
@@ -81,6 +85,8 @@ class Commands:
         started = time.perf_counter()
         kind: str | None = None
         try:
+            if self._admit is not None:
+                await self._admit(identity)
             if not isinstance(command, dict):
                 raise bad_command("a command is a JSON object")
             name = command.get("type")

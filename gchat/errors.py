@@ -31,6 +31,7 @@ HTTP_STATUS = {
 
 # WebSocket close codes (RFC 6455 §7.4.1 plus gchat's 4000).
 WS_CLOSE_GOING_AWAY = 1001
+WS_CLOSE_INVALID_DATA = 1007  # a text frame that is not UTF-8
 WS_CLOSE_POLICY = 1008
 WS_CLOSE_TOO_BIG = 1009
 WS_CLOSE_SERVER_ERROR = 1011

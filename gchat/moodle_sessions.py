@@ -132,15 +132,16 @@ class SessionRules:
         cfg = await self.config()
         records = await self.sessions.lookup_many(self.db, pairs, self._sid_of)
         now = int(time.time())
-        candidates = [r for r in records if (r.userid, sid_hash(r.sid)) in pairs and not r.problem
+        # Each record's hash once: the re-check reads every session of thousands of users.
+        candidates = [(r, key) for r in records if (key := (r.userid, sid_hash(r.sid))) in pairs and not r.problem
                       and self._judge_record(r, cfg, now) is None]
-        missing = {r.userid for r in candidates if r.user is None}
+        missing = {r.userid for r, _ in candidates if r.user is None}
         users = await self.db.run(lambda q: self._user_state(q, missing)) if missing else {}
         live = set()
-        for record in candidates:
+        for record, key in candidates:
             user = record.user if record.user is not None else users.get(record.userid)
             if self._judge_user(record.userid, user).ok:
-                live.add((record.userid, sid_hash(record.sid)))
+                live.add(key)
         for uid, hashed in pairs - live:
             self._forget_sessions_of(uid)
             self._sid_of.pop(hashed, None)

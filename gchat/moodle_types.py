@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,10 +30,12 @@ class MoodleConfig:
 
 @dataclass(frozen=True, slots=True)
 class SessionCheck:
-    """The outcome of looking up one session: a user id, or the reason it was refused."""
+    """The outcome of looking up one session: a user id, or the reason it was refused; and when
+    (``time.monotonic()``) the store was read, which a cached outcome keeps."""
 
     user_id: int | None
     reason: str
+    checked_at: float = field(default_factory=time.monotonic, compare=False)
 
     @property
     def ok(self) -> bool:

@@ -57,7 +57,7 @@ class Router:
         directory = Directory(moodle=moodle, store=store, broker=broker, limits=limits)
         self._chat = ChatCommands(settings, moodle=moodle, store=store, feed=self._feed, limits=limits,
                                   directory=directory, observer=observer)
-        self._commands = Commands(self._chat.handlers(), observer)
+        self._commands = Commands(self._chat.handlers(), observer, admit=self._sessions.admit)
 
     # -- life cycle -------------------------------------------------------------------------
 
@@ -98,6 +98,11 @@ class Router:
 
     def authenticate(self, token: str | None) -> Identity:
         return self._sessions.authenticate(token)
+
+    async def admit(self, identity: Identity) -> None:
+        """A new connection's session is live (fresh from the re-check, or looked up now);
+        refused: ``session_ended``. Commands are admitted by ``handle`` itself."""
+        await self._sessions.admit(identity)
 
     async def check_sessions(self) -> int:
         """End the clients whose Moodle session is over; returns how many."""

@@ -8,6 +8,7 @@ import logging
 import urllib.parse
 from typing import Any
 
+import tornado.httputil
 import tornado.web
 
 from gchat.config import Settings
@@ -18,6 +19,15 @@ from gchat.wire import dumps
 log = logging.getLogger("gchat.http")
 
 TOKEN_HEADER = "X-Gchat-Token"
+
+
+def query_text(request: tornado.httputil.HTTPServerRequest, name: str) -> str | None:
+    """The last value of query parameter ``name`` as text (bytes that are not UTF-8 become
+    U+FFFD), or None. The caller checks its shape: a token's signature, a cursor's or a tab's
+    pattern. Tornado's ``get_query_argument`` raises a 400 on bad UTF-8 instead, which after a
+    WebSocket upgrade can only drop the connection."""
+    values = request.query_arguments.get(name)
+    return values[-1].decode("utf-8", "replace") if values else None
 
 
 def origin_of(url: str) -> str:

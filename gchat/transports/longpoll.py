@@ -17,10 +17,10 @@ from typing import Any
 from gchat.auth import Identity
 from gchat.errors import GchatError, bad_command
 from gchat.router import Client, Router
-from gchat.transports.base import TOKEN_HEADER, JsonHandler
+from gchat.transports.base import TOKEN_HEADER, JsonHandler, query_text
 from gchat.wire import body_of_events, loads
 
-TAB_SHAPE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+TAB_SHAPE = re.compile(r"[A-Za-z0-9_-]{1,64}", re.ASCII)  # fullmatch: "$" would let a trailing newline in
 
 
 class LongPollTab(Client):
@@ -112,6 +112,9 @@ class PollTabs:
         if tab is not None and not tab.ended:
             tab.identity = identity  # a renewed token
             return tab
+        # A new tab is a new connection: its session must be live (an idle poll of a tab that
+        # lives here costs nothing: the session watch re-checks the tabs' sessions in batches).
+        await self.router.admit(identity)
         tab = LongPollTab(self, identity, address, tab_id)
         await self.router.attach(tab)
         self._tabs[key] = tab
@@ -145,10 +148,10 @@ class PollHandler(TokenHandler):
         self._tab: LongPollTab | None = None
         try:
             identity = self.identity()
-            tab_id = self.get_query_argument("tab", "")
-            if not TAB_SHAPE.match(tab_id):
+            tab_id = query_text(self.request, "tab") or ""
+            if not TAB_SHAPE.fullmatch(tab_id):
                 raise bad_command("tab must be 1 to 64 letters, digits, - or _")
-            cursor = self.get_query_argument("cursor", None) or None
+            cursor = query_text(self.request, "cursor") or None
             self._tab = await self.tabs.get(identity, tab_id, self.address)
             low, high = self.gchat_settings.longpoll_timeout
             events, cursor = await self._tab.poll(self.router, cursor, random.uniform(low, high), self)
@@ -180,8 +183,8 @@ class SendHandler(TokenHandler):
             return
         try:
             command: Any = loads(self.request.body)
-        except (ValueError, UnicodeDecodeError):
-            self._answer(self.router.error_reply(None, GchatError("bad_json", "the body is not valid JSON")))
+        except ValueError as exc:  # wire.NotJson
+            self._answer(self.router.error_reply(None, GchatError("bad_json", f"the body is not valid JSON: {exc}")))
             return
         self._answer(await self.router.handle(identity, command))
 

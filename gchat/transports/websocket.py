@@ -4,7 +4,8 @@ The handshake checks ``Origin`` (403 for a page of another site). A bad or expir
 ``error`` event and close code 1008. Events are pushed from the user's event log as it grows;
 each command frame gets one reply frame. A bad command never closes the connection. A client
 whose unsent output passes ``max_output_bytes`` (it stopped reading) is cut off instead of
-growing the server's memory.
+growing the server's memory. A text frame that is not UTF-8 closes the connection with 1007, as
+RFC 6455 §8.1 requires (Tornado alone drops it without a close frame).
 """
 
 from __future__ import annotations
@@ -17,10 +18,10 @@ import tornado.websocket
 
 from gchat.auth import Identity
 from gchat.config import Settings
-from gchat.errors import (WS_CLOSE_GOING_AWAY, WS_CLOSE_POLICY, WS_CLOSE_SERVER_ERROR, WS_CLOSE_SESSION_ENDED,
-                          WS_CLOSE_TRY_AGAIN, GchatError)
+from gchat.errors import (WS_CLOSE_GOING_AWAY, WS_CLOSE_INVALID_DATA, WS_CLOSE_POLICY, WS_CLOSE_SERVER_ERROR,
+                          WS_CLOSE_SESSION_ENDED, WS_CLOSE_TRY_AGAIN, GchatError)
 from gchat.router import Client, Router
-from gchat.transports.base import OriginPolicy
+from gchat.transports.base import OriginPolicy, query_text
 from gchat.wire import dumps, error_event, loads
 
 log = logging.getLogger("gchat.websocket")
@@ -79,6 +80,20 @@ class WebSocketClient(Client):
         self.handler.fail(error, _CLOSE_CODES.get(error.code, WS_CLOSE_POLICY))
 
 
+class StrictUtf8Protocol(tornado.websocket.WebSocketProtocol13):
+    """RFC 6455 §8.1: a text frame that is not UTF-8 fails the connection with 1007. Tornado's
+    own protocol drops it without a close frame (and so without a reason a client could log)."""
+
+    def _handle_message(self, opcode: int, data: bytes) -> Any:
+        if opcode == 0x1 and not self.client_terminated:
+            try:
+                data.decode("utf-8")  # compression is off (get_compression_options): the data as sent
+            except UnicodeDecodeError:
+                self.close(WS_CLOSE_INVALID_DATA, "text frames must be UTF-8")
+                return None
+        return super()._handle_message(opcode, data)
+
+
 class WebSocketHandler(tornado.websocket.WebSocketHandler):
     def initialize(self, router: Router, settings: Settings, origins: OriginPolicy) -> None:
         self.router = router
@@ -92,6 +107,12 @@ class WebSocketHandler(tornado.websocket.WebSocketHandler):
     def get_compression_options(self) -> None:
         return None  # chat frames are small; compression would cost CPU and memory per socket
 
+    def get_websocket_protocol(self) -> tornado.websocket.WebSocketProtocol | None:
+        protocol = super().get_websocket_protocol()
+        if not isinstance(protocol, tornado.websocket.WebSocketProtocol13):
+            return protocol  # None: a version Tornado does not speak (it answers 426)
+        return StrictUtf8Protocol(self, False, protocol.params)
+
     async def open(self, *args: Any) -> None:
         # Small frames must leave at once: with Nagle's algorithm on (Tornado's default) a reply
         # or event can wait for the peer's delayed ACK, tens of milliseconds.
@@ -100,14 +121,15 @@ class WebSocketHandler(tornado.websocket.WebSocketHandler):
         if stream is not None:
             stream.max_write_buffer_size = self.gchat_settings.max_output_bytes
         try:
-            identity = self.router.authenticate(self.get_query_argument("token", None))
+            identity = self.router.authenticate(query_text(self.request, "token"))
+            await self.router.admit(identity)  # no query while the session watch keeps it fresh
             client = WebSocketClient(self, identity, self.request.remote_ip or "?")
             await self.router.attach(client)
         except GchatError as exc:
             self.fail(exc, _CLOSE_CODES.get(exc.code, WS_CLOSE_POLICY))
             return
         self.client = client
-        client.start(self.get_query_argument("cursor", None) or None)
+        client.start(query_text(self.request, "cursor") or None)
 
     async def on_message(self, message: str | bytes) -> None:
         client = self.client
@@ -121,8 +143,8 @@ class WebSocketHandler(tornado.websocket.WebSocketHandler):
         else:
             try:
                 command = loads(message)
-            except ValueError:
-                reply = self.router.error_reply(None, GchatError("bad_json", "the frame is not valid JSON"))
+            except ValueError as exc:
+                reply = self.router.error_reply(None, GchatError("bad_json", f"the frame is not valid JSON: {exc}"))
             else:
                 reply = await self.router.handle(client.identity, command)
         self.send(dumps(reply))

@@ -3,13 +3,16 @@ user who logged out of Moodle (remembered for token_ttl, with a clock the test m
 
 from __future__ import annotations
 
+import asyncio
+import time
+
 import pytest
 
 from gchat.auth import Identity, TokenSigner
-from gchat.errors import AuthError
-from gchat.moodle import sid_hash
+from gchat.errors import AuthError, Unavailable
+from gchat.moodle import SessionCheck, sid_hash
 from gchat.presence import Presence
-from gchat.session_watch import SessionWatch
+from gchat.session_watch import WATCH_AFTER_USE_SECS, SessionWatch
 from tests.support.fakes import ManualBackground, RecordingClient
 
 
@@ -103,3 +106,165 @@ async def test_no_clients_no_query(watch, moodle):
     before = moodle.lookups
     assert await watch.check_sessions() == 0
     assert moodle.lookups == before
+
+
+# -- admission: no command of an ended session, no query while the re-check keeps it fresh ---------
+
+@pytest.fixture
+def settings(settings):
+    return settings.replace(session_check_interval=2.0)  # the default: fresh for 2 x 1.1 + 1.5 = 3.7 s
+
+
+@pytest.mark.gen_test
+async def test_a_fresh_session_is_admitted_without_a_lookup(watch, moodle, clock):
+    (ana,) = moodle.classmates("Ana")
+    token, _ = await watch.bootstrap(moodle.login(ana))
+    identity = watch.authenticate(token)
+    before = moodle.lookups
+    clock.now += watch.fresh_secs - 0.1
+    for _ in range(20):
+        await watch.admit(identity)
+    assert moodle.lookups == before
+
+
+@pytest.mark.gen_test
+async def test_a_stale_session_is_looked_up_once_then_fresh_again(watch, moodle, clock):
+    (ana,) = moodle.classmates("Ana")
+    token, _ = await watch.bootstrap(moodle.login(ana))
+    identity = watch.authenticate(token)
+    clock.now += watch.fresh_secs + 0.1
+    before = moodle.lookups
+    await asyncio.gather(*(watch.admit(identity) for _ in range(10)))  # concurrent: one lookup shared
+    assert moodle.lookups == before + 1
+    await watch.admit(identity)
+    assert moodle.lookups == before + 1
+
+
+@pytest.mark.gen_test
+async def test_a_stale_session_that_ended_is_refused_and_its_clients_end(watch, moodle, presence, clock):
+    (ana,) = moodle.classmates("Ana")
+    sid = moodle.login(ana)
+    token, _ = await watch.bootstrap(sid)
+    identity = watch.authenticate(token)
+    tab = RecordingClient(identity)
+    await presence.attach(tab)
+    moodle.logout(sid)
+    await watch.admit(identity)  # still fresh: the bound, not every command, pays for a lookup
+    clock.now += watch.fresh_secs + 0.1
+    with pytest.raises(AuthError) as refused:
+        await watch.admit(identity)
+    assert refused.value.code == "session_ended" and tab.ended.code == "session_ended"
+    with pytest.raises(AuthError):
+        watch.authenticate(token)
+
+
+@pytest.mark.gen_test
+async def test_the_recheck_keeps_sessions_fresh_with_one_lookup_for_all(watch, moodle, presence, clock):
+    people = moodle.classmates("Ana", "Ben", "Cat")
+    identities = []
+    for uid in people:
+        token, _ = await watch.bootstrap(moodle.login(uid))
+        identities.append(watch.authenticate(token))
+    await presence.attach(RecordingClient(identities[0]))  # Ana has a tab here; Ben and Cat only sent
+    for _ in range(5):
+        clock.now += 2.2
+        before = moodle.lookups
+        await watch.check_sessions()
+        assert moodle.lookups == before + 1
+        for identity in identities:
+            await watch.admit(identity)
+        assert moodle.lookups == before + 1
+
+
+@pytest.mark.gen_test
+async def test_a_session_that_only_sends_here_is_rechecked_too(watch, moodle, clock):
+    """A long-poll tab polls another process; its sends come here: the re-check watches them."""
+    (ana,) = moodle.classmates("Ana")
+    sid = moodle.login(ana)
+    identity = Identity(ana, sid_hash(sid))  # a token from another process's bootstrap
+    await watch.admit(identity)
+    moodle.logout(sid)
+    assert (ana, identity.sid_hash) in watch.watched()
+    await watch.check_sessions()
+    with pytest.raises(AuthError) as refused:
+        await watch.admit(identity)
+    assert refused.value.code == "session_ended"
+    clock.now += WATCH_AFTER_USE_SECS + 1
+    assert not watch.watched()
+
+
+@pytest.mark.gen_test
+async def test_unused_sessions_leave_the_watch(watch, moodle, clock):
+    (ana,) = moodle.classmates("Ana")
+    sid = moodle.login(ana)
+    await watch.bootstrap(sid)
+    assert watch.watched() == {(ana, sid_hash(sid))}
+    clock.now += WATCH_AFTER_USE_SECS + 1
+    before = moodle.lookups
+    assert await watch.check_sessions() == 0 and not watch.watched()
+    assert moodle.lookups == before
+
+
+@pytest.mark.gen_test
+async def test_bootstrap_gives_no_token_for_a_session_found_ended(watch, moodle, presence):
+    (ana,) = moodle.classmates("Ana")
+    sid = moodle.login(ana)
+    token, _ = await watch.bootstrap(sid)
+    await presence.attach(RecordingClient(watch.authenticate(token)))
+    moodle.logout(sid)
+    assert await watch.check_sessions() == 1
+
+    async def cached(_sid):  # a verdict cached before the logout says "live"
+        return SessionCheck(ana, "ok")
+
+    moodle.check_session = cached
+    with pytest.raises(AuthError) as refused:
+        await watch.bootstrap(sid)
+    assert refused.value.code == "not_logged_in"
+
+
+@pytest.mark.gen_test
+async def test_a_session_found_ended_by_a_hiccup_comes_back_when_the_store_says_so(watch, moodle, presence):
+    (ana,) = moodle.classmates("Ana")
+    sid = moodle.login(ana)
+    token, _ = await watch.bootstrap(sid)
+    await presence.attach(RecordingClient(watch.authenticate(token)))
+    moodle.logout(sid)  # the store misses the record for one round
+    assert await watch.check_sessions() == 1
+    moodle._sessions[sid] = ana
+    token, _ = await watch.bootstrap(sid)  # looked up now: live
+    assert watch.authenticate(token).user_id == ana
+
+
+@pytest.mark.gen_test
+async def test_bootstrap_looks_again_when_the_cached_verdict_is_older_than_the_bound(watch, moodle, clock):
+    (ana,) = moodle.classmates("Ana")
+    sid = moodle.login(ana)
+    stale = SessionCheck(ana, "ok", checked_at=time.monotonic() - 8)  # session_cache_ttl is 10 s
+
+    async def cached(_sid):
+        return stale
+
+    moodle.check_session = cached
+    token, _ = await watch.bootstrap(sid)  # looked up again: still live
+    moodle.logout(sid)
+    clock.now += watch.fresh_secs + 0.1  # that lookup is stale too now
+    with pytest.raises(AuthError) as refused:
+        await watch.bootstrap(sid)
+    assert refused.value.code == "not_logged_in"
+    with pytest.raises(AuthError) as ended:
+        watch.authenticate(token)
+    assert ended.value.code == "session_ended"
+
+
+@pytest.mark.gen_test
+async def test_admission_fails_closed_while_sessions_cannot_be_looked_up(watch, moodle, clock):
+    (ana,) = moodle.classmates("Ana")
+    token, _ = await watch.bootstrap(moodle.login(ana))
+    identity = watch.authenticate(token)
+    clock.now += watch.fresh_secs + 0.1
+    moodle.down = True
+    with pytest.raises(Unavailable):
+        await asyncio.gather(watch.admit(identity), watch.admit(identity))
+    moodle.down = False
+    await watch.admit(identity)
