@@ -124,11 +124,17 @@ class MoodleSite:
                 insert = _INSERT.match(sql)
                 if insert and "RETURNING" not in sql.upper() and self._table_has_id(insert.group(1)):
                     cur.execute(sql + " RETURNING id", params)
-                    return cur.fetchone()[0]
+                    return int(cur.fetchone()[0])
                 cur.execute(sql, params)
                 return None
             cur.execute(sql, params)
-            return cur.lastrowid
+            return int(cur.lastrowid)
+
+    def insert(self, sql: str, params: tuple[Any, ...] = ()) -> int:
+        """An INSERT into a table with an id column; returns the new row's id."""
+        row_id = self.execute(sql, params)
+        assert row_id, f"no id from {sql!r}"
+        return row_id
 
     def _table_has_id(self, table: str) -> bool:
         if table not in self._has_id:
@@ -195,7 +201,7 @@ class MoodleSite:
         return uid
 
     def add_course(self, name: str = "Course", *, visible: int = 1, enrol_status: int = 0) -> int:
-        cid = self.execute("INSERT INTO {p}course (category, fullname, shortname, visible) VALUES (1, %s, %s, %s)",
+        cid = self.insert("INSERT INTO {p}course (category, fullname, shortname, visible) VALUES (1, %s, %s, %s)",
                            (name, name[:20], visible))
         self.execute("INSERT INTO {p}enrol (enrol, status, courseid) VALUES ('manual', %s, %s)", (enrol_status, cid))
         return cid
@@ -247,14 +253,14 @@ class MoodleSite:
         them. Returns the role ids by shortname."""
         for table in self.ROLE_TABLES:
             self.execute(f"DELETE FROM {{p}}{table}")
-        context = self.execute("INSERT INTO {p}context (contextlevel, instanceid, path, depth) VALUES (10, 0, '', 1)")
+        context = self.insert("INSERT INTO {p}context (contextlevel, instanceid, path, depth) VALUES (10, 0, '', 1)")
         self.execute("UPDATE {p}context SET path = %s WHERE id = %s", (f"/{context}", context))
         self.system_context = context
         roles = {}
         for order, name in enumerate(("manager", "coursecreator", "editingteacher", "teacher", "student", "guest",
                                       "user", "frontpage"), 1):
-            roles[name] = self.execute("INSERT INTO {p}role (name, shortname, description, sortorder, archetype) "
-                                       "VALUES (%s, %s, '', %s, %s)", (name.title(), name, order, name))
+            roles[name] = self.insert("INSERT INTO {p}role (name, shortname, description, sortorder, archetype) "
+                                      "VALUES (%s, %s, '', %s, %s)", (name.title(), name, order, name))
         for name in ("manager", "user"):
             self.set_permission(roles[name], "moodle/site:sendmessage", 1)
         self.set_config("defaultuserroleid", str(roles["user"]))
