@@ -60,6 +60,11 @@ setup(
             "psycopg[binary]>=3.1",
             # tests/test_supervisord.py runs gchat under a real supervisord, as conf/supervisord.conf does.
             "supervisor>=4.2",
+            # tools/test checks types and style before the tests (setup.cfg, ruff.toml); pinned,
+            # because a new release of either may add checks that fail code which was fine.
+            "mypy==2.4.1",
+            "types-PyMySQL",
+            "ruff==0.17.6",
         ],
         # tools/bench.py: the python-socketio baseline server, a faster loop for the load
         # generator (optional: plain asyncio without it), and py-spy for --profile.
