@@ -205,7 +205,7 @@ class Stored:
 _MESSAGE_COLUMNS = "id, conversation, sender, text, time, client_id"
 
 
-def _message(row: tuple) -> Message:
+def _message(row: tuple[Any, ...]) -> Message:
     return Message(id=int(row[0]), conversation=int(row[1]), sender=int(row[2]), text=row[3],
                    time=int(row[4]), client_id=Dialect.client_id_value(row[5]))
 
