@@ -30,9 +30,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--connect-concurrency", type=int, default=50,
                         help="connections opened at once when filling the idle levels")
     parser.add_argument("--no-uvloop", action="store_true", help="plain asyncio loop in the generator")
-    parser.add_argument("--phases", default="load,idle", help="load (throughput and latency), idle, or both")
+    parser.add_argument("--phases", default="load,closed,idle",
+                        help="comma-separated: load (open-loop ladder), closed (closed loop), idle, storm (gchat)")
     parser.add_argument("--idle", default=None, help="idle levels, e.g. 1000,5000,10000")
     parser.add_argument("--pairs", type=int, default=None, help="WS pairs and long-poll pairs per knee search")
+    parser.add_argument("--closed-pairs", type=int, default=None, help="pairs of the closed loop (40)")
+    parser.add_argument("--closed-runs", type=int, default=None, help="closed-loop windows per transport (3)")
     parser.add_argument("--start-rate", type=float, default=None)
     parser.add_argument("--max-steps", type=int, default=None)
     parser.add_argument("--measure", type=float, default=None, help="seconds measured per step")
@@ -62,6 +65,10 @@ def main(argv: list[str] | None = None) -> int:
         cfg.max_steps = args.max_steps
     if args.measure:
         cfg.measure = args.measure
+    if args.closed_pairs:
+        cfg.closed_pairs = args.closed_pairs
+    if args.closed_runs:
+        cfg.closed_runs = args.closed_runs
     args.cfg = cfg
     targets = list(TARGETS) if args.target == "all" else [t.strip() for t in args.target.split(",") if t.strip()]
     for t in targets:

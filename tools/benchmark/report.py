@@ -112,6 +112,16 @@ def report(results: dict[str, Any], elapsed: float) -> str:
             cells += [fmt(theirs, digits, unit), ratio(mine, theirs)]
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
 
+    for transport, name in (("ws", "WS"), ("poll", "long-poll")):
+        pairs = results["config"]["closed_pairs"]
+        row(f"closed loop, {pairs} {name} pairs: msgs/s (median of runs)",
+            lambda o, t=transport: (o.get(f"closed_{t}") or {}).get("rate_median"))
+        row(f"closed loop, {pairs} {name} pairs: p50 (ms)",
+            lambda o, t=transport: (o.get(f"closed_{t}") or {}).get("p50_median"), 1)
+        row(f"closed loop, {pairs} {name} pairs: p99 (ms)",
+            lambda o, t=transport: (o.get(f"closed_{t}") or {}).get("p99_median"), 1)
+        row(f"closed loop, {pairs} {name} pairs: server CPU per message (µs)",
+            lambda o, t=transport: (o.get(f"closed_{t}") or {}).get("server_cpu_us_per_msg"), 0)
     row("WS knee: delivered msgs/s (p99 ≤ 250 ms, no loss)", lambda o: knee_rate(o.get("ws")))
     row("long-poll knee: delivered msgs/s", lambda o: knee_rate(o.get("poll")))
     for transport, name in (("ws", "WS"), ("poll", "long-poll")):

@@ -15,6 +15,7 @@ from dataclasses import asdict
 from typing import Any
 
 from tests.support.process import ROOT
+from tools.benchmark.closed import ClosedPhase
 from tools.benchmark.config import Config, log
 from tools.benchmark.generators import Generators
 from tools.benchmark.idle import IdlePhase
@@ -40,6 +41,7 @@ class Bench:
         self.users: dict[str, Any] = {}
         self.load = LoadPhase(self)
         self.idle = IdlePhase(self)
+        self.closed = ClosedPhase(self)
 
     # -- samples ----------------------------------------------------------------------------
     def sample(self) -> Sample:
@@ -78,7 +80,8 @@ class Bench:
     def plan_users(self, targets: list[str]) -> None:
         cfg = self.cfg
         pair_sets = {"ws": [("ws", "ws")] * cfg.ws_pairs, "poll": [("poll", "poll")] * cfg.poll_pairs,
-                     "mixed": [("ws", "ws"), ("ws", "poll"), ("poll", "poll")] * cfg.mixed_pairs}
+                     "mixed": [("ws", "ws"), ("ws", "poll"), ("poll", "poll")] * cfg.mixed_pairs,
+                     "closed_ws": [("ws", "ws")] * cfg.closed_pairs, "closed_poll": [("poll", "poll")] * cfg.closed_pairs}
         idle_n = max(cfg.idle_levels) + 20  # 20 warm-up clients before the baseline RSS
         if "gchat" in targets:
             name = f"gchat_bench_{os.getpid()}"
@@ -161,6 +164,13 @@ class Bench:
                 if knees:
                     out["mixed"] = self.load.mixed(target, min(knees) / 2)
                 out["after_load_rss_kb"] = proc_rss_kb(server.pid)
+            finally:
+                self.stop_server()
+        if "closed" in self.args.phases:
+            self.start_server(target)
+            try:
+                out["closed_ws"] = self.closed.run(target, "ws")
+                out["closed_poll"] = self.closed.run(target, "poll")
             finally:
                 self.stop_server()
         if "idle" in self.args.phases:
