@@ -3,8 +3,9 @@
 A user is online while any of their connections lives (on any process: the broker counts
 them), and goes offline only after ``presence_grace`` seconds without one, so that moving from
 one Moodle page to the next does not flash them offline. Each change is announced to the
-user's online course-mates only. The connection limits (per user, per client address) are
-enforced here, where the connections are counted.
+user's online course-mates only, coalesced with other changes (gchat/presence_fanout.py). The
+connection limits (per user, per client address) are enforced here, where the connections are
+counted.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from gchat.broker import Broker
 from gchat.config import Settings
 from gchat.errors import GchatError, Unavailable
 from gchat.ports import MoodleLookups
+from gchat.presence_fanout import PresenceFanout
 from gchat.tasks import Background
 
 log = logging.getLogger("gchat.presence")
@@ -67,11 +69,11 @@ class Presence:
         self._settings = settings
         self._broker = broker
         self._moodle = moodle
-        self._publish = publish
         self._background = background
         self._clients: dict[int, set[Client]] = {}
         self._per_address: dict[str, int] = {}
         self._grace: dict[int, asyncio.TimerHandle] = {}
+        self.fanout = PresenceFanout(publish, background, settings.presence_interval)
         self.closing = False
 
     # -- counts (read-only) -------------------------------------------------------------------
@@ -211,7 +213,7 @@ class Presence:
             # With several processes a late "offline" must not overtake a newer "online".
             if (uid in await self._broker.online([uid])) != (status == "online"):
                 return
-            await self._publish(targets, {"type": "presence", "user": user.as_dict(), "status": status})
+            self.fanout.add(user.as_dict(), status, targets)
         except Unavailable:
             if attempt < ANNOUNCE_ATTEMPTS and not self.closing:
                 self._background.later(attempt * ANNOUNCE_RETRY_SECS, lambda: self.announce(uid, status, attempt + 1))
