@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Awaitable, Callable, Generic, Hashable, TypeVar
+from collections.abc import Awaitable, Callable, Hashable
+from typing import Generic, TypeVar
 
 K = TypeVar("K", bound=Hashable)
 V = TypeVar("V")
@@ -50,7 +51,8 @@ class TTLCache(Generic[K, V]):
     def clear(self) -> None:
         self._entries.clear()
 
-    async def get_or_load(self, key: K, load: Callable[[], Awaitable[V]], *, cache_if: Callable[[V], bool] | None = None) -> V:
+    async def get_or_load(self, key: K, load: Callable[[], Awaitable[V]], *,
+                          cache_if: Callable[[V], bool] | None = None) -> V:
         hit = self.get(key)
         if hit is not None:
             return hit

@@ -75,10 +75,10 @@ class PresenceFanout:
         groups: dict[tuple[int, ...], list[int]] = {}
         for uid, indexes in mine.items():
             groups.setdefault(tuple(indexes), []).append(uid)
-        for indexes, uids in groups.items():
-            if len(indexes) == 1:
-                event = {"type": "presence", **changes[indexes[0]][0]}
+        for group, uids in groups.items():
+            if len(group) == 1:
+                event = {"type": "presence", **changes[group[0]][0]}
             else:
-                event = {"type": "presence_batch", "changes": [changes[i][0] for i in indexes]}
+                event = {"type": "presence_batch", "changes": [changes[i][0] for i in group]}
             self.events += 1
             await self._publish(uids, event)
