@@ -22,7 +22,7 @@ from gchat.broker import Broker
 from gchat.config import Settings
 from gchat.errors import GchatError, Unavailable
 from gchat.ports import MoodleLookups
-from gchat.presence_fanout import PresenceFanout
+from gchat.presence_fanout import Change, PresenceFanout
 from gchat.tasks import Background
 
 log = logging.getLogger("gchat.presence")
@@ -73,7 +73,7 @@ class Presence:
         self._clients: dict[int, set[Client]] = {}
         self._per_address: dict[str, int] = {}
         self._grace: dict[int, asyncio.TimerHandle] = {}
-        self.fanout = PresenceFanout(publish, background, settings.presence_interval)
+        self.fanout = PresenceFanout(publish, broker, background, settings.presence_interval)
         self.closing = False
 
     # -- counts (read-only) -------------------------------------------------------------------
@@ -170,6 +170,7 @@ class Presence:
         self.closing = True
         for timer in self._grace.values():
             timer.cancel()
+        self.fanout.close()
 
     # -- online and offline -------------------------------------------------------------------
 
@@ -202,20 +203,17 @@ class Presence:
         await self.announce(uid, "offline")
 
     async def announce(self, uid: int, status: str, attempt: int = 1) -> None:
-        """Tell the online course-mates of ``uid`` that it came online or went offline; while the
-        database is unavailable, try again a few times (a reconnect storm passes)."""
+        """Tell the online course-mates of ``uid`` that it came online or went offline (at the
+        next presence delivery, gchat/presence_fanout.py); while the database is unavailable,
+        try again a few times (a reconnect storm passes)."""
         try:
             user = await self._moodle.user(uid)
-            mates = await self._moodle.audience(uid)  # who may message uid: its online status is theirs to see
-            targets = await self._broker.online(mates)
-            if user is None or not targets:
-                return
-            # With several processes a late "offline" must not overtake a newer "online".
-            if (uid in await self._broker.online([uid])) != (status == "online"):
-                return
-            self.fanout.add(user.as_dict(), status, targets)
+            audience = await self._moodle.audience(uid)  # who may message uid: its online status is theirs to see
         except Unavailable:
             if attempt < ANNOUNCE_ATTEMPTS and not self.closing:
                 self._background.later(attempt * ANNOUNCE_RETRY_SECS, lambda: self.announce(uid, status, attempt + 1))
                 return
             log.warning("presence of user %s (%s) not announced: database or broker unavailable", uid, status)
+            return
+        if user is not None and audience:
+            self.fanout.add(Change(uid, user.as_dict(), status, audience))

@@ -2,13 +2,17 @@
 
 When a whole course arrives at once (an exam morning, a site-wide course), every arrival is news
 to every online course-mate: one event per change would be N²/2 frames for N arrivals, and chat
-messages would queue behind them. So changes are gathered and sent at most once per
-``presence_interval`` (a first change after a quiet spell goes out at once): each recipient gets
-the changes meant for it in one ``presence_batch`` event (``{"changes": [{user, status}, …]}``,
-applied in order as separate ``presence`` events would be), or a plain ``presence`` event when
-there is only one. Recipients with the same changes share one encoded event, and a large fan-out
-is written in slices with the event loop free between them, so commands and messages that
-arrive meanwhile are served before the rest of the fan-out.
+messages would queue behind them. So changes are gathered and delivered at most once per
+``presence_interval`` (a first change after a quiet spell goes out at once).
+
+At each delivery, a change still true (the user's presence did not flip back meanwhile) goes to
+the users allowed to see it (its *audience*, decided when it happened) who are online *now*.
+Each recipient gets its changes in order in one ``presence_batch`` event, or a plain
+``presence`` event when it has only one. A batch also carries the recipient's own change when it
+has one in the same delivery (clients ignore news of themselves): that way the users of a
+course who all arrive together get one and the same event, encoded once and kept once in memory
+however many logs hold it. A large fan-out is written in slices with the event loop free between
+them (gchat/feed.py), so commands and messages that arrive meanwhile are served first.
 """
 
 from __future__ import annotations
@@ -16,56 +20,104 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Set as AbstractSet
+from dataclasses import dataclass
 from typing import Any
 
+from gchat.broker import Broker
+from gchat.errors import Unavailable
 from gchat.tasks import Background
 
 log = logging.getLogger("gchat.presence")
 
 Publish = Callable[[Iterable[int], dict[str, Any]], Awaitable[None]]
+RETRY_SECS = 2.0  # after the broker failed a delivery
+ATTEMPTS = 4
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    uid: int
+    user: dict[str, Any]  # the user object of the protocol
+    status: str  # "online" or "offline"
+    audience: AbstractSet[int]  # who may see it (gchat.moodle.Moodle.audience)
 
 
 class PresenceFanout:
-    """Gathers (user, status, recipients) changes and delivers them in coalesced events."""
+    """Gathers presence changes and delivers them in coalesced events."""
 
-    def __init__(self, publish: Publish, background: Background, interval: float) -> None:
+    def __init__(self, publish: Publish, broker: Broker, background: Background, interval: float) -> None:
         self._publish = publish
+        self._broker = broker
         self._background = background
         self._interval = interval
-        self._pending: list[tuple[dict[str, Any], Iterable[int]]] = []
+        self._pending: list[Change] = []
         self._running = False
+        self._task: asyncio.Task[Any] | None = None
+        self._closed = False
         self._last = float("-inf")  # loop time of the last delivery
         self.changes = 0
         self.events = 0
 
-    def add(self, user: dict[str, Any], status: str, recipients: Iterable[int]) -> None:
-        """Queue one change for ``recipients`` (decided by the caller when the change happened)."""
-        self._pending.append(({"user": user, "status": status}, recipients))
+    def add(self, change: Change) -> None:
+        if self._closed:
+            return
+        self._pending.append(change)
         self.changes += 1
         if not self._running:
             self._running = True
             self._background.spawn(self._run())
 
+    def close(self) -> None:
+        """Shutting down: nothing more is delivered (clients are told to reconnect)."""
+        self._closed = True
+        self._pending.clear()
+        if self._task is not None:
+            self._task.cancel()
+
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
+        self._task = asyncio.current_task()
+        attempt = 0
         try:
             while self._pending:
                 # The changes of this same turn of the loop go together even when nothing was
-                # sent for a while; then at most one delivery per interval.
+                # delivered for a while; then at most one delivery per interval.
                 await asyncio.sleep(max(0.0, self._last + self._interval - loop.time()))
                 changes, self._pending = self._pending, []
                 self._last = loop.time()
                 try:
                     await self._deliver(changes)
+                    attempt = 0
+                except Unavailable:
+                    attempt += 1
+                    if attempt >= ATTEMPTS:
+                        log.warning("%d presence changes not delivered: broker unavailable", len(changes))
+                        attempt = 0
+                        continue
+                    self._pending[:0] = changes  # in front of what came meanwhile: order is kept
+                    self._last = loop.time() + RETRY_SECS * attempt - self._interval
                 except Exception:  # one failed delivery must not stop presence for good
                     log.exception("presence delivery of %d changes failed", len(changes))
         finally:
             self._running = False
+            self._task = None
 
-    async def _deliver(self, changes: list[tuple[dict[str, Any], Iterable[int]]]) -> None:
-        """Each recipient gets its changes in order; recipients with the same changes, one event."""
+    async def _deliver(self, changes: list[Change]) -> None:
+        # A late change never overtakes a newer one: only what is still true goes out (with
+        # several processes the newer one may have happened elsewhere), once per user.
+        online = await self._broker.online({c.uid for c in changes})
+        latest: dict[int, int] = {}
+        for index, change in enumerate(changes):
+            if (change.uid in online) == (change.status == "online"):
+                latest[change.uid] = index
+        kept = [changes[i] for i in sorted(latest.values())]
+        targets = [await self._broker.online(c.audience) for c in kept]
+        everyone = set().union(*targets) if targets else set()
         mine: dict[int, list[int]] = {}
-        for index, (_, recipients) in enumerate(changes):
+        for index, (change, recipients) in enumerate(zip(kept, targets)):
+            if change.uid in everyone:
+                recipients = recipients | {change.uid}
             for uid in recipients:
                 got = mine.get(uid)
                 if got is None:
@@ -77,8 +129,10 @@ class PresenceFanout:
             groups.setdefault(tuple(indexes), []).append(uid)
         for group, uids in groups.items():
             if len(group) == 1:
-                event = {"type": "presence", **changes[group[0]][0]}
+                change = kept[group[0]]
+                event: dict[str, Any] = {"type": "presence", "user": change.user, "status": change.status}
             else:
-                event = {"type": "presence_batch", "changes": [changes[i][0] for i in group]}
+                event = {"type": "presence_batch",
+                         "changes": [{"user": kept[i].user, "status": kept[i].status} for i in group]}
             self.events += 1
             await self._publish(uids, event)
