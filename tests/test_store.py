@@ -130,7 +130,7 @@ async def test_concurrent_opens_of_one_pair_give_one_conversation(store, site):
     assert all(len(ids) == 1 for ids in by_pair.values()), by_pair
     assert count(site, "SELECT COUNT(*) FROM {p}gchat_conversations") == len(pairs)
     assert count(site, "SELECT COUNT(*) FROM {p}gchat_members") == 2 * len(pairs)
-    for pair, state, _ in results:
+    for _pair, state, _ in results:
         assert state.open
 
 
