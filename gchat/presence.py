@@ -70,7 +70,7 @@ class Presence:
         self._broker = broker
         self._moodle = moodle
         self._background = background
-        self._clients: dict[int, set[Client]] = {}
+        self._clients: dict[int, list[Client]] = {}  # a list each: most users have one client
         self._per_address: dict[str, int] = {}
         self._grace: dict[int, asyncio.TimerHandle] = {}
         self.fanout = PresenceFanout(publish, broker, background, settings.presence_interval)
@@ -79,7 +79,7 @@ class Presence:
     # -- counts (read-only) -------------------------------------------------------------------
 
     def clients_of(self, user_id: int) -> set[Client]:
-        return self._clients.get(user_id, set())
+        return set(self._clients.get(user_id, ()))
 
     @property
     def client_count(self) -> int:
@@ -108,7 +108,7 @@ class Presence:
         if self.closing:
             raise shutting_down()
         uid = client.user_id
-        mine = self._clients.setdefault(uid, set())
+        mine = self._clients.setdefault(uid, [])
         if len(mine) >= self._settings.max_connections_per_user:
             if not mine:
                 del self._clients[uid]
@@ -118,7 +118,7 @@ class Presence:
             if not mine:
                 del self._clients[uid]
             raise GchatError("too_many_connections", "too many connections from this address")
-        mine.add(client)
+        mine.append(client)
         self._per_address[client.address] = self._per_address.get(client.address, 0) + 1
         timer = self._grace.pop(uid, None)
         if timer is not None:
@@ -138,7 +138,7 @@ class Presence:
         mine = self._clients.get(uid)
         if mine is None or client not in mine:
             return
-        mine.discard(client)
+        mine.remove(client)
         if not mine:
             del self._clients[uid]
         left = self._per_address.get(client.address, 1) - 1
