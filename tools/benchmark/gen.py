@@ -78,6 +78,8 @@ class Worker:
         self.echoes = 0
         self._sched: asyncio.Task[None] | None = None
         self.bouncing: list[Conn] = []  # the clients of a closed-loop run
+        self.storm_task: asyncio.Task[None] | None = None  # the storm's connections (genstorm.py)
+        self.chat_task: asyncio.Task[None] | None = None  # the storm's chatting pair
 
     def error(self, code: str) -> None:
         self.errors[code] = self.errors.get(code, 0) + 1
@@ -213,6 +215,23 @@ class Worker:
         self.bouncing = []
         return st.result()
 
+    # The storm (tools/benchmark/genstorm.py).
+    async def storm_connect(self, **kwargs: Any) -> dict[str, Any]:
+        from tools.benchmark.genstorm import storm_connect
+        return await storm_connect(self, **kwargs)
+
+    async def storm_status(self, **kwargs: Any) -> dict[str, Any]:
+        from tools.benchmark.genstorm import storm_status
+        return await storm_status(self, **kwargs)
+
+    async def chat_start(self, **kwargs: Any) -> dict[str, Any]:
+        from tools.benchmark.genstorm import chat_start
+        return await chat_start(self, **kwargs)
+
+    async def chat_stop(self, **kwargs: Any) -> dict[str, Any]:
+        from tools.benchmark.genstorm import chat_stop
+        return await chat_stop(self, **kwargs)
+
     async def collect_step(self, drain: float) -> dict[str, Any]:
         if self._sched is not None:
             await self._sched
@@ -244,6 +263,9 @@ class Worker:
                 "disconnects": self.disconnects, "retries": self.retries, "errors": dict(self.errors)}
 
     async def close_group(self, group: str) -> dict[str, Any]:
+        if group.startswith("storm") and self.storm_task is not None:
+            self.storm_task.cancel()
+            self.storm_task = None
         conns = self.groups.pop(group, [])
         for c in conns:
             c.close()
@@ -289,6 +311,7 @@ class Conn:
         self.hb = 0
         self.closed = False
         self.bounce = False  # closed loop: answer each message of the peer at once
+        self.answer = False  # storm pair: answer each message at once, with its send time
         self.label_in = self.label_out = "-"
         self.ready: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
         self._setup: dict[Any, asyncio.Future[dict[str, Any]]] = {}
@@ -315,6 +338,8 @@ class Conn:
                 st.lat[self.label_in].append(now - intended)
         if self.bounce and fresh:  # a repeat is not answered twice
             self.fire(now, now)
+        elif self.answer and fresh:
+            self.fire(intended, now)
 
     def on_reply(self, ok: bool, raw: bytes) -> None:
         if ok:
