@@ -25,7 +25,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--db", "--mysql", dest="db",
                         default=os.environ.get("GCHAT_TEST_MYSQL", "mysql://root@127.0.0.1:3306"),
                         help="database server for gchat: mysql://root@127.0.0.1:3306 (MariaDB, the default) or "
-                             "postgresql://postgres@127.0.0.1:5432 (a database gchat_bench_<pid> is created and dropped)")
+                             "postgresql://postgres@127.0.0.1:5432 (a database gchat_bench_<pid> is created and "
+                             "dropped)")
     parser.add_argument("--server-cpu", type=int, default=0, help="CPU the server is pinned to (-1: no pinning)")
     parser.add_argument("--gen-cpu", type=int, default=1, help="CPU the load generator is pinned to (-1: none)")
     parser.add_argument("--gen-procs", type=int, default=1, help="load generator processes")

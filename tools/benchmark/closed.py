@@ -87,7 +87,7 @@ class ClosedPhase:
         self.bench.load.connect_pairs(target, group)
         runs: list[dict[str, Any]] = []
         profiled: dict[str, Any] | None = None
-        retries = 3
+        retries = 3 if cfg.retry_disturbed else 0
         try:
             while len([r for r in runs if not r["disturbed"]]) < cfg.closed_runs:
                 result = self.one_run(group)

@@ -175,7 +175,8 @@ def report(results: dict[str, Any], elapsed: float) -> str:
                  f"Linux {m.get('kernel')}; "
                  f"Python {m.get('python')}, Tornado {m.get('tornado')} (speedups "
                  f"{'built' if m.get('speedups') else 'NOT built'}), python-socketio {m.get('socketio') or '–'}, "
-                 f"{m.get('database') or m.get('mariadb') or '–'}; server on CPU {m.get('server_cpu')}, {m.get('gen_procs')} "
+                 f"{m.get('database') or m.get('mariadb') or '–'}; server on CPU {m.get('server_cpu')}, "
+                 f"{m.get('gen_procs')} "
                  f"generator process(es) on CPU {m.get('gen_cpu')} (uvloop {m.get('uvloop') or 'off'}); "
                  f"gchat at commit {m.get('commit') or '?'}{dirty}. "
                  f"Run took {elapsed:.0f} s.")

@@ -83,7 +83,8 @@ class Bench:
         cfg = self.cfg
         pair_sets = {"ws": [("ws", "ws")] * cfg.ws_pairs, "poll": [("poll", "poll")] * cfg.poll_pairs,
                      "mixed": [("ws", "ws"), ("ws", "poll"), ("poll", "poll")] * cfg.mixed_pairs,
-                     "closed_ws": [("ws", "ws")] * cfg.closed_pairs, "closed_poll": [("poll", "poll")] * cfg.closed_pairs}
+                     "closed_ws": [("ws", "ws")] * cfg.closed_pairs,
+                     "closed_poll": [("poll", "poll")] * cfg.closed_pairs}
         idle_n = max(cfg.idle_levels) + 20  # 20 warm-up clients before the baseline RSS
         if "gchat" in targets:
             name = f"gchat_bench_{os.getpid()}"
@@ -96,7 +97,8 @@ class Bench:
             idle = [u for g in groups for u in g][:idle_n]
             if "storm" in self.args.phases:
                 self.users["storm"] = {n: self.site.add_groups([n + 2])[0] for n in cfg.storm_levels}
-            log(f"{self.db_cpu.name} database {name}: {sum(len(s) for s in sets.values()) * 2 + len(idle)} users, sessions "
+            users = sum(len(s) for s in sets.values()) * 2 + len(idle)
+            log(f"{self.db_cpu.name} database {name}: {users} users, sessions "
                 f"and courses in {time.monotonic() - started:.1f} s")
         else:
             next_id = [10]

@@ -51,7 +51,7 @@ class StormPhase:
             spec = bench.target_spec(target)
             # The pair lives in the first generator process; the crowd is spread over all of them.
             bench.gens.call_one(0, "connect_pairs", target=spec, group="storm_pair",
-                                pairs=[[[pair[0].id, tokens[pair[0].id], "ws"], [pair[1].id, tokens[pair[1].id], "ws"]]])
+                                pairs=[[[user.id, tokens[user.id], "ws"] for user in pair]])
             crowd_tokens = bench.tokens(target, crowd, bootstrap=False)
             bench.gens.call_one(0, "chat_start", group="storm_pair", interval=cfg.storm_chat_interval)
             time.sleep(1.0)
