@@ -489,7 +489,7 @@ class Settings:
             "in at once then costs each of them a few events a second instead of one per arrival. 0: each "
             "change is sent on its own.")
     ready_online_limit: int = setting(
-        "200", _non_negative(int), "online course-mates listed when a page connects (0 = all)",
+        "100", _non_negative(int), "online course-mates listed when a page connects (0 = all)",
         doc="Online course-mates listed (the first by name) when a page connects; beyond that the widget "
             "shows how many more are online and search finds them. Keeps the first view of a very large "
             "course small. 0: list them all.")

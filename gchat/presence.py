@@ -74,6 +74,9 @@ class Presence:
         self._per_address: dict[str, int] = {}
         self._grace: dict[int, asyncio.TimerHandle] = {}
         self.fanout = PresenceFanout(publish, broker, background, settings.presence_interval)
+        # Lookups for announcements in the database at once: a crowd arriving together must
+        # leave the pool to the sends of those already chatting (snapshots are bounded too).
+        self._lookups = asyncio.Semaphore(max(1, settings.db_pool_size // 4))
         self.closing = False
 
     # -- counts (read-only) -------------------------------------------------------------------
@@ -207,8 +210,9 @@ class Presence:
         next presence delivery, gchat/presence_fanout.py); while the database is unavailable,
         try again a few times (a reconnect storm passes)."""
         try:
-            user = await self._moodle.user(uid)
-            audience = await self._moodle.audience(uid)  # who may message uid: its online status is theirs to see
+            async with self._lookups:
+                user = await self._moodle.user(uid)
+                audience = await self._moodle.audience(uid)  # who may message uid: its online status is theirs to see
         except Unavailable:
             if attempt < ANNOUNCE_ATTEMPTS and not self.closing:
                 self._background.later(attempt * ANNOUNCE_RETRY_SECS, lambda: self.announce(uid, status, attempt + 1))

@@ -29,7 +29,7 @@ __all__ = ["MAX_BATCH", "MAX_HISTORY_LIMIT", "TABLES", "ChatStore", "MemberState
 MAX_HISTORY_LIMIT = 50
 # Batches of sends in the database at once, at most; each takes a pooled connection while it
 # is written, and the rest of the pool serves every other query.
-WRITE_LANES_MAX = 4
+WRITE_LANES_MAX = 2
 
 
 class ChatStore:
