@@ -18,6 +18,7 @@ import abc
 import logging
 import secrets
 from collections.abc import Callable, Iterable
+from collections.abc import Set as AbstractSet
 
 from gchat.wire import CursorGone, format_cursor, parse_cursor, with_cursor
 
@@ -239,6 +240,8 @@ class MemoryBroker(Broker):
         return True
 
     async def online(self, user_ids: Iterable[int]) -> set[int]:
+        if isinstance(user_ids, AbstractSet):  # a course's members: a set intersection, at C speed
+            return set(self._online & user_ids)
         return {uid for uid in user_ids if uid in self._online}
 
     def stats(self) -> dict[str, int]:

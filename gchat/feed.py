@@ -22,13 +22,14 @@ from typing import Any
 from gchat.auth import Identity
 from gchat.broker import Broker
 from gchat.config import Settings
+from gchat.coursemates import MateSet
 from gchat.errors import AuthError
 from gchat.moodle import User
 from gchat.ports import ChatStorage, MoodleLookups
 from gchat.store import MemberState, Message, Pair, Read
 from gchat.wire import CursorGone, encode_event, with_cursor
 
-FANOUT_SLICE = 256  # recipients whose logs get an event in one turn of the event loop
+FANOUT_SLICE = 64  # recipients whose logs get an event in one turn of the event loop
 
 
 def conversation_view(uid: int, pair: Pair, state: MemberState, messages: list[Message] | None,
@@ -108,17 +109,22 @@ class Feed:
             online_ids = await self._broker.online(mates)
             views = await self._store.open_views(uid, self._settings.history_size)
             reads = await self._store.peer_reads(uid, [pair.id for pair, _, _ in views])
-            profiles = await self._moodle.users(online_ids | {pair.peer_of(uid) for pair, _, _ in views})
+            limit = self._settings.ready_online_limit
+            # A very large course: the first names, and how many are online in all. Shared
+            # course-mate sets know their name order (gchat/coursemates.py): no sort of the course.
+            first = mates.first(online_ids, limit) if limit and len(online_ids) > limit \
+                and isinstance(mates, MateSet) else None
+            listed = online_ids if first is None else first
+            profiles = await self._moodle.users({*listed, *(pair.peer_of(uid) for pair, _, _ in views)})
         event: dict[str, Any] = {"type": "ready", "me": me.as_dict(), "online": [],
                                  "conversations": [conversation_view(uid, pair, state, messages, profiles,
                                                                      reads.get(pair.id))
                                                    for pair, state, messages in views],
                                  "reset": reset, "coursemates": len(mates)}
-        online = [profiles[i] for i in online_ids if i in profiles]
-        limit = self._settings.ready_online_limit
-        if limit and len(online) > limit:
-            # A very large course: the first names, and how many are online in all.
-            online = heapq.nsmallest(limit, online, key=lambda u: (u.name.lower(), u.id))
+        online = [profiles[i] for i in listed if i in profiles]
+        if limit and len(online_ids) > limit:
+            if first is None:
+                online = heapq.nsmallest(limit, online, key=lambda u: (u.name.lower(), u.id))
             event["online_total"] = len(online_ids)
         else:
             online.sort(key=lambda u: (u.name.lower(), u.id))

@@ -27,7 +27,7 @@ from collections.abc import Set as AbstractSet
 from typing import Any
 
 from gchat.cache import TTLCache
-from gchat.coursemates import CourseMembers, MateSet, Unions
+from gchat.coursemates import CourseMembers, MateSet, Unions, name_key
 from gchat.db import Database, Query
 from gchat.moodle_privacy import MessagingRules
 from gchat.moodle_sessions import SID_SHAPE, SessionRules
@@ -132,14 +132,8 @@ class Moodle(SessionRules, MessagingRules):
 
     async def users(self, user_ids: Iterable[int]) -> dict[int, User]:
         """Profiles by id (display name and avatar URL); cached."""
-        result: dict[int, User] = {}
-        missing = []
-        for uid in set(user_ids):
-            hit = self._profiles.get(uid)
-            if hit is None:
-                missing.append(uid)
-            else:
-                result[uid] = hit
+        # A large course's online list asks for many at once: one look at the clock for all.
+        result, missing = self._profiles.get_many(set(user_ids))
         if missing:
             def work(q: Query) -> list[tuple]:
                 marks = ", ".join(["%s"] * len(missing))
@@ -177,10 +171,13 @@ class Moodle(SessionRules, MessagingRules):
 
         course_ids, blocked, contact_mode = await self.db.run(mine)
         members = dict(zip(course_ids, await asyncio.gather(*(self._course(c) for c in course_ids))))
-        base = self._unions.of(members)
-        candidates = set(MateSet(base, user_id, blocked))
-        known = frozenset().union(*(m.only_contacts for m in members.values())) & (candidates | {user_id})
+        base, order = self._unions.of(members)
+        # Only users someone's course lists as accepting contacts only need a closer look:
+        # usually none, and the circle costs no walk through the whole course.
+        known = frozenset().union(*(m.only_contacts for m in members.values())) - blocked
         if known and contact_mode != "none":
+            candidates = set(base) - blocked - {user_id}
+
             def privacy(q: Query) -> tuple[set[int], set[int], set[int], bool]:
                 return self._privacy_rows(q, user_id, candidates, known_only_contacts=set(known))
 
@@ -188,10 +185,11 @@ class Moodle(SessionRules, MessagingRules):
         else:
             only_contacts, my_contacts, contact_of = set(known - {user_id}), set(), set()
             me_only_contacts = user_id in known
-        closed = {uid for uid in only_contacts if uid in candidates and uid not in contact_of}
-        audience: AbstractSet[int] = frozenset(candidates & my_contacts) if me_only_contacts \
-            else MateSet(base, user_id, blocked)
-        return Circle(mates=MateSet(base, user_id, blocked | closed), audience=audience,
+        closed = {uid for uid in only_contacts if uid in base and uid != user_id and uid not in contact_of}
+        audience: AbstractSet[int] = MateSet(base, user_id, blocked, order)
+        if me_only_contacts:
+            audience = frozenset(audience & my_contacts)
+        return Circle(mates=MateSet(base, user_id, blocked | closed, order), audience=audience,
                       blocked=frozenset(blocked), closed=frozenset(closed))
 
     def _courses_of(self, q: Query, me: int) -> list[int]:
@@ -221,12 +219,12 @@ class Moodle(SessionRules, MessagingRules):
             return rows, self._only_contacts_among(q, {int(row[0]) for row in rows})
 
         rows, only_contacts = await self.db.run(work)
-        ids = set()
+        keys = set()
         for row in rows:
             user = self._user_from_row(row)
             self._profiles.put(user.id, user)
-            ids.add(user.id)
-        return CourseMembers(frozenset(ids), frozenset(only_contacts))
+            keys.add(name_key(user.name, user.id))
+        return CourseMembers(frozenset(uid for _, uid in keys), frozenset(only_contacts), tuple(sorted(keys)))
 
     def _blocked_with(self, q: Query, me: int) -> set[int]:
         mode = self._detect_block_mode(q)

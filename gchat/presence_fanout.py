@@ -33,6 +33,12 @@ log = logging.getLogger("gchat.presence")
 Publish = Callable[[Iterable[int], dict[str, Any]], Awaitable[None]]
 RETRY_SECS = 2.0  # after the broker failed a delivery
 ATTEMPTS = 4
+# A delivery to many users costs the event loop about this much per recipient (its event into
+# the log, its connection woken, the frame written); the next delivery waits this long per
+# recipient of the last one at least, so that presence takes a bounded share of a busy loop
+# (1,000 recipients: 0.6 s) and chat goes first.
+SECS_PER_RECIPIENT = 0.0006
+MAX_GAP = 2.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,6 +62,7 @@ class PresenceFanout:
         self._task: asyncio.Task[Any] | None = None
         self._closed = False
         self._last = float("-inf")  # loop time of the last delivery
+        self._gap = interval  # the least time between two deliveries, after the last one
         self.changes = 0
         self.events = 0
 
@@ -83,7 +90,7 @@ class PresenceFanout:
             while self._pending:
                 # The changes of this same turn of the loop go together even when nothing was
                 # delivered for a while; then at most one delivery per interval.
-                await asyncio.sleep(max(0.0, self._last + self._interval - loop.time()))
+                await asyncio.sleep(max(0.0, self._last + self._gap - loop.time()))
                 changes, self._pending = self._pending, []
                 self._last = loop.time()
                 try:
@@ -96,7 +103,7 @@ class PresenceFanout:
                         attempt = 0
                         continue
                     self._pending[:0] = changes  # in front of what came meanwhile: order is kept
-                    self._last = loop.time() + RETRY_SECS * attempt - self._interval
+                    self._last = loop.time() + RETRY_SECS * attempt - self._gap
                 except Exception:  # one failed delivery must not stop presence for good
                     log.exception("presence delivery of %d changes failed", len(changes))
         finally:
@@ -114,19 +121,28 @@ class PresenceFanout:
         kept = [changes[i] for i in sorted(latest.values())]
         targets = [await self._broker.online(c.audience) for c in kept]
         everyone = set().union(*targets) if targets else set()
-        mine: dict[int, list[int]] = {}
-        for index, (change, recipients) in enumerate(zip(kept, targets)):
-            if change.uid in everyone:
-                recipients = recipients | {change.uid}
-            for uid in recipients:
-                got = mine.get(uid)
-                if got is None:
-                    mine[uid] = [index]
-                else:
-                    got.append(index)
+        # Changes with the same recipients together first (in a course arriving at once, all of
+        # them): the work then grows with the recipients, not with recipients × changes.
+        by_recipients: dict[frozenset[int], list[int]] = {}
+        for index, (change, online) in enumerate(zip(kept, targets)):
+            told = frozenset(online | {change.uid} if change.uid in everyone else online)
+            by_recipients.setdefault(told, []).append(index)
         groups: dict[tuple[int, ...], list[int]] = {}
-        for uid, indexes in mine.items():
-            groups.setdefault(tuple(indexes), []).append(uid)
+        if len(by_recipients) == 1:
+            [(told, indexes)] = by_recipients.items()
+            groups[tuple(indexes)] = list(told)
+        else:
+            mine: dict[int, list[int]] = {}
+            for told, indexes in by_recipients.items():
+                for uid in told:
+                    got = mine.get(uid)
+                    if got is None:
+                        mine[uid] = list(indexes)
+                    else:
+                        got.extend(indexes)
+            for uid, got in mine.items():
+                groups.setdefault(tuple(sorted(got)), []).append(uid)
+        self._gap = min(MAX_GAP, max(self._interval, len(everyone) * SECS_PER_RECIPIENT))
         for group, uids in groups.items():
             if len(group) == 1:
                 change = kept[group[0]]

@@ -4,11 +4,17 @@ the same course share one set of members rather than a copy each."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
-from gchat.config import parse_db_url
+from gchat.auth import Identity
+from gchat.broker import MemoryBroker
+from gchat.config import Settings, parse_db_url
 from gchat.db import Database
+from gchat.feed import Feed
 from gchat.moodle import Moodle
+from gchat.store import ChatStore
 from tests.conftest import PREFIX
 
 ENGINES = ("mariadb", "postgresql")
@@ -64,3 +70,30 @@ async def test_students_of_one_course_share_its_members(site, db):
     bases = {id(s._base) for s in sets}  # what each user's set is a view over
     assert len(bases) == 1
     assert all(len(s) == len(students) - 1 for s in sets)
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_the_first_view_of_a_large_course_walks_the_shared_name_order(site, db, tmp_path):
+    """With more course-mates online than ready_online_limit, ready lists the first by name (the
+    course's name order, read once with its members) and says how many are online in all."""
+    moodle = Moodle(db, wwwroot="http://moodle.test", cache_ttl=60)
+    names = ["zoe", "Ana", "bruno", "Álvaro", "carla", "Ana", "dora", "Eli"]
+    course = site.add_course("Big")
+    users = []
+    for first in names:
+        uid = site.add_user(first, "X")
+        site.enrol(uid, course)
+        users.append(uid)
+    me = site.add_user("Me", "Myself")
+    site.enrol(me, course)
+    broker = MemoryBroker()
+    for uid in users:
+        if uid != users[-2]:  # dora stays offline
+            await broker.add_connection(uid, f"c{uid}")
+    settings = Settings(data_dir=str(tmp_path), secret_key="s", ready_online_limit=4, demo=False)
+    feed = Feed(settings, broker=broker, moodle=moodle, store=ChatStore(db))
+    raw, _ = await feed.catch_up(Identity(me, "h"), None)
+    ready = json.loads(raw[0])
+    expected = sorted((u for u in users if u != users[-2]), key=lambda u: (names[users.index(u)].lower() + " x", u))
+    assert [u["id"] for u in ready["online"]] == expected[:4]
+    assert ready["online_total"] == len(users) - 1 and ready["coursemates"] == len(users)

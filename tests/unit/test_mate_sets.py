@@ -3,7 +3,7 @@ members less itself and those it must not see, and behaves as a set everywhere i
 
 from __future__ import annotations
 
-from gchat.coursemates import CourseMembers, MateSet, Unions
+from gchat.coursemates import CourseMembers, MateSet, Unions, name_key
 
 
 def test_a_mate_set_is_the_base_less_me_and_the_excluded():
@@ -21,9 +21,20 @@ def test_users_of_the_same_courses_share_one_union():
     unions = Unions()
     a = CourseMembers(frozenset({1, 2, 3}), frozenset())
     b = CourseMembers(frozenset({3, 4}), frozenset({4}))
-    assert unions.of({10: a}) is a.ids, "one course: its own set, no copy"
-    both = unions.of({10: a, 11: b})
-    assert both == {1, 2, 3, 4} and unions.of({11: b, 10: a}) is both
+    assert unions.of({10: a})[0] is a.ids, "one course: its own set, no copy"
+    both, _ = unions.of({10: a, 11: b})
+    assert both == {1, 2, 3, 4} and unions.of({11: b, 10: a})[0] is both
     reread = CourseMembers(frozenset({3, 4, 5}), frozenset())
-    assert unions.of({10: a, 11: reread}) == {1, 2, 3, 4, 5}, "a course read again: a new union"
-    assert unions.of({}) == frozenset()
+    assert unions.of({10: a, 11: reread})[0] == {1, 2, 3, 4, 5}, "a course read again: a new union"
+    assert unions.of({}) == (frozenset(), ())
+
+
+def test_the_first_online_by_name_come_from_the_shared_order():
+    ana = CourseMembers(frozenset({1, 2, 3}), frozenset(),
+                        (name_key("Ana", 2), name_key("bea", 3), name_key("Carl", 1)))
+    other = CourseMembers(frozenset({3, 4}), frozenset(), (name_key("Aaron", 4), name_key("bea", 3)))
+    base, order = Unions().of({10: ana, 11: other})
+    assert order == (4, 2, 3, 1), "merged by name, each member once"
+    mates = MateSet(base, 2, {4}, order)
+    assert mates.first({1, 3}, 1) == [3] and mates.first({1, 3}, 5) == [3, 1]
+    assert MateSet(base, 2).first({1}, 1) is None, "no order known: the caller sorts"

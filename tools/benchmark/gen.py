@@ -80,6 +80,7 @@ class Worker:
         self.bouncing: list[Conn] = []  # the clients of a closed-loop run
         self.storm_task: asyncio.Task[None] | None = None  # the storm's connections (genstorm.py)
         self.chat_task: asyncio.Task[None] | None = None  # the storm's chatting pair
+        self.rtt_log: list[tuple[int, int]] = []  # (when, round trip ns) of the pair's messages
 
     def error(self, code: str) -> None:
         self.errors[code] = self.errors.get(code, 0) + 1

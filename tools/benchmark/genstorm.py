@@ -100,6 +100,17 @@ async def chat_start(worker: Worker, group: str, interval: float) -> dict[str, A
         worker.stats.sent.setdefault(label, 0)
         worker.stats.lat.setdefault(label, array("q"))
 
+    worker.rtt_log = []
+    plain = sender.on_message
+
+    def on_message(intended: int, from_uid: int, seq: int) -> None:  # the round trips, when they ended
+        if from_uid != sender.uid:
+            now = MONO()
+            worker.rtt_log.append((now, now - intended))
+        plain(intended, from_uid, seq)
+
+    sender.on_message = on_message  # type: ignore[method-assign]
+
     async def chat() -> None:
         while True:
             now = MONO()
@@ -120,4 +131,4 @@ async def chat_stop(worker: Worker, drain: float) -> dict[str, Any]:
     while time.monotonic() < deadline and len(st.lat["rtt"]) < st.sent["rtt"]:
         await asyncio.sleep(0.05)
     worker.stats = None
-    return st.result()
+    return {**st.result(), "rtt_log": worker.rtt_log}

@@ -107,6 +107,8 @@ class StormPhase:
                 "server_cpu_pct": cpu / elapsed * 100, "rss_start_mib": rss0 / 1024, "rss_peak_mib": peak_rss / 1024,
                 "rss_after_mib": proc_rss_kb(server.pid) / 1024,
                 "queries": (q1 - q0) if q0 is not None and q1 is not None else None, "timeline": timeline,
+                "pair_rtt_series": [(round((when - t0_ns) / NS, 2), round(took / 1e6, 1))
+                                    for when, took in raw["rtt_log"]],
             }
             if result["queries"] is not None:
                 result["queries_per_arrival"] = result["queries"] / n
