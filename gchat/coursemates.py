@@ -57,6 +57,11 @@ class MateSet(AbstractSet[int]):
     def __contains__(self, item: object) -> bool:
         return item != self._me and item in self._base and item not in self._without
 
+    @property
+    def whole(self) -> frozenset[int] | None:
+        """The shared set this one is (with its user), when it leaves out nobody else."""
+        return None if self._without else self._base
+
     def __iter__(self) -> Iterator[int]:
         me, without = self._me, self._without
         if without:

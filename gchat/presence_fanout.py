@@ -19,12 +19,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 from typing import Any
 
 from gchat.broker import Broker
+from gchat.coursemates import MateSet
 from gchat.errors import Unavailable
 from gchat.tasks import Background
 
@@ -113,20 +115,40 @@ class PresenceFanout:
     async def _deliver(self, changes: list[Change]) -> None:
         # A late change never overtakes a newer one: only what is still true goes out (with
         # several processes the newer one may have happened elsewhere), once per user.
-        online = await self._broker.online({c.uid for c in changes})
+        now_online = await self._broker.online({c.uid for c in changes})
         latest: dict[int, int] = {}
         for index, change in enumerate(changes):
-            if (change.uid in online) == (change.status == "online"):
+            if (change.uid in now_online) == (change.status == "online"):
                 latest[change.uid] = index
         kept = [changes[i] for i in sorted(latest.values())]
-        targets = [await self._broker.online(c.audience) for c in kept]
-        everyone = set().union(*targets) if targets else set()
-        # Changes with the same recipients together first (in a course arriving at once, all of
-        # them): the work then grows with the recipients, not with recipients × changes.
+        # Who hears of each change: its audience, online now. Audiences that are a whole shared
+        # course (gchat/coursemates.py; in a course arriving at once, all of them) share one look
+        # at who is online and one set of recipients: the work grows with the recipients, not
+        # with recipients × changes.
+        looked: dict[int, frozenset[int]] = {}  # who is online, by shared course (or by change)
+        keys: list[int] = []
+        for index, change in enumerate(kept):
+            audience = change.audience
+            whole = audience.whole if isinstance(audience, MateSet) else None
+            key = id(whole) if whole is not None else -1 - index
+            if key not in looked:
+                looked[key] = frozenset(await self._broker.online(whole if whole is not None else audience))
+            keys.append(key)
+        sharing = Counter(keys)
         by_recipients: dict[frozenset[int], list[int]] = {}
-        for index, (change, online) in enumerate(zip(kept, targets)):
-            told = frozenset(online | {change.uid} if change.uid in everyone else online)
+        for index, (change, key) in enumerate(zip(kept, keys)):
+            online: frozenset[int] = looked[key]
+            uid = change.uid
+            # A user who hears of others in this delivery also gets its own change, so that all
+            # of them share one event (its own course's set holds it when it is online).
+            elsewhere = (sharing[key] > 1 and uid in online) or any(uid in other for k, other in looked.items()
+                                                                     if k != key)
+            if key >= 0 and uid in online:
+                told = online if elsewhere else online - {uid}
+            else:
+                told = online | {uid} if elsewhere else online
             by_recipients.setdefault(told, []).append(index)
+        everyone = set().union(*by_recipients)
         groups: dict[tuple[int, ...], list[int]] = {}
         if len(by_recipients) == 1:
             [(told, indexes)] = by_recipients.items()

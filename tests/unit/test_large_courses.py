@@ -13,7 +13,8 @@ import pytest
 
 from gchat.feed import FANOUT_SLICE, Feed
 from gchat.presence import Presence
-from tests.support.fakes import FakeStore, ManualBackground, RecordingClient
+from gchat.coursemates import MateSet
+from tests.support.fakes import FakeMoodle, FakeStore, ManualBackground, RecordingClient
 
 
 async def events_of(broker: Any, uid: int) -> list[dict[str, Any]]:
@@ -167,3 +168,41 @@ async def test_a_message_overtakes_a_large_presence_fan_out(settings, moodle, br
     await fan_out
     assert [e["type"] for e in await events_of(broker, last)] == ["message", "presence"]
     assert [e["type"] for e in await events_of(broker, crowd[0])] == ["presence"]
+
+
+class SharedCourseMoodle(FakeMoodle):
+    """Course-mates as the real lookups hand them out: views over one shared set per course."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.course: frozenset[int] = frozenset()
+
+    async def audience(self, user_id: int) -> Any:
+        return MateSet(self.course, user_id) if user_id in self.course else frozenset()
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_a_shared_course_gets_one_event_per_delivery_and_no_news_of_oneself_alone(settings, broker):
+    moodle = SharedCourseMoodle()
+    course = Course(settings.replace(presence_interval=0.05), moodle, broker, 30)
+    moodle.course = frozenset(course.users)
+    first, second, *rest = course.users
+    await course.arrive(first)
+    await course.background.settle()
+    await course.arrive(second)
+    await course.background.settle()
+    # One change: the others hear of it, and nobody gets news of itself alone.
+    assert changes_in(await events_of(broker, first)) == [(second, "online")]
+    assert changes_in(await events_of(broker, second)) == []
+    for uid in rest:
+        await course.arrive(uid)
+    await course.background.settle()
+    online = {(uid, "online") for uid in course.users}
+    assert set(changes_in(await events_of(broker, first))) == online - {(first, "online")}
+    assert set(changes_in(await events_of(broker, second))) == {(uid, "online") for uid in rest}
+    for n, uid in enumerate(rest):
+        heard = set(changes_in(await events_of(broker, uid))) - {(uid, "online")}
+        assert {(later, "online") for later in rest[n + 1:]} <= heard <= online, uid
+    bodies = {json.dumps({k: v for k, v in e.items() if k != "cursor"})
+              for uid in course.users for e in await events_of(broker, uid) if e["type"] == "presence_batch"}
+    assert 1 <= len(bodies) <= 2, "the crowd's arrivals: one event for everyone (per delivery)"
