@@ -17,8 +17,8 @@ from __future__ import annotations
 import abc
 import logging
 import secrets
-from collections import deque
 from collections.abc import Callable, Iterable
+from collections.abc import Set as AbstractSet
 
 from gchat.wire import CursorGone, format_cursor, parse_cursor, with_cursor
 
@@ -66,7 +66,9 @@ class Broker(abc.ABC):
         """Events after ``cursor`` (wire JSON with cursors) and the new cursor; or CursorGone."""
 
     def __init__(self) -> None:
-        self._wakeups: dict[int, list[Wakeup]] = {}  # this process's clients, by user
+        # This process's clients, by user: one wake-up, or a list when a user has several
+        # (most have one: no list each).
+        self._wakeups: dict[int, Wakeup | list[Wakeup]] = {}
         # Called with a user id whose last connection vanished without a detach on this process
         # (another process crashed or stopped); the router then runs its grace-period check.
         self.on_orphan: OrphanHandler | None = None
@@ -77,17 +79,31 @@ class Broker(abc.ABC):
 
     def subscribe(self, user_id: int, wakeup: Wakeup) -> None:
         """Call ``wakeup()`` whenever ``user_id``'s log grows (on this process's IOLoop)."""
-        self._wakeups.setdefault(user_id, []).append(wakeup)
+        known = self._wakeups.get(user_id)
+        if known is None:
+            self._wakeups[user_id] = wakeup
+        elif isinstance(known, list):
+            known.append(wakeup)
+        else:
+            self._wakeups[user_id] = [known, wakeup]
 
     def unsubscribe(self, user_id: int, wakeup: Wakeup) -> None:
-        wakeups = self._wakeups.get(user_id)
-        if wakeups and wakeup in wakeups:
-            wakeups.remove(wakeup)
-            if not wakeups:
-                del self._wakeups[user_id]
+        known = self._wakeups.get(user_id)
+        if known is None:
+            return
+        if isinstance(known, list):
+            if wakeup in known:
+                known.remove(wakeup)
+                if len(known) == 1:
+                    self._wakeups[user_id] = known[0]
+        elif known == wakeup:
+            del self._wakeups[user_id]
 
     def _wake(self, user_id: int) -> None:
-        for wakeup in tuple(self._wakeups.get(user_id, ())):
+        known = self._wakeups.get(user_id)
+        if known is None:
+            return
+        for wakeup in tuple(known) if isinstance(known, list) else (known,):
             try:
                 wakeup()
             except Exception:  # one broken client must not stop delivery to the others
@@ -124,22 +140,26 @@ class Broker(abc.ABC):
 
 
 class _Log:
-    __slots__ = ("epoch", "first", "last", "bodies", "size")
+    """One user's events: at least ``size`` of the newest are kept (a few more, between two
+    trims). A plain list, small while the user gets few events: most idle users hold a handful."""
+
+    __slots__ = ("epoch", "first", "last", "size", "bodies")
 
     def __init__(self, size: int) -> None:
         self.epoch = secrets.token_hex(5)
         self.first = 1  # seq of bodies[0]
         self.last = 0  # seq of the newest event
         self.size = size
-        self.bodies: deque[str] | tuple[()] = ()  # a deque from the first event: idle users cost less
+        self.bodies: list[str] = []
 
     def append(self, body: str) -> None:
-        if not self.bodies:
-            self.bodies = deque(maxlen=self.size)
-        if len(self.bodies) == self.size:
-            self.first += 1
-        self.bodies.append(body)
+        bodies = self.bodies
+        bodies.append(body)
         self.last += 1
+        if len(bodies) >= self.size + max(16, self.size // 8):  # trim in slices, not one by one
+            drop = len(bodies) - self.size
+            del bodies[:drop]
+            self.first += drop
 
 
 class MemoryBroker(Broker):
@@ -151,7 +171,9 @@ class MemoryBroker(Broker):
         super().__init__()
         self._log_size = log_size
         self._logs: dict[int, _Log] = {}
-        self._connections: dict[int, set[str]] = {}
+        # Live connections: each one's user, and how many each user has (no set per user).
+        self._connection_user: dict[str, int] = {}
+        self._connection_count: dict[int, int] = {}
         self._online: set[int] = set()
 
     async def ensure_log(self, user_id: int) -> None:
@@ -184,39 +206,43 @@ class MemoryBroker(Broker):
         if seq > user_log.last or seq < user_log.first - 1:
             raise CursorGone("cursor outside the log")
         start = seq - user_log.first + 1
-        events = [with_cursor(format_cursor(epoch, user_log.first + i), user_log.bodies[i])
-                  for i in range(start, len(user_log.bodies))]
+        first = user_log.first
+        events = [with_cursor(f"{epoch}:{first + i}", body) for i, body in enumerate(user_log.bodies[start:], start)]
         return events, format_cursor(epoch, user_log.last)
 
     async def add_connection(self, user_id: int, conn_id: str) -> bool:
-        self._connections.setdefault(user_id, set()).add(conn_id)
+        if self._connection_user.get(conn_id) != user_id:
+            self._connection_user[conn_id] = user_id
+            self._connection_count[user_id] = self._connection_count.get(user_id, 0) + 1
         if user_id in self._online:
             return False
         self._online.add(user_id)
         return True
 
     async def remove_connection(self, user_id: int, conn_id: str) -> int:
-        conns = self._connections.get(user_id)
-        if conns is None:
-            return 0
-        conns.discard(conn_id)
-        if not conns:
-            del self._connections[user_id]
-            return 0
-        return len(conns)
+        if self._connection_user.get(conn_id) != user_id:
+            return self._connection_count.get(user_id, 0)
+        del self._connection_user[conn_id]
+        left = self._connection_count[user_id] - 1
+        if left:
+            self._connection_count[user_id] = left
+        else:
+            del self._connection_count[user_id]
+        return left
 
     async def connection_count(self, user_id: int) -> int:
-        return len(self._connections.get(user_id, ()))
+        return self._connection_count.get(user_id, 0)
 
     async def mark_offline(self, user_id: int) -> bool:
-        if user_id in self._connections or user_id not in self._online:
+        if user_id in self._connection_count or user_id not in self._online:
             return False
         self._online.discard(user_id)
         return True
 
     async def online(self, user_ids: Iterable[int]) -> set[int]:
+        if isinstance(user_ids, AbstractSet):  # a course's members: a set intersection, at C speed
+            return set(self._online & user_ids)
         return {uid for uid in user_ids if uid in self._online}
 
     def stats(self) -> dict[str, int]:
-        return {"logs": len(self._logs), "online": len(self._online),
-                "connections": sum(len(c) for c in self._connections.values())}
+        return {"logs": len(self._logs), "online": len(self._online), "connections": len(self._connection_user)}

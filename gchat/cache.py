@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable, Hashable
+from collections.abc import Awaitable, Callable, Hashable, Iterable
 from typing import Generic, TypeVar
 
 K = TypeVar("K", bound=Hashable)
@@ -33,6 +33,20 @@ class TTLCache(Generic[K, V]):
             del self._entries[key]
             return None
         return entry[1]
+
+    def get_many(self, keys: Iterable[K]) -> tuple[dict[K, V], list[K]]:
+        """The fresh entries of ``keys`` and the keys missing (one look at the clock for all)."""
+        now = self._clock()
+        entries = self._entries
+        found: dict[K, V] = {}
+        missing: list[K] = []
+        for key in keys:
+            entry = entries.get(key)
+            if entry is not None and entry[0] > now:
+                found[key] = entry[1]
+            else:
+                missing.append(key)
+        return found, missing
 
     def put(self, key: K, value: V) -> None:
         if self.ttl <= 0:

@@ -23,7 +23,7 @@ from gchat.auth import Identity
 from gchat.config import Settings
 from gchat.errors import GchatError, bad_command, not_allowed, refused
 from gchat.directory import Directory
-from gchat.feed import Feed
+from gchat.feed import Feed, conversation_view
 from gchat.limits import RateLimits
 from gchat.ports import ChatStorage, MoodleLookups, Observer
 from gchat.store import MAX_HISTORY_LIMIT, MemberState, Pair
@@ -205,21 +205,25 @@ class ChatCommands:
         self._limits.check("send", me)
         peer = pair.peer_of(me)
         await self._check_may_write(me, peer)
-        # No per-conversation lock: the store writes sends one batch at a time in arrival order
-        # and resolves them in that order, so each conversation's messages are published in
-        # id order, several of them per batch.
+        # No per-conversation lock: the store writes each conversation's sends one batch at a
+        # time in arrival order and resolves them in that order; nothing below waits on the
+        # database, so each conversation's messages are published in id order.
         stored = await self._store.add_message(pair, me, text, client_id, self._settings.history_size)
         if not stored.duplicate:
             self.messages_stored += 1
         if stored.peer_opened is not None:
-            await self._feed.publish([peer], await self._feed.conversation_event(
-                peer, pair, stored.peer_opened, stored.peer_messages))
+            # Everything the peer's view needs came with the send's own transaction, but the
+            # sender's profile (cached: the sender's course-mates were just looked at).
+            profiles = await self._moodle.users([me])
+            await self._feed.publish([peer], {"type": "conversation", "conversation": conversation_view(
+                peer, pair, stored.peer_opened, stored.peer_messages, profiles, stored.peer_read)})
         # A retry publishes the stored message again: the first attempt may have committed
         # and then failed before it published. Clients drop the repeat by message id.
-        await self._feed.publish([me, peer], {"type": "message", "message": stored.message.as_dict()})
+        message = stored.message.as_dict()  # one dict for the event and the reply
+        await self._feed.publish([me, peer], {"type": "message", "message": message})
         if self._observer is not None and not stored.duplicate:
             self._observer.message_published(stored.message.time)
-        return {"message": stored.message.as_dict()}
+        return {"message": message}
 
     async def cmd_seen(self, identity: Identity, cmd: dict[str, Any]) -> dict[str, Any]:
         pair = await self._member_pair(identity, cmd)

@@ -266,6 +266,7 @@ LISTEN, DATABASE, MOODLE, SECURITY, SCALE = ("Where gchat listens", "The Moodle 
 LOOK, CHAT, TRANSPORTS, CACHES, LIMITS, LOGGING = ("Look", "Chat", "Transports and presence",
                                                    "Caches and re-checks", "Limits", "Logging")
 PRIVACY = "Moodle's messaging rules and personal data"
+LARGE = "Large courses"
 
 
 @dataclass(frozen=True)
@@ -485,6 +486,20 @@ class Settings:
     # -- logging
     log_level: str = setting("info", _log_level, "debug, info, warning or error", section=LOGGING,
                              doc="Log level: debug, info, warning or error.")
+
+    # -- large courses
+    presence_interval: float = setting(
+        "0.25", _non_negative(float), "seconds between presence deliveries to a user (changes in between "
+        "go together)", unit=SECONDS, section=LARGE,
+        doc="Seconds between two deliveries of presence changes (who came online, who went offline) to "
+            "a user; the changes in between travel together in one event. A course whose students all log "
+            "in at once then costs each of them a few events a second instead of one per arrival. 0: each "
+            "change is sent on its own.")
+    ready_online_limit: int = setting(
+        "100", _non_negative(int), "online course-mates listed when a page connects (0 = all)",
+        doc="Online course-mates listed (the first by name) when a page connects; beyond that the widget "
+            "shows how many more are online and search finds them. Keeps the first view of a very large "
+            "course small. 0: list them all.")
 
     # Not a setting: where the settings were read from.
     config_file: str | None = field(default=None, compare=False)

@@ -4,21 +4,32 @@ Every event a user must see is published to that user's event log (gchat/broker.
 reads its log after its cursor. A client without a cursor, or with one the log cannot resume,
 gets a ``ready`` snapshot built from the database (marked ``reset: true`` in the second case),
 never a partial replay.
+
+Large courses: ``ready.online`` lists at most ``ready_online_limit`` course-mates (the first by
+name) and then says how many are online in all (``online_total``); search finds the others. A
+fan-out to many users (presence) is written in slices, with the event loop free between them.
+Snapshots read the database a few at a time, so that a crowd connecting at once leaves room in
+the pool for the sends of those already chatting.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import asyncio
+import heapq
+from collections.abc import Collection, Iterable
 from typing import Any
 
 from gchat.auth import Identity
 from gchat.broker import Broker
 from gchat.config import Settings
+from gchat.coursemates import MateSet
 from gchat.errors import AuthError
 from gchat.moodle import User
 from gchat.ports import ChatStorage, MoodleLookups
 from gchat.store import MemberState, Message, Pair, Read
 from gchat.wire import CursorGone, encode_event, with_cursor
+
+FANOUT_SLICE = 64  # recipients whose logs get an event in one turn of the event loop
 
 
 def conversation_view(uid: int, pair: Pair, state: MemberState, messages: list[Message] | None,
@@ -47,10 +58,22 @@ class Feed:
         self._moodle = moodle
         self._store = store
         self.events_published = 0
+        # Snapshots in the database at once: half the pool at most (see the module's docstring).
+        self._snapshots = asyncio.Semaphore(max(1, settings.db_pool_size // 2))
 
     async def publish(self, user_ids: Iterable[int], event: dict[str, Any]) -> None:
+        """Encode ``event`` once and append it to the logs of ``user_ids``."""
         self.events_published += 1
-        await self._broker.publish(user_ids, encode_event(event))
+        body = encode_event(event)
+        ids = user_ids if isinstance(user_ids, Collection) else list(user_ids)
+        if len(ids) <= FANOUT_SLICE:
+            await self._broker.publish(ids, body)
+            return
+        ids = list(ids)
+        for start in range(0, len(ids), FANOUT_SLICE):
+            if start:
+                await asyncio.sleep(0)  # commands and messages that arrived meanwhile go first
+            await self._broker.publish(ids[start:start + FANOUT_SLICE], body)
 
     async def conversation_event(self, uid: int, pair: Pair, state: MemberState,
                                  messages: list[Message] | None) -> dict[str, Any]:
@@ -78,20 +101,35 @@ class Feed:
         # missed; it may be delivered twice (in the snapshot and as an event), which clients
         # absorb by message id.
         head = await self._broker.head(uid)
-        me = await self._moodle.user(uid)
-        if me is None:
-            raise AuthError("session_ended", "the Moodle user is gone")
-        mates = await self._moodle.coursemates(uid)
-        online_ids = await self._broker.online(mates)
-        views = await self._store.open_views(uid, self._settings.history_size)
-        reads = await self._store.peer_reads(uid, [pair.id for pair, _, _ in views])
-        profiles = await self._moodle.users(online_ids | {pair.peer_of(uid) for pair, _, _ in views})
-        online = sorted((profiles[i].as_dict() for i in online_ids if i in profiles),
-                        key=lambda u: (str(u["name"]).lower(), u["id"]))
-        conversations = [conversation_view(uid, pair, state, messages, profiles, reads.get(pair.id))
-                         for pair, state, messages in views]
-        body = encode_event({"type": "ready", "me": me.as_dict(), "online": online,
-                             "conversations": conversations, "reset": reset, "coursemates": len(mates)})
+        async with self._snapshots:
+            me = await self._moodle.user(uid)
+            if me is None:
+                raise AuthError("session_ended", "the Moodle user is gone")
+            mates = await self._moodle.coursemates(uid)
+            online_ids = await self._broker.online(mates)
+            views = await self._store.open_views(uid, self._settings.history_size)
+            reads = await self._store.peer_reads(uid, [pair.id for pair, _, _ in views])
+            limit = self._settings.ready_online_limit
+            # A very large course: the first names, and how many are online in all. Shared
+            # course-mate sets know their name order (gchat/coursemates.py): no sort of the course.
+            first = mates.first(online_ids, limit) if limit and len(online_ids) > limit \
+                and isinstance(mates, MateSet) else None
+            listed = online_ids if first is None else first
+            profiles = await self._moodle.users({*listed, *(pair.peer_of(uid) for pair, _, _ in views)})
+        event: dict[str, Any] = {"type": "ready", "me": me.as_dict(), "online": [],
+                                 "conversations": [conversation_view(uid, pair, state, messages, profiles,
+                                                                     reads.get(pair.id))
+                                                   for pair, state, messages in views],
+                                 "reset": reset, "coursemates": len(mates)}
+        online = [profiles[i] for i in listed if i in profiles]
+        if limit and len(online_ids) > limit:
+            if first is None:
+                online = heapq.nsmallest(limit, online, key=lambda u: (u.name.lower(), u.id))
+            event["online_total"] = len(online_ids)
+        else:
+            online.sort(key=lambda u: (u.name.lower(), u.id))
+        event["online"] = [u.as_dict() for u in online]
+        body = encode_event(event)
         try:
             later, cursor = await self._broker.read(uid, head)
         except CursorGone:  # the log was dropped meanwhile (user went offline): the snapshot stands

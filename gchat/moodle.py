@@ -20,11 +20,14 @@ gchat never writes Moodle's core tables. The rules (docs/design.md, "Where each 
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Iterable
+from collections.abc import Set as AbstractSet
 from typing import Any
 
 from gchat.cache import TTLCache
+from gchat.coursemates import CourseMembers, MateSet, Unions, name_key
 from gchat.db import Database, Query
 from gchat.moodle_privacy import MessagingRules
 from gchat.moodle_sessions import SID_SHAPE, SessionRules
@@ -53,6 +56,8 @@ class Moodle(SessionRules, MessagingRules):
         self._sessions: TTLCache[str, SessionCheck] = TTLCache(session_cache_ttl)
         self._profiles: TTLCache[int, User] = TTLCache(cache_ttl)
         self._mates: TTLCache[int, Circle] = TTLCache(cache_ttl)
+        self._members: TTLCache[int, CourseMembers] = TTLCache(cache_ttl)  # course → its members
+        self._unions = Unions()
         self._senders: TTLCache[int, bool] = TTLCache(cache_ttl)
         self._site: TTLCache[str, SiteMessaging] = TTLCache(max(cache_ttl, 1.0))
         self._block_mode: str | None = None
@@ -127,14 +132,8 @@ class Moodle(SessionRules, MessagingRules):
 
     async def users(self, user_ids: Iterable[int]) -> dict[int, User]:
         """Profiles by id (display name and avatar URL); cached."""
-        result: dict[int, User] = {}
-        missing = []
-        for uid in set(user_ids):
-            hit = self._profiles.get(uid)
-            if hit is None:
-                missing.append(uid)
-            else:
-                result[uid] = hit
+        # A large course's online list asks for many at once: one look at the clock for all.
+        result, missing = self._profiles.get_many(set(user_ids))
         if missing:
             def work(q: Query) -> list[tuple[Any, ...]]:
                 marks = ", ".join(["%s"] * len(missing))
@@ -148,13 +147,14 @@ class Moodle(SessionRules, MessagingRules):
 
     # -- course-mates and blocks ------------------------------------------------------------
 
-    async def coursemates(self, user_id: int) -> frozenset[int]:
+    async def coursemates(self, user_id: int) -> AbstractSet[int]:
         """Users who share an active enrolment in a visible course with ``user_id``, do not block
         it or get blocked by it, and accept its messages (see ``Circle``): the people it may
-        open, message and see online. Cached for ``cache_ttl``; profiles are cached alongside."""
+        open, message and see online. Cached for ``cache_ttl``, shared between users of the same
+        courses (gchat/coursemates.py); profiles are cached alongside."""
         return (await self._circle(user_id)).mates
 
-    async def audience(self, user_id: int) -> frozenset[int]:
+    async def audience(self, user_id: int) -> AbstractSet[int]:
         """The course-mates who may message ``user_id``: the ones told when it comes online or
         goes offline (a user who accepts only its contacts is online for its contacts only)."""
         return (await self._circle(user_id)).audience
@@ -163,42 +163,68 @@ class Moodle(SessionRules, MessagingRules):
         return await self._mates.get_or_load(user_id, lambda: self._load_circle(user_id))
 
     async def _load_circle(self, user_id: int) -> Circle:
+        """One unit of work for the user's own rows (its courses, blocks); the members of each
+        course from the shared cache (read once per ``cache_ttl`` for everyone in it); one more
+        unit only when someone in the circle accepts messages from contacts only."""
+        def mine(q: Query) -> tuple[list[int], set[int], str]:
+            return self._courses_of(q, user_id), self._blocked_with(q, user_id), self._contact_mode(q)
+
+        course_ids, blocked, contact_mode = await self.db.run(mine)
+        members = dict(zip(course_ids, await asyncio.gather(*(self._course(c) for c in course_ids))))
+        base, order = self._unions.of(members)
+        # Only users someone's course lists as accepting contacts only need a closer look:
+        # usually none, and the circle costs no walk through the whole course.
+        known = frozenset().union(*(m.only_contacts for m in members.values())) - blocked
+        if known and contact_mode != "none":
+            candidates = set(base) - blocked - {user_id}
+
+            def privacy(q: Query) -> tuple[set[int], set[int], set[int], bool]:
+                return self._privacy_rows(q, user_id, candidates, known_only_contacts=set(known))
+
+            only_contacts, my_contacts, contact_of, me_only_contacts = await self.db.run(privacy)
+        else:
+            only_contacts, my_contacts, contact_of = set(known - {user_id}), set(), set()
+            me_only_contacts = user_id in known
+        closed = {uid for uid in only_contacts if uid in base and uid != user_id and uid not in contact_of}
+        audience: AbstractSet[int] = MateSet(base, user_id, blocked, order)
+        if me_only_contacts:
+            audience = frozenset(audience & my_contacts)
+        return Circle(mates=MateSet(base, user_id, blocked | closed, order), audience=audience,
+                      blocked=frozenset(blocked), closed=frozenset(closed))
+
+    def _courses_of(self, q: Query, me: int) -> list[int]:
+        """The visible courses (not the front page) where ``me`` has an active enrolment."""
+        now = int(time.time())
+        rows = q.all("SELECT DISTINCT c.id FROM {user_enrolments} ue "
+                     "JOIN {enrol} e ON e.id = ue.enrolid JOIN {course} c ON c.id = e.courseid "
+                     "WHERE ue.userid = %s AND c.id <> %s AND c.visible = 1 AND ue.status = 0 AND e.status = 0 "
+                     "AND ue.timestart <= %s AND (ue.timeend = 0 OR ue.timeend > %s)",
+                     (me, FRONT_PAGE_COURSE, now, now))
+        return sorted(int(row[0]) for row in rows)
+
+    async def _course(self, course_id: int) -> CourseMembers:
+        return await self._members.get_or_load(course_id, lambda: self._load_course(course_id))
+
+    async def _load_course(self, course_id: int) -> CourseMembers:
         cfg = await self.config()
 
-        def work(q: Query) -> tuple[list[tuple[Any, ...]], set[int], tuple[set[int], set[int], set[int], bool]]:
-            rows, blocked = self._coursemate_rows(q, user_id, cfg.site_guest)
-            candidates = {int(row[0]) for row in rows} - blocked
-            return rows, blocked, self._privacy_rows(q, user_id, candidates)
+        def work(q: Query) -> tuple[list[tuple[Any, ...]], set[int]]:
+            now = int(time.time())
+            rows = q.all(
+                f"SELECT {_USER_COLUMNS} FROM {{enrol}} e "
+                "JOIN {user_enrolments} ue ON ue.enrolid = e.id JOIN {user} u ON u.id = ue.userid "
+                "WHERE e.courseid = %s AND e.status = 0 AND ue.status = 0 AND ue.timestart <= %s "
+                "AND (ue.timeend = 0 OR ue.timeend > %s) AND u.id <> %s AND u.deleted = 0 AND u.suspended = 0 "
+                "AND u.confirmed = 1 AND u.auth <> 'nologin'", (course_id, now, now, cfg.site_guest))
+            return rows, self._only_contacts_among(q, {int(row[0]) for row in rows})
 
-        rows, blocked, (only_contacts, my_contacts, contact_of, me_only_contacts) = await self.db.run(work)
-        mates = set()
+        rows, only_contacts = await self.db.run(work)
+        keys = set()
         for row in rows:
             user = self._user_from_row(row)
             self._profiles.put(user.id, user)
-            if user.id not in blocked:
-                mates.add(user.id)
-        closed = {uid for uid in mates & only_contacts if uid not in contact_of}
-        audience = mates & my_contacts if me_only_contacts else mates
-        return Circle(mates=frozenset(mates - closed), audience=frozenset(audience),
-                      blocked=frozenset(blocked), closed=frozenset(closed))
-
-    def _coursemate_rows(self, q: Query, me: int, site_guest: int) -> tuple[list[tuple[Any, ...]], set[int]]:
-        now = int(time.time())
-        rows = q.all(
-            f"SELECT DISTINCT {_USER_COLUMNS} "
-            "FROM {user_enrolments} ue1 "
-            "JOIN {enrol} e1 ON e1.id = ue1.enrolid "
-            "JOIN {course} c ON c.id = e1.courseid "
-            "JOIN {enrol} e2 ON e2.courseid = c.id "
-            "JOIN {user_enrolments} ue2 ON ue2.enrolid = e2.id "
-            "JOIN {user} u ON u.id = ue2.userid "
-            "WHERE ue1.userid = %s AND c.id <> %s AND c.visible = 1 "
-            "AND ue1.status = 0 AND e1.status = 0 AND ue1.timestart <= %s AND (ue1.timeend = 0 OR ue1.timeend > %s) "
-            "AND ue2.status = 0 AND e2.status = 0 AND ue2.timestart <= %s AND (ue2.timeend = 0 OR ue2.timeend > %s) "
-            "AND u.id <> %s AND u.id <> %s AND u.deleted = 0 AND u.suspended = 0 AND u.confirmed = 1 "
-            "AND u.auth <> 'nologin'",
-            (me, FRONT_PAGE_COURSE, now, now, now, now, me, site_guest))
-        return rows, self._blocked_with(q, me)
+            keys.add(name_key(user.name, user.id))
+        return CourseMembers(frozenset(uid for _, uid in keys), frozenset(only_contacts), tuple(sorted(keys)))
 
     def _blocked_with(self, q: Query, me: int) -> set[int]:
         mode = self._detect_block_mode(q)
@@ -216,7 +242,9 @@ class Moodle(SessionRules, MessagingRules):
         return a != b and b in await self.coursemates(a)
 
     def forget_user(self, user_id: int) -> None:
+        """Look at ``user_id`` afresh next time (what ``cache_ttl`` does), its courses included."""
         self._mates.invalidate(user_id)
+        self._members.clear()
         self._profiles.invalidate(user_id)
         self._senders.invalidate(user_id)
 

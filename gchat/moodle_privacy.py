@@ -64,10 +64,13 @@ class MessagingRules:
             return "one_way"
         return "mutual" if self._has_table(q, "message_contacts") else "none"
 
-    def _privacy_rows(self, q: Query, me: int, candidates: set[int]) -> tuple[set[int], set[int], set[int], bool]:
+    def _privacy_rows(self, q: Query, me: int, candidates: set[int], known_only_contacts: set[int] | None = None
+                      ) -> tuple[set[int], set[int], set[int], bool]:
         """Of ``candidates``, who accepts contacts only; who may message ``me`` as a contact;
-        whose contact ``me`` is; and whether ``me`` accepts contacts only."""
-        only_contacts = self._only_contacts_among(q, candidates | {me})
+        whose contact ``me`` is; and whether ``me`` accepts contacts only. ``known_only_contacts``:
+        the first answer among ``candidates`` and ``me``, when the caller already read it."""
+        only_contacts = (self._only_contacts_among(q, candidates | {me}) if known_only_contacts is None
+                         else set(known_only_contacts))
         me_only_contacts = me in only_contacts
         only_contacts.discard(me)
         my_contacts: set[int] = set()

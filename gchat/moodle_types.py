@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 
 
@@ -51,8 +52,8 @@ class Circle:
     either way; ``closed``: course-mates who accept messages from their contacts only, this
     user not being one of them."""
 
-    mates: frozenset[int]
-    audience: frozenset[int]
+    mates: AbstractSet[int]  # shared between users of the same courses (gchat/coursemates.py)
+    audience: AbstractSet[int]
     blocked: frozenset[int]
     closed: frozenset[int]
 

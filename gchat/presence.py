@@ -3,8 +3,9 @@
 A user is online while any of their connections lives (on any process: the broker counts
 them), and goes offline only after ``presence_grace`` seconds without one, so that moving from
 one Moodle page to the next does not flash them offline. Each change is announced to the
-user's online course-mates only. The connection limits (per user, per client address) are
-enforced here, where the connections are counted.
+user's online course-mates only, coalesced with other changes (gchat/presence_fanout.py). The
+connection limits (per user, per client address) are enforced here, where the connections are
+counted.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from gchat.broker import Broker
 from gchat.config import Settings
 from gchat.errors import GchatError, Unavailable
 from gchat.ports import MoodleLookups
+from gchat.presence_fanout import Change, PresenceFanout
 from gchat.tasks import Background
 
 log = logging.getLogger("gchat.presence")
@@ -67,17 +69,20 @@ class Presence:
         self._settings = settings
         self._broker = broker
         self._moodle = moodle
-        self._publish = publish
         self._background = background
-        self._clients: dict[int, set[Client]] = {}
+        self._clients: dict[int, list[Client]] = {}  # a list each: most users have one client
         self._per_address: dict[str, int] = {}
         self._grace: dict[int, asyncio.TimerHandle] = {}
+        self.fanout = PresenceFanout(publish, broker, background, settings.presence_interval)
+        # Lookups for announcements in the database at once: a crowd arriving together must
+        # leave the pool to the sends of those already chatting (snapshots are bounded too).
+        self._lookups = asyncio.Semaphore(max(1, settings.db_pool_size // 4))
         self.closing = False
 
     # -- counts (read-only) -------------------------------------------------------------------
 
     def clients_of(self, user_id: int) -> set[Client]:
-        return self._clients.get(user_id, set())
+        return set(self._clients.get(user_id, ()))
 
     @property
     def client_count(self) -> int:
@@ -106,7 +111,7 @@ class Presence:
         if self.closing:
             raise shutting_down()
         uid = client.user_id
-        mine = self._clients.setdefault(uid, set())
+        mine = self._clients.setdefault(uid, [])
         if len(mine) >= self._settings.max_connections_per_user:
             if not mine:
                 del self._clients[uid]
@@ -116,7 +121,7 @@ class Presence:
             if not mine:
                 del self._clients[uid]
             raise GchatError("too_many_connections", "too many connections from this address")
-        mine.add(client)
+        mine.append(client)
         self._per_address[client.address] = self._per_address.get(client.address, 0) + 1
         timer = self._grace.pop(uid, None)
         if timer is not None:
@@ -136,7 +141,7 @@ class Presence:
         mine = self._clients.get(uid)
         if mine is None or client not in mine:
             return
-        mine.discard(client)
+        mine.remove(client)
         if not mine:
             del self._clients[uid]
         left = self._per_address.get(client.address, 1) - 1
@@ -168,6 +173,7 @@ class Presence:
         self.closing = True
         for timer in self._grace.values():
             timer.cancel()
+        self.fanout.close()
 
     # -- online and offline -------------------------------------------------------------------
 
@@ -200,20 +206,18 @@ class Presence:
         await self.announce(uid, "offline")
 
     async def announce(self, uid: int, status: str, attempt: int = 1) -> None:
-        """Tell the online course-mates of ``uid`` that it came online or went offline; while the
-        database is unavailable, try again a few times (a reconnect storm passes)."""
+        """Tell the online course-mates of ``uid`` that it came online or went offline (at the
+        next presence delivery, gchat/presence_fanout.py); while the database is unavailable,
+        try again a few times (a reconnect storm passes)."""
         try:
-            user = await self._moodle.user(uid)
-            mates = await self._moodle.audience(uid)  # who may message uid: its online status is theirs to see
-            targets = await self._broker.online(mates)
-            if user is None or not targets:
-                return
-            # With several processes a late "offline" must not overtake a newer "online".
-            if (uid in await self._broker.online([uid])) != (status == "online"):
-                return
-            await self._publish(targets, {"type": "presence", "user": user.as_dict(), "status": status})
+            async with self._lookups:
+                user = await self._moodle.user(uid)
+                audience = await self._moodle.audience(uid)  # who may message uid: its online status is theirs to see
         except Unavailable:
             if attempt < ANNOUNCE_ATTEMPTS and not self.closing:
                 self._background.later(attempt * ANNOUNCE_RETRY_SECS, lambda: self.announce(uid, status, attempt + 1))
                 return
             log.warning("presence of user %s (%s) not announced: database or broker unavailable", uid, status)
+            return
+        if user is not None and audience:
+            self.fanout.add(Change(uid, user.as_dict(), status, audience))

@@ -463,3 +463,78 @@ async def test_a_batch_to_a_closed_window_opens_it_once_and_counts_every_message
     assert [(r.message.id, r.message.text) for r in results] == [tuple(row) for row in rows]
     # One batch after the first message's own: far fewer statements than two per message.
     assert db.queries - before < 2 * 6 + 4
+
+
+# -- the write path: several batches at once, order kept per conversation ---------------------------
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_a_send_does_not_wait_for_a_batch_of_another_conversation(store, site, test_db_url):
+    """A batch held up in the database (here by a lock on the peer's member row) holds up its own
+    conversation only: a send in another conversation is committed meanwhile."""
+    slow, _, _ = await store.open(A, B, 10)
+    await store.open(B, A, 10)
+    fast, _, _ = await store.open(A, C, 10)
+    await store.open(C, A, 10)
+    side = db_connect(test_db_url, test_db_url.split("?")[0].rsplit("/", 1)[1])
+    try:
+        if site.engine == "postgresql":
+            side.autocommit = False
+        else:
+            side.begin()
+        with side.cursor() as cur:
+            cur.execute(f"SELECT unread FROM {PREFIX}gchat_members WHERE conversation = %s AND userid = %s FOR UPDATE",
+                        (slow.id, B))
+        held = asyncio.ensure_future(send(store, slow, A, "held up", "held"))
+        deadline = time.monotonic() + 4
+        while _lock_waits(site) < 1:
+            assert time.monotonic() < deadline, "the first send never waited on the lock"
+            assert not held.done(), held
+            await asyncio.sleep(0.15)
+        other = await asyncio.wait_for(send(store, fast, A, "not held up", "free"), 4)
+        assert not other.duplicate and other.message.conversation == fast.id
+        assert not held.done(), "the held-up send finished before its lock was released"
+        assert count(site, "SELECT COUNT(*) FROM {p}gchat_messages WHERE conversation = %s", (fast.id,)) == 1
+    finally:
+        side.commit()
+        side.close()
+    first = await held
+    assert first.message.text == "held up" and first.message.id != other.message.id
+    assert (await store.state(slow.id, B)).unread == 1
+
+
+def _lock_waits(site) -> int:
+    if site.engine == "postgresql":
+        return count(site, "SELECT COUNT(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                           "AND datname = current_database()")
+    return count(site, "SELECT COUNT(*) FROM information_schema.innodb_trx t "
+                       "JOIN information_schema.processlist p ON p.id = t.trx_mysql_thread_id "
+                       "WHERE t.trx_state = 'LOCK WAIT' AND p.db = DATABASE()")
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_concurrent_batches_keep_each_conversations_order(store, site):
+    """Many sends to many conversations at once (several batches in the database together):
+    every message is stored once, and within each conversation ids follow the order of the
+    sends, as do the results each sender gets."""
+    assert store.writer.lanes > 1
+    pairs = []
+    for i in range(8):
+        pair, _, _ = await store.open(1000 + i, 2000 + i, 10)
+        await store.open(2000 + i, 1000 + i, 10)
+        pairs.append(pair)
+    rounds = 4
+    for r in range(rounds):
+        sends = [send(store, pair, pair.low if (n + r) % 3 else pair.high, f"{pair.id}:{r}:{n}", f"{pair.id}-{r}-{n}")
+                 for n in range(12) for pair in pairs]
+        results = await asyncio.gather(*sends)
+        assert not any(result.duplicate for result in results)
+        for pair in pairs:
+            mine = [res.message for res in results if res.message.conversation == pair.id]
+            assert [m.text for m in mine] == [f"{pair.id}:{r}:{n}" for n in range(12)]
+            assert [m.id for m in mine] == sorted(m.id for m in mine)
+    for pair in pairs:
+        stored = site.rows("SELECT text FROM {p}gchat_messages WHERE conversation = %s ORDER BY id", (pair.id,))
+        assert [row[0] for row in stored] == [f"{pair.id}:{r}:{n}" for r in range(rounds) for n in range(12)]
+        assert (await store.state(pair.id, pair.low)).unread + (await store.state(pair.id, pair.high)).unread \
+            == rounds * 12

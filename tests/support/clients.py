@@ -63,7 +63,13 @@ class BaseClient:
             self.cursor = event["cursor"]
         if event.get("type") == "error":
             self.closed_error = event
-        self.events.append(event)
+        if event.get("type") == "presence_batch":
+            # As the widget does (docs/protocol.md): each change as if it were a presence event
+            # (news of this user itself included, which a client ignores).
+            self.events += [{"cursor": event.get("cursor"), "type": "presence", **change, "batched": True}
+                            for change in event["changes"]]
+        else:
+            self.events.append(event)
         async with self._changed:
             self._changed.notify_all()
 

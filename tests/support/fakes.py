@@ -221,7 +221,8 @@ class FakeStore:
         state = self._set(pair.id, peer, open=True, unread=was.unread + 1)
         if was.open:
             return Stored(message, False, None)
-        return Stored(message, False, state, self._last(pair.id, history))
+        return Stored(message, False, state, self._last(pair.id, history),
+                      (await self.peer_reads(peer, [pair.id]))[pair.id])
 
     async def history(self, conversation: int, before: int | None, limit: int) -> list[Message]:
         limit = max(1, min(limit, MAX_HISTORY_LIMIT))

@@ -10,8 +10,8 @@ from pathlib import Path
 
 GCHAT = Path(__file__).resolve().parents[2] / "gchat"
 MAX_CLASS_LINES = 250
-# Classes over the bound in files other branches are changing this round; each is to be split.
-KNOWN_LARGE = {("store.py", "ChatStore")}
+# Classes over the bound, each to be split (none left: ChatStore's batch writer is gchat/message_writer.py).
+KNOWN_LARGE: set[tuple[str, str]] = set()
 # The router and its parts, the broker and the wire format: no HTTP, no application wiring.
 CORE = ("router", "presence", "feed", "commands", "session_watch", "tasks", "ports", "limits", "wire", "broker",
         "redis_broker", "redis_link", "redis_publish", "redis_keepalive", "redis_scripts", "errors", "auth")

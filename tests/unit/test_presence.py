@@ -38,7 +38,11 @@ class Rig:
     async def presence_events(self, uid: int) -> list[tuple[int, str]]:
         head = await self.broker.head(uid)
         events, _ = await self.broker.read(uid, head.split(":")[0] + ":0")
-        return [(e["user"]["id"], e["status"]) for e in map(json.loads, events) if e["type"] == "presence"]
+        changes = []
+        for e in map(json.loads, events):  # a presence_batch is several presence events in one
+            for change in e["changes"] if e["type"] == "presence_batch" else [e] if e["type"] == "presence" else []:
+                changes.append((change["user"]["id"], change["status"]))
+        return changes
 
 
 @pytest.fixture

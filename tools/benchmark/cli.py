@@ -22,17 +22,24 @@ def main(argv: list[str] | None = None) -> int:
                                                  "python-socketio (see docs/performance.md)")
     parser.add_argument("--quick", action="store_true", help="≈1 minute smoke run with small numbers")
     parser.add_argument("--target", default="all", help="gchat, tornado, socketio, all, or a comma-separated list")
-    parser.add_argument("--mysql", default=os.environ.get("GCHAT_TEST_MYSQL", "mysql://root@127.0.0.1:3306"),
-                        help="MariaDB server URL (a database gchat_bench_<pid> is created and dropped)")
+    parser.add_argument("--db", "--mysql", dest="db",
+                        default=os.environ.get("GCHAT_TEST_MYSQL", "mysql://root@127.0.0.1:3306"),
+                        help="database server for gchat: mysql://root@127.0.0.1:3306 (MariaDB, the default) or "
+                             "postgresql://postgres@127.0.0.1:5432 (a database gchat_bench_<pid> is created and "
+                             "dropped)")
     parser.add_argument("--server-cpu", type=int, default=0, help="CPU the server is pinned to (-1: no pinning)")
     parser.add_argument("--gen-cpu", type=int, default=1, help="CPU the load generator is pinned to (-1: none)")
     parser.add_argument("--gen-procs", type=int, default=1, help="load generator processes")
     parser.add_argument("--connect-concurrency", type=int, default=50,
                         help="connections opened at once when filling the idle levels")
     parser.add_argument("--no-uvloop", action="store_true", help="plain asyncio loop in the generator")
-    parser.add_argument("--phases", default="load,idle", help="load (throughput and latency), idle, or both")
+    parser.add_argument("--phases", default="load,closed,idle,storm",
+                        help="comma-separated: load (open-loop ladder), closed (closed loop), idle, storm (gchat)")
     parser.add_argument("--idle", default=None, help="idle levels, e.g. 1000,5000,10000")
     parser.add_argument("--pairs", type=int, default=None, help="WS pairs and long-poll pairs per knee search")
+    parser.add_argument("--storm", default=None, help="storm sizes (users of one course), e.g. 1000,1500")
+    parser.add_argument("--closed-pairs", type=int, default=None, help="pairs of the closed loop (40)")
+    parser.add_argument("--closed-runs", type=int, default=None, help="closed-loop windows per transport (3)")
     parser.add_argument("--start-rate", type=float, default=None)
     parser.add_argument("--max-steps", type=int, default=None)
     parser.add_argument("--measure", type=float, default=None, help="seconds measured per step")
@@ -44,7 +51,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--gchat-experiment", default="",
                         help="what-if options of gchat for this run (tools/benchmark/serve_gchat.py): noping")
     parser.add_argument("--gchat-arg", action="append", help="extra gchat setting, e.g. --gchat-arg=--db_pool_size=16")
-    parser.add_argument("--relay-arg", action="append", help="extra tornado_relay.py flag, e.g. --relay-arg=--nodelay")
+    parser.add_argument("--relay-arg", action="append", help="extra tornado_relay.py flag")
+    parser.add_argument("--relay-nagle", action="store_true",
+                        help="leave Nagle's algorithm on in the bare relay's WebSockets (Tornado's default; gchat "
+                             "turns it off, and so does the relay unless this is given)")
     parser.add_argument("--python", default=sys.executable, help="Python that runs the servers")
     parser.add_argument("--out", default=None, help="folder for report.md, results.json and server logs")
     parser.add_argument("--keep-db", action="store_true", help="do not drop the benchmark database")
@@ -62,6 +72,12 @@ def main(argv: list[str] | None = None) -> int:
         cfg.max_steps = args.max_steps
     if args.measure:
         cfg.measure = args.measure
+    if args.storm:
+        cfg.storm_levels = tuple(int(x) for x in args.storm.split(","))
+    if args.closed_pairs:
+        cfg.closed_pairs = args.closed_pairs
+    if args.closed_runs:
+        cfg.closed_runs = args.closed_runs
     args.cfg = cfg
     targets = list(TARGETS) if args.target == "all" else [t.strip() for t in args.target.split(",") if t.strip()]
     for t in targets:

@@ -51,9 +51,25 @@ class Config:
     idle_hb_poll: float = 10.0
     idle_hb_socketio_poll: float = 20.0
     quiet_wait: float = 120.0      # seconds to wait, before each target, for the machine to calm down
+    # Closed loop: pairs that each bounce one message back and forth (tools/benchmark/closed.py).
+    closed_pairs: int = 40
+    closed_warmup: float = 1.0
+    closed_measure: float = 4.0
+    closed_runs: int = 3
+    retry_disturbed: bool = True   # run a closed-loop window again when other load disturbed it
+    # Storm: N users of one course connect while a pair chats (tools/benchmark/storm.py; gchat only).
+    storm_levels: tuple[int, ...] = (1000, 1500)
+    storm_concurrency: int = 100   # connections being opened at once
+    storm_chat_interval: float = 0.2
+    storm_quiet: float = 2.0       # seconds without a presence frame that end the storm
+    storm_limit: float = 300.0
+    storm_rtt_timeout: float = 10.0  # a round trip not answered by then is counted as unanswered
 
     @classmethod
     def quick(cls) -> Config:
         return cls(ws_pairs=10, poll_pairs=10, mixed_pairs=4, start_rate=100.0, factor=2.0, max_steps=3, refine=0,
                    warmup=0.3, measure=1.2, half_measure=1.5, drain=1.5, idle_levels=(300,), idle_settle=0.5,
-                   idle_window=1.5, idle_hb_ws=1.0, idle_hb_poll=1.0, idle_hb_socketio_poll=1.0, quiet_wait=0.0)
+                   idle_window=1.5, idle_hb_ws=1.0, idle_hb_poll=1.0, idle_hb_socketio_poll=1.0, quiet_wait=0.0,
+                   closed_pairs=5, closed_warmup=0.3, closed_measure=1.0, closed_runs=1, retry_disturbed=False,
+                   storm_levels=(100,),
+                   storm_concurrency=50, storm_quiet=1.0, storm_limit=60.0, storm_rtt_timeout=3.0)

@@ -9,6 +9,14 @@ time (``time.monotonic_ns``, one clock for every process of the machine) travels
 text, so a message that waited in the generator, on the wire or in the server counts all of that
 as latency (no coordinated omission). ``lag`` is how late the generator itself was.
 
+Closed loop (``start_closed``): each pair bounces one message back and forth: a client that
+receives its peer's message sends the next one at once, so the rate is whatever the server
+sustains with one message in flight per pair, and the latency is each hop's send → receipt.
+
+Storm (``storm_*``, tools/benchmark/storm.py): many clients of one course connect at a bounded
+concurrency while a pair chats; each storm client counts the presence frames and changes it
+receives and when the last one arrived.
+
 Message text: ``b:<intended ns>:<sender id>:<seq>:xxxx…`` padded to 100 characters.
 """
 
@@ -69,6 +77,10 @@ class Worker:
         self.retries = 0
         self.echoes = 0
         self._sched: asyncio.Task[None] | None = None
+        self.bouncing: list[Conn] = []  # the clients of a closed-loop run
+        self.storm_task: asyncio.Task[None] | None = None  # the storm's connections (genstorm.py)
+        self.chat_task: asyncio.Task[None] | None = None  # the storm's chatting pair
+        self.rtt_log: list[tuple[int, int]] = []  # (when, round trip ns) of the pair's messages
 
     def error(self, code: str) -> None:
         self.errors[code] = self.errors.get(code, 0) + 1
@@ -174,6 +186,53 @@ class Worker:
             # shorter sleep would spin. Sends due meanwhile go out together (their lag is counted).
             await asyncio.sleep(max((nxt - MONO()) / 1e9, 0.001))
 
+    async def start_closed(self, group: str, w0: int, w1: int) -> dict[str, Any]:
+        """Closed loop over the pairs of ``group``: the first of each pair serves one message;
+        every receipt is answered at once by the receiver (see ``Conn.on_message``)."""
+        conns = self.groups[group]
+        self.stats = StepStats(w0, w1)
+        for c in conns:
+            self.stats.sent.setdefault(c.label_out, 0)
+            self.stats.lat.setdefault(c.label_in, array("q"))
+            c.bounce = True
+        self.bouncing = conns
+        now = MONO()
+        for c in conns[::2]:
+            c.fire(now, now)
+        return {"pairs": len(conns) // 2}
+
+    async def collect_closed(self, drain: float) -> dict[str, Any]:
+        """Stop the bouncing and wait (at most ``drain`` s) for the messages still in flight."""
+        for c in self.bouncing:
+            c.bounce = False
+        st = self.stats
+        assert st is not None
+        deadline = time.monotonic() + drain
+        while time.monotonic() < deadline:
+            if sum(len(v) for v in st.lat.values()) >= sum(st.sent.values()):
+                break
+            await asyncio.sleep(0.02)
+        self.stats = None
+        self.bouncing = []
+        return st.result()
+
+    # The storm (tools/benchmark/genstorm.py).
+    async def storm_connect(self, **kwargs: Any) -> dict[str, Any]:
+        from tools.benchmark.genstorm import storm_connect
+        return await storm_connect(self, **kwargs)
+
+    async def storm_status(self, **kwargs: Any) -> dict[str, Any]:
+        from tools.benchmark.genstorm import storm_status
+        return await storm_status(self, **kwargs)
+
+    async def chat_start(self, **kwargs: Any) -> dict[str, Any]:
+        from tools.benchmark.genstorm import chat_start
+        return await chat_start(self, **kwargs)
+
+    async def chat_stop(self, **kwargs: Any) -> dict[str, Any]:
+        from tools.benchmark.genstorm import chat_stop
+        return await chat_stop(self, **kwargs)
+
     async def collect_step(self, drain: float) -> dict[str, Any]:
         if self._sched is not None:
             await self._sched
@@ -205,6 +264,9 @@ class Worker:
                 "disconnects": self.disconnects, "retries": self.retries, "errors": dict(self.errors)}
 
     async def close_group(self, group: str) -> dict[str, Any]:
+        if group.startswith("storm") and self.storm_task is not None:
+            self.storm_task.cancel()
+            self.storm_task = None
         conns = self.groups.pop(group, [])
         for c in conns:
             c.close()
@@ -249,6 +311,8 @@ class Conn:
         self.got = 0
         self.hb = 0
         self.closed = False
+        self.bounce = False  # closed loop: answer each message of the peer at once
+        self.answer = False  # storm pair: answer each message at once, with its send time
         self.label_in = self.label_out = "-"
         self.ready: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
         self._setup: dict[Any, asyncio.Future[dict[str, Any]]] = {}
@@ -262,7 +326,8 @@ class Conn:
         now = MONO()
         self.got += 1
         st = self.worker.stats
-        if seq <= self.last_in:
+        fresh = seq > self.last_in
+        if not fresh:
             if st is not None:
                 st.dups += 1
         else:
@@ -272,6 +337,10 @@ class Conn:
                 st.arrivals += 1
             if st.w0 <= intended < st.w1:
                 st.lat[self.label_in].append(now - intended)
+        if self.bounce and fresh:  # a repeat is not answered twice
+            self.fire(now, now)
+        elif self.answer and fresh:
+            self.fire(intended, now)
 
     def on_reply(self, ok: bool, raw: bytes) -> None:
         if ok:

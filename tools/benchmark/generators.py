@@ -39,6 +39,17 @@ class Generators:
             results.append(value)
         return results
 
+    def call_one(self, index: int, op: str, timeout: float = 300.0, **kwargs: Any) -> Any:
+        """``op`` on one generator process only."""
+        pipe = self.pipes[index]
+        pipe.send((op, kwargs))
+        if not pipe.poll(timeout):
+            raise RuntimeError(f"generator did not answer {op} within {timeout:.0f} s")
+        status, value = pipe.recv()
+        if status != "ok":
+            raise RuntimeError(f"generator failed in {op}:\n{value}")
+        return value
+
     def call_all(self, op: str, timeout: float = 300.0, **kwargs: Any) -> list[Any]:
         return self.call(op, [kwargs] * len(self.pipes), timeout)
 

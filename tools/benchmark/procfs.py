@@ -108,3 +108,42 @@ def mysql_port(url: str) -> int | None:
     if "unix_socket" in parts.query:
         return None
     return parts.port or 3306
+
+
+def children(pid: int) -> list[int]:
+    """The processes whose parent is ``pid`` (PostgreSQL's backends under its postmaster)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as handle:
+                fields = handle.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            found.append(int(entry))
+    return found
+
+
+class DatabaseCPU:
+    """CPU seconds of the database server behind ``url``: MariaDB's one process, or PostgreSQL's
+    postmaster and every backend under it (a backend that exited takes its seconds along:
+    gchat's pooled connections live as long as the server under test)."""
+
+    def __init__(self, url: str) -> None:
+        self.postgresql = urllib.parse.urlsplit(url).scheme in ("postgresql", "postgres")
+        if self.postgresql:
+            port = urllib.parse.urlsplit(url).port or 5432
+            self.pid = find_pid(("postgres", "postmaster"), port)
+        else:
+            self.pid = find_pid(("mariadbd", "mysqld"), mysql_port(url))
+        self.name = "PostgreSQL" if self.postgresql else "MariaDB"
+
+    def seconds(self) -> float:
+        if self.pid is None:
+            return float("nan")
+        total = proc_cpu(self.pid)
+        if self.postgresql:
+            total += sum(proc_cpu(child) for child in children(self.pid))
+        return total

@@ -15,15 +15,17 @@ from dataclasses import asdict
 from typing import Any
 
 from tests.support.process import ROOT
+from tools.benchmark.closed import ClosedPhase
 from tools.benchmark.config import Config, log
 from tools.benchmark.generators import Generators
 from tools.benchmark.idle import IdlePhase
 from tools.benchmark.load import LoadPhase
-from tools.benchmark.procfs import busy_pct, cpu_times, find_pid, mysql_port, proc_cpu, proc_rss_kb
+from tools.benchmark.procfs import DatabaseCPU, busy_pct, cpu_times, proc_cpu, proc_rss_kb
 from tools.benchmark.report import machine_info
 from tools.benchmark.servers import Server
 from tools.benchmark.site import BenchSite, BenchUser
 from tools.benchmark.stats import Sample
+from tools.benchmark.storm import StormPhase
 
 
 class Bench:
@@ -32,7 +34,7 @@ class Bench:
         self.cfg: Config = args.cfg
         self.run_dir = args.out
         self.site: BenchSite | None = None
-        self.db_pid = find_pid(("mariadbd", "mysqld"), mysql_port(args.mysql))
+        self.db_cpu = DatabaseCPU(args.db)
         self.results: dict[str, Any] = {"targets": {}, "warnings": [], "config": asdict(self.cfg)}
         self.gens: Generators | None = None
         self.server: Server | None = None
@@ -40,6 +42,8 @@ class Bench:
         self.users: dict[str, Any] = {}
         self.load = LoadPhase(self)
         self.idle = IdlePhase(self)
+        self.closed = ClosedPhase(self)
+        self.storm = StormPhase(self)
 
     # -- samples ----------------------------------------------------------------------------
     def sample(self) -> Sample:
@@ -51,7 +55,7 @@ class Bench:
             except Exception:
                 questions = None
         return Sample(server_cpu=proc_cpu(self.server.pid), gen_cpu=self.gens.cpu(),
-                      db_cpu=proc_cpu(self.db_pid) if self.db_pid else float("nan"),
+                      db_cpu=self.db_cpu.seconds(),
                       queries=self.server.queries(), questions=questions, t=time.monotonic(), cpus=cpu_times())
 
     def warn(self, text: str) -> None:
@@ -78,18 +82,23 @@ class Bench:
     def plan_users(self, targets: list[str]) -> None:
         cfg = self.cfg
         pair_sets = {"ws": [("ws", "ws")] * cfg.ws_pairs, "poll": [("poll", "poll")] * cfg.poll_pairs,
-                     "mixed": [("ws", "ws"), ("ws", "poll"), ("poll", "poll")] * cfg.mixed_pairs}
+                     "mixed": [("ws", "ws"), ("ws", "poll"), ("poll", "poll")] * cfg.mixed_pairs,
+                     "closed_ws": [("ws", "ws")] * cfg.closed_pairs,
+                     "closed_poll": [("poll", "poll")] * cfg.closed_pairs}
         idle_n = max(cfg.idle_levels) + 20  # 20 warm-up clients before the baseline RSS
         if "gchat" in targets:
             name = f"gchat_bench_{os.getpid()}"
-            self.site = BenchSite(self.args.mysql, name)
+            self.site = BenchSite(self.args.db, name)
             self.results["database"] = name
             started = time.monotonic()
             self.site.create(ROOT, self.args.python)
             sets = {key: self.site.add_groups([2] * len(pairs)) for key, pairs in pair_sets.items()}
             groups = self.site.add_groups([cfg.idle_group] * math.ceil(idle_n / cfg.idle_group))
             idle = [u for g in groups for u in g][:idle_n]
-            log(f"MariaDB database {name}: {sum(len(s) for s in sets.values()) * 2 + len(idle)} users, sessions "
+            if "storm" in self.args.phases:
+                self.users["storm"] = {n: self.site.add_groups([n + 2])[0] for n in cfg.storm_levels}
+            users = sum(len(s) for s in sets.values()) * 2 + len(idle)
+            log(f"{self.db_cpu.name} database {name}: {users} users, sessions "
                 f"and courses in {time.monotonic() - started:.1f} s")
         else:
             next_id = [10]
@@ -100,7 +109,7 @@ class Bench:
 
             sets = {key: [[user(), user()] for _ in pairs] for key, pairs in pair_sets.items()}
             idle = [user() for _ in range(idle_n)]
-        self.users = {"pairs": {key: list(zip(sets[key], pair_sets[key])) for key in pair_sets}, "idle": idle}
+        self.users.update({"pairs": {key: list(zip(sets[key], pair_sets[key])) for key in pair_sets}, "idle": idle})
 
     def tokens(self, target: str, users: list[Any], bootstrap: bool) -> dict[int, str]:
         """gchat: a token from api/bootstrap (the real path) or, for the thousands of idle users,
@@ -163,6 +172,15 @@ class Bench:
                 out["after_load_rss_kb"] = proc_rss_kb(server.pid)
             finally:
                 self.stop_server()
+        if "closed" in self.args.phases:
+            self.start_server(target)
+            try:
+                out["closed_ws"] = self.closed.run(target, "ws")
+                out["closed_poll"] = self.closed.run(target, "poll")
+            finally:
+                self.stop_server()
+        if "storm" in self.args.phases and target == "gchat":
+            out["storm"] = [self.storm.run(target, n, course) for n, course in self.users["storm"].items()]
         if "idle" in self.args.phases:
             out["idle_ws"] = self.idle.run(target, "ws")
             out["idle_poll"] = self.idle.run(target, "poll")

@@ -34,7 +34,7 @@ from gchat.app import Route, Services
 from gchat.main import Embedding, main
 from tools.benchmark.procfs import raise_nofile
 
-EXPERIMENTS: dict[str, dict[str, Any]] = {"noping": {"ping": 0, "reset": False}}
+EXPERIMENTS: dict[str, dict[str, Any]] = {"noping": {"ping": 0, "reset": False}, "noreset": {"reset": False}}
 
 
 class StatsHandler(tornado.web.RequestHandler):
@@ -84,6 +84,8 @@ def pool_options(names: list[str]) -> dict[str, Any]:
 
 if __name__ == "__main__":
     raise_nofile()
+    if os.environ.get("BENCH_SWITCH_INTERVAL"):  # what-if: the GIL handed to the database threads sooner
+        sys.setswitchinterval(float(os.environ["BENCH_SWITCH_INTERVAL"]))
     if os.environ.get("BENCH_TRACEMALLOC") == "1":
         tracemalloc.start(1)
     experiments = os.environ.get("BENCH_EXPERIMENTS", "").split(",")

@@ -67,6 +67,8 @@ class Server:
         elif self.target == "tornado":
             cmd = [py, os.path.join(ROOT, "tools", "bench_baselines", "tornado_relay.py"), f"--port={self.port}",
                    f"--ping-interval={ping}", f"--poll-timeout={lo:g}-{hi:g}"]
+            if not getattr(self.args, "relay_nagle", False):
+                cmd.append("--nodelay")  # as gchat does on its WebSockets: the same stack, at its best
             cmd += self.args.relay_arg or []
         else:
             cmd = [py, os.path.join(ROOT, "tools", "bench_baselines", "socketio_relay.py"), f"--port={self.port}",

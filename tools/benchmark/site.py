@@ -1,4 +1,5 @@
-"""A throwaway Moodle 2.2 site in MariaDB for the benchmark: schema, users, courses, sessions.
+"""A throwaway Moodle 2.2 site in MariaDB or PostgreSQL for the benchmark: schema, users,
+courses, sessions (``--db``).
 
 Rows are written in bulk (multi-row INSERTs), as Moodle would have them: every user confirmed,
 manual auth, enrolled in a visible course; one valid session per user.
@@ -14,10 +15,8 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-import pymysql
-
-from tests.moodle_site import moodle22_statements
-from tests.services import mysql_connect, with_database
+from tests.moodle_site import create_database, drop_database, moodle22_statements
+from tests.services import db_connect, is_postgresql, with_database
 
 PREFIX = "mdl_"
 GUEST_ID = 1
@@ -31,27 +30,26 @@ class BenchUser:
 
 
 class BenchSite:
-    def __init__(self, mysql_url: str, name: str) -> None:
-        self.mysql_url = mysql_url
+    def __init__(self, server_url: str, name: str) -> None:
+        self.server_url = server_url
+        self.engine = "postgresql" if is_postgresql(server_url) else "mariadb"
         self.name = name
-        self.url = with_database(mysql_url, name)
-        self.conn: pymysql.connections.Connection[Any] | None = None
+        self.url = with_database(server_url, name)
+        self.conn: Any = None
         self._next_user = FIRST_USER
         self._next_course = 2
 
     def create(self, root: str, python: str) -> None:
-        admin = mysql_connect(self.mysql_url)
-        with admin.cursor() as cur:
-            cur.execute(f"DROP DATABASE IF EXISTS `{self.name}`")
-            cur.execute(f"CREATE DATABASE `{self.name}` CHARACTER SET utf8mb4 COLLATE utf8mb4_unicode_ci")
-        admin.close()
-        self.conn = mysql_connect(self.mysql_url, self.name)
+        drop_database(self.server_url, self.name)
+        create_database(self.server_url, self.name)
+        self.conn = db_connect(self.server_url, self.name)
         with self.conn.cursor() as cur:
-            for statement in moodle22_statements(PREFIX):
+            for statement in moodle22_statements(PREFIX, self.engine):
                 cur.execute(statement)
             for name, value in (("sessiontimeout", "86400"), ("siteguest", str(GUEST_ID)), ("sessioncookie", ""),
                                 ("dbsessions", "1"), ("release", "2.2.9 (Build: 20130114)")):
-                cur.execute(f"REPLACE INTO {PREFIX}config (name, value) VALUES (%s, %s)", (name, value))
+                cur.execute(f"DELETE FROM {PREFIX}config WHERE name = %s", (name,))
+                cur.execute(f"INSERT INTO {PREFIX}config (name, value) VALUES (%s, %s)", (name, value))
             cur.execute(f"INSERT INTO {PREFIX}user (id, auth, confirmed, mnethostid, username, firstname, lastname) "
                         "VALUES (%s, 'manual', 1, 1, 'guest', 'Guest user', ' ')", (GUEST_ID,))
             cur.execute(f"INSERT INTO {PREFIX}course (id, category, fullname, shortname) "
@@ -90,6 +88,7 @@ class BenchSite:
             self._bulk(cur, "enrol", "id, enrol, status, courseid", enrols)
             self._bulk(cur, "user_enrolments", "status, enrolid, userid, timestart, timeend", enrolments)
             self._bulk(cur, "sessions", "state, sid, userid, timecreated, timemodified, firstip, lastip", sessions)
+        self.follow_ids()
         return groups
 
     @staticmethod
@@ -102,9 +101,19 @@ class BenchSite:
             cur.execute(f"INSERT INTO {PREFIX}{table} ({columns}) VALUES " + ", ".join([marks] * len(part)),
                         [v for row in part for v in row])
 
-    def questions(self) -> int:
-        """MariaDB's global statement counter (every client of the server counts)."""
-        assert self.conn is not None
+    def follow_ids(self) -> None:
+        """PostgreSQL: sequences after rows written with explicit ids (MariaDB's AUTO_INCREMENT follows)."""
+        if self.engine != "postgresql":
+            return
+        with self.conn.cursor() as cur:
+            for table in ("user", "course", "enrol"):
+                cur.execute(f"SELECT setval(pg_get_serial_sequence('{PREFIX}{table}', 'id'), "
+                            f"(SELECT GREATEST(MAX(id), 1) FROM {PREFIX}{table}))")
+
+    def questions(self) -> int | None:
+        """MariaDB's global statement counter (every client of the server counts); None on PostgreSQL."""
+        if self.engine == "postgresql":
+            return None
         with self.conn.cursor() as cur:
             cur.execute("SHOW GLOBAL STATUS LIKE 'Questions'")
             return int(cur.fetchone()[1])
@@ -113,9 +122,6 @@ class BenchSite:
         try:
             if self.conn is not None:
                 self.conn.close()
-            admin = mysql_connect(self.mysql_url)
-            with admin.cursor() as cur:
-                cur.execute(f"DROP DATABASE IF EXISTS `{self.name}`")
-            admin.close()
+            drop_database(self.server_url, self.name)
         except Exception as exc:  # a failed cleanup must not hide the results
             print(f"bench: could not drop database {self.name}: {exc}", file=sys.stderr)
