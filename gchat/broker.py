@@ -65,6 +65,11 @@ class Broker(abc.ABC):
     async def read(self, user_id: int, cursor: str) -> tuple[list[str], str]:
         """Events after ``cursor`` (wire JSON with cursors) and the new cursor; or CursorGone."""
 
+    def read_now(self, user_id: int, cursor: str) -> tuple[list[str], str] | None:
+        """:meth:`read` without waiting, for a broker whose logs are in this process; None
+        when it cannot answer so (the caller then uses :meth:`read`). Never raises CursorGone."""
+        return None
+
     def __init__(self) -> None:
         # This process's clients, by user: one wake-up, or a list when a user has several
         # (most have one: no list each).
@@ -199,6 +204,15 @@ class MemoryBroker(Broker):
         return format_cursor(user_log.epoch, user_log.last)
 
     async def read(self, user_id: int, cursor: str) -> tuple[list[str], str]:
+        return self._read(user_id, cursor)
+
+    def read_now(self, user_id: int, cursor: str) -> tuple[list[str], str] | None:
+        try:
+            return self._read(user_id, cursor)
+        except CursorGone:
+            return None
+
+    def _read(self, user_id: int, cursor: str) -> tuple[list[str], str]:
         epoch, seq = parse_cursor(cursor)
         user_log = self._logs.get(user_id)
         if user_log is None or epoch != user_log.epoch:

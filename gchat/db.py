@@ -102,9 +102,20 @@ class Query:
         self._cursor = conn.cursor()
         self.dialect: Dialect = db.sql_dialect
         self.count = 0
+        self._no_failover: contextlib.AbstractContextManager[Any] | None = None
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> int:
         self.count += 1
+        if self.count == 2:
+            # DBUtils runs a statement that failed on a lost connection once more on a new one.
+            # Right for the first statement of a unit of work (nothing came before it in its
+            # transaction); for a later one the new connection would lack the statements before
+            # it and the half unit would be committed. From the second statement on, a lost
+            # connection fails the unit (PostgreSQL's pool never fails over: _NoFailover).
+            no_failover = getattr(self._cursor, "no_failover", None)
+            if no_failover is not None:
+                self._no_failover = no_failover()  # held (and left) with the cursor
+                self._no_failover.__enter__()
         self._cursor.execute(self._db.sql(sql), tuple(params))
         return int(self._cursor.rowcount)
 
@@ -246,10 +257,16 @@ class Database:
                 connect["unix_socket"] = url.unix_socket
             else:
                 connect.update(host=url.host, port=url.port)
-            # ping=1: check a connection whenever it leaves the pool, so a MariaDB restart costs one
-            # failed unit of work per stale connection at most, and no gchat restart.
+            # A connection leaving the pool is checked (COM_PING) when it was idle for a while, so
+            # a MariaDB restart or wait_timeout costs no failed unit of work and no gchat restart.
+            # One in constant use is not: a round trip less per unit of work under load, and a
+            # connection lost meanwhile fails its unit's first statement, which DBUtils runs again
+            # on a new connection (see Query.execute).
+            # reset=False: no ROLLBACK as a connection goes back to the pool; every unit of work
+            # ends with its own COMMIT or ROLLBACK (_run_once).
             # pool_options: DBUtils options a benchmark's what-if run overrides (ping, reset).
-            self._pool = PooledDB(pymysql, maxconnections=size, blocking=True, **{"ping": 1, **pool_options}, **connect)
+            self._pool = PooledDB(pymysql, maxconnections=size, blocking=True,
+                                  **{"ping": (1, _ping_after_idle), "reset": False, **pool_options}, **connect)
         self.pool_size = size
         self._executor = ThreadPoolExecutor(max_workers=size, thread_name_prefix="gchat-db")
         self._in_flight = 0
@@ -381,6 +398,20 @@ def _postgresql_connect_args(url: DbUrl, timeout: float) -> dict[str, Any]:
     if url.sslmode:
         args["sslmode"] = url.sslmode
     return args
+
+
+PING_AFTER_IDLE_SECS = 1.0  # a MySQL connection idle this long is pinged when it leaves the pool
+
+
+def _ping_after_idle(con: Any) -> bool:
+    """DBUtils' check of a PyMySQL connection leaving the pool (see Database.__init__); a
+    failed ping raises, and DBUtils then opens a new connection."""
+    now = time.monotonic()
+    last = getattr(con, "_gchat_taken", None)
+    con._gchat_taken = now
+    if last is None or now - last >= PING_AFTER_IDLE_SECS:
+        con.ping(False)
+    return True
 
 
 def _quiet_rollback(conn: Any) -> None:

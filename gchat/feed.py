@@ -95,6 +95,11 @@ class Feed:
                 return await self._ready(identity, reset=True)
         return await self._ready(identity, reset=False)
 
+    def catch_up_now(self, identity: Identity, cursor: str) -> tuple[list[str], str] | None:
+        """:meth:`catch_up` of a resumable cursor without a turn of the event loop, where the
+        broker can (the memory broker); None otherwise."""
+        return self._broker.read_now(identity.user_id, cursor)
+
     async def _ready(self, identity: Identity, *, reset: bool) -> tuple[list[str], str]:
         uid = identity.user_id
         # The head is taken before the snapshot is read, so nothing published meanwhile is

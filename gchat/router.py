@@ -119,6 +119,9 @@ class Router:
     async def catch_up(self, identity: Identity, cursor: str | None) -> tuple[list[str], str]:
         return await self._feed.catch_up(identity, cursor)
 
+    def catch_up_now(self, identity: Identity, cursor: str) -> tuple[list[str], str] | None:
+        return self._feed.catch_up_now(identity, cursor)
+
     # -- commands ---------------------------------------------------------------------------
 
     async def handle(self, identity: Identity, command: Any) -> dict[str, Any]:

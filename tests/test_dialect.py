@@ -194,3 +194,56 @@ def test_a_real_deadlock_victim_is_run_again(pg_url):
         assert db.run_sync(lambda q: q.all("SELECT id, n FROM {rows} ORDER BY id")) == [(1, 2), (2, 2)]
     finally:
         db.close()
+
+
+# -- MariaDB: lost connections, on a real server ---------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def my_url(mariadb_url):
+    name = f"gchat_dialect_{secrets.token_hex(4)}"
+    create_database(mariadb_url, name)
+    yield with_database(mariadb_url, name)
+    drop_database(mariadb_url, name)
+
+
+def kill(my_url: str, connection_id: int) -> None:
+    """What an administrator's KILL, wait_timeout or a server restart does to one connection."""
+    admin = db_connect(my_url)
+    with admin.cursor() as cur:
+        cur.execute("KILL %s", (connection_id,))
+    admin.close()
+
+
+@pytest.mark.parametrize("idle", [False, True], ids=["just used", "idle"])
+def test_a_killed_mariadb_connection_costs_no_failed_unit_of_work(my_url, monkeypatch, idle):
+    """Idle: the ping as it leaves the pool finds it dead. Just used (no ping): its first
+    statement fails and runs again on a new connection."""
+    if idle:
+        monkeypatch.setattr("gchat.db.PING_AFTER_IDLE_SECS", 0.0)
+    db = Database(parse_db_url(my_url), prefix="mdl_", pool_size=1, timeout=5)
+    try:
+        first = db.run_sync(lambda q: q.scalar("SELECT CONNECTION_ID()"))
+        kill(my_url, first)
+        second = db.run_sync(lambda q: q.scalar("SELECT CONNECTION_ID()"))
+        assert second != first
+    finally:
+        db.close()
+
+
+def test_a_mariadb_connection_lost_during_a_unit_of_work_is_unavailable_and_not_half_committed(my_url):
+    db = Database(parse_db_url(my_url), prefix="mdl_", pool_size=1, timeout=5)
+    try:
+        db.run_sync(lambda q: q.execute("CREATE TABLE IF NOT EXISTS {lost} (n INT) ENGINE=InnoDB"))
+
+        def work(q):
+            q.execute("INSERT INTO {lost} (n) VALUES (1)")
+            kill(my_url, q.scalar("SELECT CONNECTION_ID()"))
+            q.execute("INSERT INTO {lost} (n) VALUES (2)")
+
+        with pytest.raises(Unavailable):
+            db.run_sync(work)
+        # Neither row: the second INSERT was not run again alone on a new connection.
+        assert db.run_sync(lambda q: q.all("SELECT n FROM {lost}")) == []
+    finally:
+        db.close()

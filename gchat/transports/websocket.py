@@ -49,9 +49,23 @@ class WebSocketClient(Client):
     def wake(self) -> None:
         if self._pumping:
             self._again = True
+        elif self.cursor is not None and self._deliver_now(self.cursor):
+            return
         else:
             self._pumping = True
             self.handler.router.spawn(self._pump())
+
+    def _deliver_now(self, cursor: str) -> bool:
+        """The common case, a client that is caught up and gets a new event: written at once,
+        without a task (the memory broker). False when it needs the asynchronous way."""
+        found = self.handler.router.catch_up_now(self.identity, cursor)
+        if found is None:
+            return False
+        events, self.cursor = found
+        for event in events:
+            if not self.handler.send(event):
+                break
+        return True
 
     def start(self, cursor: str | None) -> None:
         self.cursor = cursor
