@@ -71,6 +71,7 @@ class Presence:
         self._moodle = moodle
         self._background = background
         self._clients: dict[int, list[Client]] = {}  # a list each: most users have one client
+        self._sessions: frozenset[tuple[int, str]] | None = None  # sessions(), until a client comes or goes
         self._per_address: dict[str, int] = {}
         self._grace: dict[int, asyncio.TimerHandle] = {}
         self.fanout = PresenceFanout(publish, broker, background, settings.presence_interval)
@@ -100,9 +101,13 @@ class Presence:
                 counts[client.transport] = counts.get(client.transport, 0) + 1
         return counts
 
-    def sessions(self) -> set[tuple[int, str]]:
-        """(user, session hash) of every live client."""
-        return {(c.identity.user_id, c.identity.sid_hash) for cs in self._clients.values() for c in cs}
+    def sessions(self) -> frozenset[tuple[int, str]]:
+        """(user, session hash) of every live client. Kept between re-checks while no client
+        comes or goes: the session watch asks every couple of seconds, about thousands."""
+        if self._sessions is None:
+            self._sessions = frozenset((c.identity.user_id, c.identity.sid_hash)
+                                       for cs in self._clients.values() for c in cs)
+        return self._sessions
 
     # -- clients ------------------------------------------------------------------------------
 
@@ -122,6 +127,7 @@ class Presence:
                 del self._clients[uid]
             raise GchatError("too_many_connections", "too many connections from this address")
         mine.append(client)
+        self._sessions = None
         self._per_address[client.address] = self._per_address.get(client.address, 0) + 1
         timer = self._grace.pop(uid, None)
         if timer is not None:
@@ -142,6 +148,7 @@ class Presence:
         if mine is None or client not in mine:
             return
         mine.remove(client)
+        self._sessions = None
         if not mine:
             del self._clients[uid]
         left = self._per_address.get(client.address, 1) - 1
