@@ -106,7 +106,7 @@ class IdlePhase:
                     "hb_interval_s": real / scale, "cpu_us_per_hb": per_hb_us,
                     "cpu_real_pct": (per_hb_us * 1e-6 * level / real * 100) if hb >= MIN_HEARTBEATS else float("nan"),
                     "gen_cpu": (after.gen_cpu - before.gen_cpu) / elapsed * 100,
-                    "open": still_open,
+                    "open": still_open, "window_s": elapsed,
                 }
                 if traced is not None:
                     entry["tracemalloc"] = traced
