@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import secrets
 import threading
+from collections.abc import Iterator
 
 import pytest
 
@@ -97,12 +98,17 @@ def test_mysql_server_names(version, name):
 # -- PostgreSQL errors, on a real server -----------------------------------------------------------------
 
 
+def scratch_database(server_url: str) -> Iterator[str]:
+    """A database of its own on ``server_url`` for one module, dropped afterwards."""
+    name = f"gchat_dialect_{secrets.token_hex(4)}"
+    create_database(server_url, name)
+    yield with_database(server_url, name)
+    drop_database(server_url, name)
+
+
 @pytest.fixture(scope="module")
 def pg_url(postgresql_url):
-    name = f"gchat_dialect_{secrets.token_hex(4)}"
-    create_database(postgresql_url, name)
-    yield with_database(postgresql_url, name)
-    drop_database(postgresql_url, name)
+    yield from scratch_database(postgresql_url)
 
 
 def terminate(pg_url: str, pid: int) -> None:
@@ -131,24 +137,6 @@ def test_a_terminated_connection_is_replaced_when_it_leaves_the_pool(pg_url):
         terminate(pg_url, first)
         second = db.run_sync(lambda q: q.scalar("SELECT pg_backend_pid()"))  # no failed unit of work
         assert second != first
-    finally:
-        db.close()
-
-
-def test_a_connection_lost_during_a_unit_of_work_is_unavailable_and_not_half_committed(pg_url):
-    db = Database(parse_db_url(pg_url), prefix="mdl_", pool_size=1, timeout=5)
-    try:
-        db.run_sync(lambda q: q.execute("CREATE TABLE IF NOT EXISTS {lost} (n INT)"))
-
-        def work(q):
-            q.execute("INSERT INTO {lost} (n) VALUES (1)")
-            terminate(pg_url, q.scalar("SELECT pg_backend_pid()"))
-            q.execute("INSERT INTO {lost} (n) VALUES (2)")
-
-        with pytest.raises(Unavailable):
-            db.run_sync(work)
-        # Neither row: the second INSERT was not run again alone on a new connection.
-        assert db.run_sync(lambda q: q.all("SELECT n FROM {lost}")) == []
     finally:
         db.close()
 
@@ -201,10 +189,7 @@ def test_a_real_deadlock_victim_is_run_again(pg_url):
 
 @pytest.fixture(scope="module")
 def my_url(mariadb_url):
-    name = f"gchat_dialect_{secrets.token_hex(4)}"
-    create_database(mariadb_url, name)
-    yield with_database(mariadb_url, name)
-    drop_database(mariadb_url, name)
+    yield from scratch_database(mariadb_url)
 
 
 def kill(my_url: str, connection_id: int) -> None:
@@ -231,14 +216,21 @@ def test_a_killed_mariadb_connection_costs_no_failed_unit_of_work(my_url, monkey
         db.close()
 
 
-def test_a_mariadb_connection_lost_during_a_unit_of_work_is_unavailable_and_not_half_committed(my_url):
-    db = Database(parse_db_url(my_url), prefix="mdl_", pool_size=1, timeout=5)
+# How to find a connection's server-side id and cut it, by engine.
+CUTTERS = {"postgresql": ("SELECT pg_backend_pid()", terminate), "mariadb": ("SELECT CONNECTION_ID()", kill)}
+
+
+@pytest.mark.parametrize("engine_name", sorted(CUTTERS))
+def test_a_connection_lost_during_a_unit_of_work_is_unavailable_and_not_half_committed(request, engine_name):
+    url = request.getfixturevalue("pg_url" if engine_name == "postgresql" else "my_url")
+    backend_id, cut = CUTTERS[engine_name]
+    db = Database(parse_db_url(url), prefix="mdl_", pool_size=1, timeout=5)
     try:
-        db.run_sync(lambda q: q.execute("CREATE TABLE IF NOT EXISTS {lost} (n INT) ENGINE=InnoDB"))
+        db.run_sync(lambda q: q.execute("CREATE TABLE IF NOT EXISTS {lost} (n INT)"))
 
         def work(q):
             q.execute("INSERT INTO {lost} (n) VALUES (1)")
-            kill(my_url, q.scalar("SELECT CONNECTION_ID()"))
+            cut(url, q.scalar(backend_id))
             q.execute("INSERT INTO {lost} (n) VALUES (2)")
 
         with pytest.raises(Unavailable):
