@@ -62,6 +62,12 @@ async def test_connections_are_counted_by_user_and_transport(rig, moodle):
     await rig.detach(first)
     await rig.detach(first)  # twice: nothing more happens
     assert rig.presence.client_count == 2 and len(rig.presence.clients_of(ana)) == 1
+    # The sessions the re-check asks about follow clients coming and going.
+    assert rig.presence.sessions() == {(c.identity.user_id, c.identity.sid_hash)
+                                       for uid in (ana, ben) for c in rig.presence.clients_of(uid)}
+    assert len(rig.presence.sessions()) == 2
+    await rig.attach(ben)
+    assert len(rig.presence.sessions()) == 3
 
 
 @pytest.mark.gen_test
