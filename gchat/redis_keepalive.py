@@ -10,7 +10,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from gchat.redis_link import BACKOFF_MAX_SECS, BACKOFF_MIN_SECS, RedisLink
+from gchat.redis_link import BACKOFF_MAX_SECS, BACKOFF_MIN_SECS, RedisLink, raise_if_cancelled
 from gchat.redis_publish import RedisPublisher
 
 try:
@@ -48,10 +48,12 @@ class RedisKeepAlive:
         backoff = BACKOFF_MIN_SECS
         probe = self._link.probe
         while not self._link.closed:
+            raise_if_cancelled()
             orphans: list[int] = []
             probe.clear()
             try:
-                orphans = await asyncio.wait_for(self.beat(), self._link.op_timeout)
+                async with asyncio.timeout(self._link.op_timeout):
+                    orphans = await self.beat()
                 self._link.set_up()
                 await self._recover()
                 delay, backoff = self._beat_every, BACKOFF_MIN_SECS
@@ -65,7 +67,8 @@ class RedisKeepAlive:
                 delay = self._beat_every
             await self._orphaned(orphans)
             try:
-                await asyncio.wait_for(probe.wait(), delay)
+                async with asyncio.timeout(delay):
+                    await probe.wait()
             except TimeoutError:
                 pass
 

@@ -43,6 +43,15 @@ _OWN_URL_PARAMS = ("key_prefix", "presence_ttl")
 UNREACHABLE = "the chat broker (Redis) is not reachable; try again"
 
 
+def raise_if_cancelled() -> None:
+    """End a background loop whose task was cancelled even if something inside swallowed the
+    CancelledError (Python 3.11's ``asyncio.wait_for`` can, when the cancellation arrives as its
+    awaitable finishes; so can a library): without this, the loop would outlive ``close()``."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
+
+
 def why(error: object) -> str:
     return str(error) or type(error).__name__
 
@@ -149,13 +158,16 @@ class RedisLink:
         ``subscribed()`` runs after every (re)subscription."""
         backoff = BACKOFF_MIN_SECS
         while not self.closed:
+            raise_if_cancelled()
             pubsub = self.sub.pubsub(ignore_subscribe_messages=True)
             try:
-                await asyncio.wait_for(pubsub.subscribe(self.keys.channel), self.op_timeout)
+                async with asyncio.timeout(self.op_timeout):  # not wait_for: see raise_if_cancelled
+                    await pubsub.subscribe(self.keys.channel)
                 backoff = BACKOFF_MIN_SECS
                 subscribed()
                 self.probe.set()
                 while not self.closed:
+                    raise_if_cancelled()
                     message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
                     if message is not None and message.get("type") == "message":
                         dispatch(message.get("data"))
