@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.support.clients import PollClient, WSClient, bootstrap
+from tests.support.clients import bootstrap, send_and_receive, websocket_meets_longpoll
 
 ENGINES = ("mariadb", "postgresql")
 
@@ -16,25 +16,10 @@ ENGINES = ("mariadb", "postgresql")
 async def test_websocket_to_longpoll_chat_history_and_logout(http_server, base_url, site, services, engine):
     ana, ben = site.classmates("Ana", "Ben")
     ana_sid = site.login(ana)
-    code, boot = await bootstrap(base_url, ana_sid)
-    assert code == 200 and boot["user"]["id"] == ana, boot
-    a = await WSClient(base_url, boot["token"]).connect()
-    ready = await a.wait_type("ready")
-    assert ready["me"]["id"] == ana and ready["online"] == []
-
-    code, boot = await bootstrap(base_url, site.login(ben))
-    assert code == 200, boot
-    b = await PollClient(base_url, boot["token"]).connect()
-    ready = await b.wait_type("ready")
-    assert [u["id"] for u in ready["online"]] == [ana]
-    online = await a.wait_type("presence", status="online")
-    assert online["user"]["id"] == ben and online["user"]["name"] == "Ben Tester"
+    a, b, _ = await websocket_meets_longpoll(base_url, ana, ana_sid, ben, site.login(ben))
 
     conv = (await a.command("open", user=ben))["conversation"]["id"]
-    sent = [(await a.send_text(conv, f"olá {i} 😀", client_id=f"c{i}"))["message"] for i in range(3)]
-    for message in sent:
-        got = await b.wait_for(lambda e, m=message: e.get("type") == "message" and e["message"]["id"] == m["id"])
-        assert got["message"] == message
+    sent = await send_and_receive(a, b, conv, [(f"olá {i} 😀", f"c{i}") for i in range(3)])
     back = await b.send_text(conv, "hi Ana", client_id="pad")
     padded = await b.send_text(conv, "a different message", client_id="pad ")
     retried = await b.send_text(conv, "hi Ana (retried)", client_id="pad")

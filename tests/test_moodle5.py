@@ -22,7 +22,7 @@ from gchat.sessions import parse_moodle_sessions
 from tests.conftest import ALL_SCHEMAS, PREFIX
 from tests.services import db_connect
 from tests.session_stores import RedisSessions, php  # noqa: F401
-from tests.support.clients import PollClient, WSClient, bootstrap
+from tests.support.clients import bootstrap, send_and_receive, websocket_meets_longpoll
 from tests.support.process import clean_env, gchat_command
 
 MOODLE5 = [version for version in ALL_SCHEMAS if version.startswith("5.")][-1]  # the newest 5.x schema
@@ -70,26 +70,12 @@ async def test_chat_on_moodle5_with_redis_sessions_written_by_php(
     assert_moodle5_site_without_session_rows(site)
     assert f"{redis_prefix}session_{ana_sid}" in redis_keys(redis_url, redis_prefix)
 
-    code, boot = await bootstrap(base_url, ana_sid)
-    assert code == 200 and boot["user"] == {"id": ana, "name": "Ana Tester",
-                                            "picture": f"http://moodle.test/user/pix.php/{ana}/f2.jpg"}, boot
-    a = await WSClient(base_url, boot["token"]).connect()
-    ready = await a.wait_type("ready")
-    assert ready["me"]["id"] == ana and ready["online"] == []
-
-    code, boot = await bootstrap(base_url, ben_sid)
-    assert code == 200 and boot["user"]["id"] == ben, boot
-    b = await PollClient(base_url, boot["token"]).connect()
-    ready = await b.wait_type("ready")
-    assert [u["id"] for u in ready["online"]] == [ana]
-    online = await a.wait_type("presence", status="online")
-    assert online["user"]["id"] == ben and online["user"]["name"] == "Ben Tester"
+    a, b, boot = await websocket_meets_longpoll(base_url, ana, ana_sid, ben, ben_sid)
+    assert boot["user"] == {"id": ana, "name": "Ana Tester",
+                            "picture": f"http://moodle.test/user/pix.php/{ana}/f2.jpg"}, boot
 
     conv = (await a.command("open", user=ben))["conversation"]["id"]
-    sent = [(await a.send_text(conv, f"Olá Ben {i} — 😀", client_id=f"a{i}"))["message"] for i in range(3)]
-    for message in sent:
-        got = await b.wait_for(lambda e, m=message: e.get("type") == "message" and e["message"]["id"] == m["id"])
-        assert got["message"] == message
+    sent = await send_and_receive(a, b, conv, [(f"Olá Ben {i} — 😀", f"a{i}") for i in range(3)])
     back = (await b.send_text(conv, "Hi Ana", client_id="b0"))["message"]
     got = await a.wait_for(lambda e: e.get("type") == "message" and e["message"]["id"] == back["id"])
     assert got["message"]["text"] == "Hi Ana" and got["message"]["from"] == ben

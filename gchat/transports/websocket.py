@@ -62,10 +62,12 @@ class WebSocketClient(Client):
         if found is None:
             return False
         events, self.cursor = found
-        for event in events:
-            if not self.handler.send(event):
-                break
+        self._write(events)
         return True
+
+    def _write(self, events: list[str]) -> bool:
+        """Write ``events`` in order; False when the connection is gone (the rest are dropped)."""
+        return all(self.handler.send(event) for event in events)
 
     def start(self, cursor: str | None) -> None:
         self.cursor = cursor
@@ -77,9 +79,8 @@ class WebSocketClient(Client):
             while True:
                 self._again = False
                 events, self.cursor = await router.catch_up(self.identity, self.cursor)
-                for event in events:
-                    if not self.handler.send(event):
-                        return
+                if not self._write(events):
+                    return
                 if not self._again:
                     return
         except GchatError as exc:

@@ -249,6 +249,37 @@ async def connect(base_url: str, site: MoodleLogin, user: int, transport: str | 
     return client
 
 
+async def websocket_meets_longpoll(base_url: str, ana: int, ana_sid: str, ben: int, ben_sid: str
+                                   ) -> tuple[Any, Any, dict[str, Any]]:
+    """Ana connects over WebSocket from her Moodle session and sees nobody online; Ben connects
+    over long-poll from his and sees Ana; Ana hears Ben come online. Returns their clients and
+    Ana's bootstrap answer."""
+    code, boot = await bootstrap(base_url, ana_sid)
+    assert code == 200 and boot["user"]["id"] == ana, boot
+    a = await WSClient(base_url, boot["token"]).connect()
+    ready = await a.wait_type("ready")
+    assert ready["me"]["id"] == ana and ready["online"] == []
+    code, ben_boot = await bootstrap(base_url, ben_sid)
+    assert code == 200 and ben_boot["user"]["id"] == ben, ben_boot
+    b = await PollClient(base_url, ben_boot["token"]).connect()
+    ready = await b.wait_type("ready")
+    assert [u["id"] for u in ready["online"]] == [ana]
+    online = await a.wait_type("presence", status="online")
+    assert online["user"]["id"] == ben and online["user"]["name"] == "Ben Tester"
+    return a, b, boot
+
+
+async def send_and_receive(sender: Any, receiver: Any, conversation: int, texts: list[tuple[str, str]]
+                           ) -> list[dict[str, Any]]:
+    """``sender`` sends each (text, client_id); ``receiver`` gets each message as stored. The
+    stored messages, in order."""
+    sent = [(await sender.send_text(conversation, text, client_id=client_id))["message"] for text, client_id in texts]
+    for message in sent:
+        got = await receiver.wait_for(lambda e, m=message: e.get("type") == "message" and e["message"]["id"] == m["id"])
+        assert got["message"] == message
+    return sent
+
+
 class People:
     """The people of one test on one server: ``await people.connect(ana, "longpoll")``, and
     ``await people.chat(first, second)`` for the usual set-up of two course-mates, connected,

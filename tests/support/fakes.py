@@ -11,15 +11,19 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import json
 import secrets
 import time
 from collections.abc import Callable, Coroutine, Iterable
 from typing import Any
 
 from gchat.auth import Identity
+from gchat.broker import Broker
+from gchat.config import Settings
 from gchat.errors import GchatError, Unavailable
+from gchat.feed import Feed
 from gchat.moodle import MoodleConfig, SessionCheck, User, sid_hash
-from gchat.presence import Client
+from gchat.presence import Client, Presence
 from gchat.store import MAX_HISTORY_LIMIT, MemberState, Message, Pair, Read, Recent, Stored
 from gchat.tasks import Background
 
@@ -284,3 +288,34 @@ class ManualBackground(Background):
         """Let every spawned task run to its end."""
         while self._tasks:
             await asyncio.gather(*list(self._tasks))
+
+
+class PresenceRig:
+    """Presence over the feed and a broker, background work run by hand (ManualBackground)."""
+
+    def __init__(self, settings: Settings, moodle: FakeMoodle, broker: Broker) -> None:
+        self.moodle = moodle
+        self.broker = broker
+        self.background = ManualBackground()
+        self.feed = Feed(settings, broker=broker, moodle=moodle, store=FakeStore())
+        self.presence = Presence(settings, broker=broker, moodle=moodle, publish=self.feed.publish,
+                                 background=self.background)
+
+    async def attach(self, uid: int, address: str = "10.0.0.1") -> RecordingClient:
+        client = RecordingClient(self.moodle.identity(uid), address)
+        await self.presence.attach(client)
+        await self.background.settle()
+        return client
+
+    async def detach(self, client: RecordingClient) -> None:
+        await self.presence.detach(client)
+        await self.background.settle()
+
+    async def presence_events(self, uid: int) -> list[tuple[int, str]]:
+        head = await self.broker.head(uid)
+        events, _ = await self.broker.read(uid, head.split(":")[0] + ":0")
+        changes = []
+        for e in map(json.loads, events):  # a presence_batch is several presence events in one
+            for change in e["changes"] if e["type"] == "presence_batch" else [e] if e["type"] == "presence" else []:
+                changes.append((change["user"]["id"], change["status"]))
+        return changes

@@ -12,9 +12,8 @@ from typing import Any
 import pytest
 
 from gchat.feed import FANOUT_SLICE, Feed
-from gchat.presence import Presence
 from gchat.coursemates import MateSet
-from tests.support.fakes import FakeMoodle, FakeStore, ManualBackground, RecordingClient
+from tests.support.fakes import FakeMoodle, FakeStore, PresenceRig, RecordingClient
 
 
 async def events_of(broker: Any, uid: int) -> list[dict[str, Any]]:
@@ -39,14 +38,9 @@ def presence_frames(events: list[dict[str, Any]]) -> int:
     return sum(1 for e in events if e["type"] in ("presence", "presence_batch"))
 
 
-class Course:
+class Course(PresenceRig):
     def __init__(self, settings: Any, moodle: Any, broker: Any, size: int) -> None:
-        self.moodle = moodle
-        self.broker = broker
-        self.background = ManualBackground()
-        self.feed = Feed(settings, broker=broker, moodle=moodle, store=FakeStore())
-        self.presence = Presence(settings, broker=broker, moodle=moodle, publish=self.feed.publish,
-                                 background=self.background)
+        super().__init__(settings, moodle, broker)
         self.users = moodle.classmates(*(f"Student{n:04d}" for n in range(size)))
 
     async def arrive(self, uid: int) -> RecordingClient:

@@ -4,50 +4,15 @@ changes within the grace period, orphans, and retries while the database is away
 
 from __future__ import annotations
 
-import json
-from typing import Any
-
 import pytest
 
-from gchat.config import Settings
 from gchat.errors import GchatError
-from gchat.feed import Feed
-from gchat.presence import Presence
-from tests.support.fakes import FakeMoodle, FakeStore, ManualBackground, RecordingClient
-
-
-class Rig:
-    def __init__(self, settings: Settings, moodle: FakeMoodle, broker: Any) -> None:
-        self.moodle = moodle
-        self.broker = broker
-        self.background = ManualBackground()
-        self.feed = Feed(settings, broker=broker, moodle=moodle, store=FakeStore())
-        self.presence = Presence(settings, broker=broker, moodle=moodle, publish=self.feed.publish,
-                                 background=self.background)
-
-    async def attach(self, uid: int, address: str = "10.0.0.1") -> RecordingClient:
-        client = RecordingClient(self.moodle.identity(uid), address)
-        await self.presence.attach(client)
-        await self.background.settle()
-        return client
-
-    async def detach(self, client: RecordingClient) -> None:
-        await self.presence.detach(client)
-        await self.background.settle()
-
-    async def presence_events(self, uid: int) -> list[tuple[int, str]]:
-        head = await self.broker.head(uid)
-        events, _ = await self.broker.read(uid, head.split(":")[0] + ":0")
-        changes = []
-        for e in map(json.loads, events):  # a presence_batch is several presence events in one
-            for change in e["changes"] if e["type"] == "presence_batch" else [e] if e["type"] == "presence" else []:
-                changes.append((change["user"]["id"], change["status"]))
-        return changes
+from tests.support.fakes import PresenceRig
 
 
 @pytest.fixture
 def rig(settings, moodle, broker):
-    return Rig(settings.replace(max_connections_per_user=2, max_connections_per_address=3), moodle, broker)
+    return PresenceRig(settings.replace(max_connections_per_user=2, max_connections_per_address=3), moodle, broker)
 
 
 @pytest.mark.gen_test

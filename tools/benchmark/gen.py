@@ -205,16 +205,8 @@ class Worker:
         """Stop the bouncing and wait (at most ``drain`` s) for the messages still in flight."""
         for c in self.bouncing:
             c.bounce = False
-        st = self.stats
-        assert st is not None
-        deadline = time.monotonic() + drain
-        while time.monotonic() < deadline:
-            if sum(len(v) for v in st.lat.values()) >= sum(st.sent.values()):
-                break
-            await asyncio.sleep(0.02)
-        self.stats = None
         self.bouncing = []
-        return st.result()
+        return await self._drained(drain)
 
     # The storm (tools/benchmark/genstorm.py).
     async def storm_connect(self, **kwargs: Any) -> dict[str, Any]:
@@ -236,6 +228,10 @@ class Worker:
     async def collect_step(self, drain: float) -> dict[str, Any]:
         if self._sched is not None:
             await self._sched
+        return await self._drained(drain)
+
+    async def _drained(self, drain: float) -> dict[str, Any]:
+        """The step's results once every message sent has arrived, or after ``drain`` s."""
         st = self.stats
         assert st is not None
         deadline = time.monotonic() + drain
