@@ -275,7 +275,9 @@ class Database:
         done = self._sql_cache.get(text)
         if done is None:
             done = self.sql_dialect.sql(text, self.prefix)
-            if len(self._sql_cache) < 4096:  # statements are a small, fixed set (batches vary in length)
+            # Statements are a small, fixed set (batches vary in length); a long one carries a list
+            # of values (the session re-check's user ids) and is not kept.
+            if len(self._sql_cache) < 4096 and len(text) <= 4096:
                 self._sql_cache[text] = done
         return done
 

@@ -31,6 +31,7 @@ from gchat.coursemates import CourseMembers, MateSet, Unions, name_key
 from gchat.db import Database, Query
 from gchat.moodle_privacy import MessagingRules
 from gchat.moodle_sessions import SID_SHAPE, SessionRules
+from gchat.session_digest import SessionDigests
 from gchat.moodle_types import Circle, MoodleConfig, SessionCheck, SiteMessaging, User, config_int
 from gchat.sessions import DatabaseStore, FileStore, SessionStore, sid_hash
 
@@ -50,6 +51,7 @@ class Moodle(SessionRules, MessagingRules):
         # Where Moodle keeps its sessions (gchat.sessions); session_dir is the old moodle_session_dir.
         self.sessions = sessions or (FileStore(session_dir) if session_dir else DatabaseStore())
         self._sid_of: dict[str, str] = {}  # sid hash → sid, of sessions accepted here (oldest first)
+        self._digests = SessionDigests()  # the re-check's baselines (database store)
         self.wwwroot = wwwroot.rstrip("/")
         self._session_timeout_override = session_timeout
         self._config: TTLCache[str, MoodleConfig] = TTLCache(max(cache_ttl, 1.0))

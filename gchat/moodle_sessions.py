@@ -19,6 +19,7 @@ from gchat.cache import TTLCache
 from gchat.db import Database, Query
 from gchat.moodle_types import MoodleConfig, SessionCheck
 from gchat.php_session import PhpFormatError, mfa_passed, parse_session
+from gchat.session_digest import SessionDigests, bucket_of, read_digests
 from gchat.sessions import SessionRecord, SessionStore, sid_hash
 
 SID_SHAPE = re.compile(r"\A[A-Za-z0-9,-]{1,128}\Z")  # \Z: "$" would let a trailing newline through
@@ -33,6 +34,7 @@ class SessionRules:
     sessions: SessionStore
     _sid_of: dict[str, str]
     _sessions: TTLCache[str, SessionCheck]
+    _digests: SessionDigests
     config: Callable[[], Awaitable[MoodleConfig]]
 
     async def check_session(self, sid: str) -> SessionCheck:
@@ -125,27 +127,54 @@ class SessionRules:
     async def live_sessions(self, pairs: Iterable[tuple[int, str]]) -> set[tuple[int, str]]:
         """Of (user id, sid hash) pairs, those whose Moodle session is still valid: one store
         round trip (the database store: one query in all), plus one query for the users' rows
-        when the store does not read them itself."""
+        when the store does not read them itself. With the database store, once its users were
+        read, mostly a digest instead (gchat/session_digest.py): one query and a few rows."""
         pairs = set(pairs)
         if not pairs:
             return set()
         cfg = await self.config()
-        records = await self.sessions.lookup_many(self.db, pairs, self._sid_of)
-        now = int(time.time())
-        # Each record's hash once: the re-check reads every session of thousands of users.
-        candidates = [(r, key) for r in records if (key := (r.userid, sid_hash(r.sid))) in pairs and not r.problem
-                      and self._judge_record(r, cfg, now) is None]
-        missing = {r.userid for r, _ in candidates if r.user is None}
-        users = await self.db.run(lambda q: self._user_state(q, missing)) if missing else {}
-        live = set()
-        for record, key in candidates:
-            user = record.user if record.user is not None else users.get(record.userid)
-            if self._judge_user(record.userid, user).ok:
-                live.add(key)
+        if self.sessions.kind == "database":
+            live = await self._live_by_digest(pairs, cfg)
+        else:
+            records = await self.sessions.lookup_many(self.db, pairs, self._sid_of)
+            live = {key for _, key in await self._valid(records, cfg, int(time.time())) if key in pairs}
         for uid, hashed in pairs - live:
             self._forget_sessions_of(uid)
             self._sid_of.pop(hashed, None)
         return live
+
+    async def _live_by_digest(self, pairs: set[tuple[int, str]], cfg: MoodleConfig) -> set[tuple[int, str]]:
+        """``live_sessions`` for sessions kept as rows: the digests first, a full read of the
+        buckets whose digest changed (or of all of them when none could be spared)."""
+        buckets = self._digests.buckets(uid for uid, _ in pairs)
+        self._digests.keep_only(buckets)
+        unchanged = {}
+        if self._digests.worth_asking(buckets):
+            oldest = int(time.time()) - cfg.session_timeout
+            users = [uid for members in buckets.values() for uid in members]
+            digests = await self.db.run(lambda q: read_digests(q, users, cfg.site_guest, oldest))
+            unchanged = self._digests.unchanged(buckets, digests)
+        live = {key for key in pairs if (base := unchanged.get(bucket_of(key[0]))) is not None and key in base.live}
+        changed = {b: users for b, users in buckets.items() if b not in unchanged}
+        if changed:
+            to_read = {key for key in pairs if bucket_of(key[0]) in changed}
+            now = int(time.time())
+            valid = await self._valid(await self.sessions.lookup_many(self.db, to_read, self._sid_of), cfg, now)
+            self._digests.remember(changed, ((record.id, key) for record, key in valid))
+            live |= {key for _, key in valid if key in to_read}
+        return live
+
+    async def _valid(self, records: list[SessionRecord], cfg: MoodleConfig,
+                     now: int) -> list[tuple[SessionRecord, tuple[int, str]]]:
+        """The records that pass every rule (MFA aside: the re-check reads no session data),
+        each with its (user id, sid hash) key."""
+        # Each record's hash once: the re-check reads every session of thousands of users.
+        candidates = [(r, (r.userid, sid_hash(r.sid))) for r in records
+                      if not r.problem and self._judge_record(r, cfg, now) is None]
+        missing = {r.userid for r, _ in candidates if r.user is None}
+        users = await self.db.run(lambda q: self._user_state(q, missing)) if missing else {}
+        return [(r, key) for r, key in candidates
+                if self._judge_user(r.userid, r.user if r.user is not None else users.get(r.userid)).ok]
 
     def _forget_sessions_of(self, user_id: int) -> None:
         self._sessions.invalidate_where(lambda _sid, check: check.user_id == user_id)

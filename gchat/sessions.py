@@ -74,7 +74,8 @@ class SessionRecord:
     together with the session (the database stores do, in the same query), else None and the
     caller reads it from the database. ``data`` is PHP's session encoding when it was asked for
     and could be read, ``data_problem`` says why not. ``problem``: the record itself could not be
-    read (the session is refused with that reason).
+    read (the session is refused with that reason). ``id``: the row's ``{sessions}.id`` (0 where
+    there is no row: files of Moodle 2.2-2.5, Redis).
     """
 
     sid: str
@@ -85,6 +86,7 @@ class SessionRecord:
     data: bytes | None = None
     data_problem: str = ""
     problem: str = ""
+    id: int = 0
 
 
 def _int(value: Any) -> int:
@@ -119,12 +121,12 @@ class SessionStore:
         return None
 
 
-_ROW_COLUMNS = "s.sid, s.userid, s.state, s.timemodified, u.id, u.deleted, u.suspended, u.confirmed, u.auth"
+_ROW_COLUMNS = "s.sid, s.userid, s.state, s.timemodified, u.id, u.deleted, u.suspended, u.confirmed, u.auth, s.id"
 
 
 def _row_record(row: tuple[Any, ...]) -> SessionRecord:
     return SessionRecord(sid=str(row[0]), userid=_int(row[1]), state=_int(row[2]), timemodified=_int(row[3]),
-                         user=tuple(row[4:9]))
+                         user=tuple(row[4:9]), id=_int(row[9]))
 
 
 def _rows_by_sid(q: Query, sid: str, with_sessdata: bool) -> tuple[Any, ...] | None:
@@ -154,7 +156,7 @@ class DatabaseStore(SessionStore):
                 return None
             record = _row_record(row)
             if with_data:
-                record.data, record.data_problem = _decode_sessdata(row[9], db.prefix)
+                record.data, record.data_problem = _decode_sessdata(row[10], db.prefix)
             return record
 
         return await db.run(work)

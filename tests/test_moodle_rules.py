@@ -297,6 +297,65 @@ async def test_live_sessions_drops_the_cached_sessions_of_users_it_finds_dead(si
     await refused(moodle, sid)
 
 
+@pytest.mark.gen_test
+async def test_an_unchanged_recheck_reads_a_digest_not_the_sessions(site, moodle, db, monkeypatch):
+    users = [site.add_user(f"U{i}") for i in range(70)]  # more users than buckets
+    pairs = {(uid, sid_hash(site.login(uid))) for uid in users}
+    await moodle.config()
+    assert await moodle.live_sessions(pairs) == pairs  # the first: the rows themselves, one query
+    reads = []
+    lookup_many = moodle.sessions.lookup_many
+
+    async def counted(db, wanted, known):
+        reads.append({uid for uid, _ in wanted})
+        return await lookup_many(db, wanted, known)
+
+    monkeypatch.setattr(moodle.sessions, "lookup_many", counted)
+    before = db.queries
+    assert await moodle.live_sessions(pairs) == pairs
+    assert (db.queries - before, reads) == (1, []), "nothing changed: one digest query, no session read"
+    # Moodle starts a second session for one user (another device): that user's bucket is read again.
+    site.login(users[5])
+    assert await moodle.live_sessions(pairs) == pairs
+    assert len(reads) == 1 and users[5] in reads[0] and len(reads[0]) < len(users) / 10
+
+
+async def changed_once(moodle, pairs, change) -> set:
+    """live_sessions after a baseline and one change made by Moodle."""
+    await moodle.config()
+    assert await moodle.live_sessions(pairs) == pairs
+    assert await moodle.live_sessions(pairs) == pairs  # from the digest
+    change()
+    return await moodle.live_sessions(pairs)
+
+
+@pytest.mark.gen_test
+@pytest.mark.parametrize("change", ["logout", "logout and login", "suspended", "deleted", "unconfirmed", "nologin",
+                                    "state", "timed out", "logged in again with the same sid"])
+async def test_the_digest_sees_every_way_a_session_ends(site, moodle, change):
+    ana, ben = site.add_user("Ana"), site.add_user("Ben")
+    s_ana, s_ben = site.login(ana), site.login(ben)
+    pairs = {(ana, sid_hash(s_ana)), (ben, sid_hash(s_ben))}
+    changes = {
+        "logout": lambda: site.logout(s_ana),
+        "logout and login": lambda: (site.logout(s_ana), site.login(ana)),  # as many rows as before
+        "suspended": lambda: site.execute("UPDATE {p}user SET suspended = 1 WHERE id = %s", (ana,)),
+        "deleted": lambda: site.execute("UPDATE {p}user SET deleted = 1 WHERE id = %s", (ana,)),
+        "unconfirmed": lambda: site.execute("UPDATE {p}user SET confirmed = 0 WHERE id = %s", (ana,)),
+        "nologin": lambda: site.execute("UPDATE {p}user SET auth = 'nologin' WHERE id = %s", (ana,)),
+        "state": lambda: site.execute("UPDATE {p}sessions SET state = 1 WHERE sid = %s", (s_ana,)),
+        "timed out": lambda: site.execute("UPDATE {p}sessions SET timemodified = timemodified - 7300 WHERE sid = %s",
+                                          (s_ana,)),
+        # The row gone and a new one with the same sid (a new id): the user is the same, still valid.
+        "logged in again with the same sid": lambda: (site.logout(s_ana), site.login(ana, sid=s_ana)),
+    }
+    live = await changed_once(moodle, pairs, changes[change])
+    if change == "logged in again with the same sid":
+        assert live == pairs
+    else:
+        assert live == {(ben, sid_hash(s_ben))}
+
+
 # -- profiles ------------------------------------------------------------------------------------------
 
 
