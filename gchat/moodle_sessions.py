@@ -154,7 +154,8 @@ class SessionRules:
             users = [uid for members in buckets.values() for uid in members]
             digests = await self.db.run(lambda q: read_digests(q, users, cfg.site_guest, oldest))
             unchanged = self._digests.unchanged(buckets, digests)
-        live = {key for key in pairs if (base := unchanged.get(bucket_of(key[0]))) is not None and key in base.live}
+        # A bucket's keys are of its own users only: one intersection (in C) for all unchanged buckets.
+        live = pairs & frozenset().union(*(base.live for base in unchanged.values()))
         changed = {b: users for b, users in buckets.items() if b not in unchanged}
         if changed:
             to_read = {key for key in pairs if bucket_of(key[0]) in changed}
