@@ -124,16 +124,19 @@ class SessionRules:
         while len(self._sid_of) > MAX_REMEMBERED_SIDS:
             self._sid_of.pop(next(iter(self._sid_of)))
 
-    async def live_sessions(self, pairs: Iterable[tuple[int, str]]) -> set[tuple[int, str]]:
+    async def live_sessions(self, pairs: Iterable[tuple[int, str]], *,
+                            recheck: bool = False) -> set[tuple[int, str]]:
         """Of (user id, sid hash) pairs, those whose Moodle session is still valid: one store
         round trip (the database store: one query in all), plus one query for the users' rows
-        when the store does not read them itself. With the database store, once its users were
-        read, mostly a digest instead (gchat/session_digest.py): one query and a few rows."""
+        when the store does not read them itself. ``recheck``: the periodic re-check of every
+        watched session, which with the database store mostly reads a digest instead, once its
+        users were read (gchat/session_digest.py); its baselines are not disturbed by the
+        lookups of single sessions meanwhile."""
         pairs = set(pairs)
         if not pairs:
             return set()
         cfg = await self.config()
-        if self.sessions.kind == "database":
+        if recheck and self.sessions.kind == "database":
             live = await self._live_by_digest(pairs, cfg)
         else:
             records = await self.sessions.lookup_many(self.db, pairs, self._sid_of)
@@ -146,13 +149,12 @@ class SessionRules:
     async def _live_by_digest(self, pairs: set[tuple[int, str]], cfg: MoodleConfig) -> set[tuple[int, str]]:
         """``live_sessions`` for sessions kept as rows: the digests first, a full read of the
         buckets whose digest changed (or of all of them when none could be spared)."""
-        buckets = self._digests.buckets(uid for uid, _ in pairs)
-        self._digests.keep_only(buckets)
+        plan = self._digests.plan(pairs)
+        buckets = plan.buckets
         unchanged = {}
         if self._digests.worth_asking(buckets):
             oldest = int(time.time()) - cfg.session_timeout
-            users = [uid for members in buckets.values() for uid in members]
-            digests = await self.db.run(lambda q: read_digests(q, users, cfg.site_guest, oldest))
+            digests = await self.db.run(lambda q: read_digests(q, plan.user_list, cfg.site_guest, oldest))
             unchanged = self._digests.unchanged(buckets, digests)
         # A bucket's keys are of its own users only: one intersection (in C) for all unchanged buckets.
         live = pairs & frozenset().union(*(base.live for base in unchanged.values()))

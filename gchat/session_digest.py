@@ -20,7 +20,7 @@ full every time: slower, never wrong.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Set as AbstractSet
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -43,16 +43,21 @@ def bucket_of(user_id: int) -> int:
     return user_id % BUCKETS
 
 
-def read_digests(q: Query, user_ids: Iterable[int], guest: int, oldest: int) -> dict[int, Digest]:
-    """Per bucket, the digest of the valid sessions of ``user_ids`` (a bucket without any is absent).
-
-    The ids are written into the statement as integers: the list is as long as the users online
-    (a driver's escaping of each is a cost of its own, and PostgreSQL allows 65,535 parameters)."""
-    ids = ", ".join(str(int(u)) for u in user_ids)
+def read_digests(q: Query, user_list: str, guest: int, oldest: int) -> dict[int, Digest]:
+    """Per bucket, the digest of the valid sessions of the users of ``user_list`` (their ids,
+    comma-separated: see :meth:`SessionDigests.plan`); a bucket without any is absent."""
     rows = q.all(f"SELECT MOD(s.userid, {BUCKETS}), COUNT(*), SUM(s.id) FROM {{sessions}} s "
-                 f"JOIN {{user}} u ON u.id = s.userid WHERE s.userid IN ({ids}) AND {VALID_SQL} "
+                 f"JOIN {{user}} u ON u.id = s.userid WHERE s.userid IN ({user_list}) AND {VALID_SQL} "
                  f"GROUP BY MOD(s.userid, {BUCKETS})", (guest, oldest))
     return {int(bucket): (int(count), int(total)) for bucket, count, total in rows}
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """The watched users, grouped in buckets, and their ids as the digest query writes them."""
+
+    buckets: dict[int, frozenset[int]]
+    user_list: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,13 +74,23 @@ class SessionDigests:
 
     def __init__(self) -> None:
         self._baselines: dict[int, Baseline] = {}
+        self._planned: AbstractSet[Session] = frozenset()
+        self._plan = Plan({}, "")
 
-    @staticmethod
-    def buckets(user_ids: Iterable[int]) -> dict[int, frozenset[int]]:
-        grouped: dict[int, set[int]] = {}
-        for uid in user_ids:
-            grouped.setdefault(bucket_of(uid), set()).add(uid)
-        return {b: frozenset(users) for b, users in grouped.items()}
+    def plan(self, sessions: AbstractSet[Session]) -> Plan:
+        """The buckets of the users of ``sessions``, kept while the sessions are the same (the
+        common case between two re-checks: one comparison in C instead of a loop in Python).
+        The ids are written into the digest query as integers: the list is as long as the users
+        online (a driver's escaping of each costs more, and PostgreSQL allows 65,535 parameters)."""
+        if sessions != self._planned:
+            grouped: dict[int, set[int]] = {}
+            for uid, _ in sessions:
+                grouped.setdefault(bucket_of(uid), set()).add(uid)
+            buckets = {b: frozenset(users) for b, users in grouped.items()}
+            user_list = ", ".join(str(int(uid)) for users in buckets.values() for uid in users)
+            self._planned, self._plan = frozenset(sessions), Plan(buckets, user_list)
+            self._baselines = {b: base for b, base in self._baselines.items() if b in buckets}
+        return self._plan
 
     def worth_asking(self, buckets: dict[int, frozenset[int]]) -> bool:
         """Whether a digest could spare a read: some bucket has the same users as at its baseline."""
@@ -103,7 +118,3 @@ class SessionDigests:
                 keys[b].append(key)
         for b, users in buckets.items():
             self._baselines[b] = Baseline(users, (len(ids[b]), sum(ids[b])), frozenset(keys[b]))
-
-    def keep_only(self, buckets: Iterable[int]) -> None:
-        keep = set(buckets)
-        self._baselines = {b: base for b, base in self._baselines.items() if b in keep}

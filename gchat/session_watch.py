@@ -31,7 +31,7 @@ import asyncio
 import logging
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Set as AbstractSet
 
 from gchat.auth import Identity, TokenSigner
 from gchat.config import Settings
@@ -66,9 +66,10 @@ class SessionWatch:
         self._signer = signer
         self._presence = presence
         self._clock = clock
-        self._ended: dict[str, float] = {}  # session hash → when it was found ended
+        self._ended: dict[Session, float] = {}  # → when it was found ended
         self._verified: dict[Session, float] = {}  # → when a lookup that found it live began
         self._used: dict[Session, float] = {}  # → its last bootstrap, command or connection here
+        self._used_pruned = clock()
         self._looking: dict[Session, asyncio.Future[bool]] = {}  # lookups of one session, shared
         self._task: asyncio.Task[None] | None = None
 
@@ -90,7 +91,7 @@ class SessionWatch:
         session = (check.user_id, sid_hash(sid))
         now = self._clock()
         self._used[session] = now
-        if session[1] in self._ended:
+        if session in self._ended:
             # Found ended here: a cached verdict must not bring it back; a lookup made now may
             # (the store's passing hiccup must not lock a user out for token_ttl).
             fresh = False
@@ -120,7 +121,7 @@ class SessionWatch:
     def authenticate(self, token: str | None) -> Identity:
         """The token's identity, unless its session is known to have ended (no query)."""
         identity = self._signer.verify(token)
-        if identity.sid_hash in self._ended:
+        if (identity.user_id, identity.sid_hash) in self._ended:
             raise AuthError("session_ended", "the Moodle session has ended")
         return identity
 
@@ -128,9 +129,9 @@ class SessionWatch:
         """Let a command (or a new connection) of ``identity`` in only when its session was
         found live less than ``fresh_secs`` ago; otherwise look it up now. Refused:
         ``session_ended``; ``unavailable`` when the lookup cannot be made."""
-        if identity.sid_hash in self._ended:
-            raise session_ended()
         session = (identity.user_id, identity.sid_hash)
+        if session in self._ended:
+            raise session_ended()
         now = self._clock()
         self._used[session] = now
         if not self._is_fresh(session, now) and not await self._look_up(session):
@@ -156,7 +157,7 @@ class SessionWatch:
             live = session in await self._moodle.live_sessions({session})
             if live:
                 self._saw_live(session, started)
-                self._ended.pop(session[1], None)  # only bootstrap looks up a session found ended
+                self._ended.pop(session, None)  # only bootstrap looks up a session found ended
             else:
                 self._end(session, started)
         except BaseException as exc:
@@ -188,35 +189,40 @@ class SessionWatch:
             except Exception:
                 log.exception("Moodle session re-check failed")
 
-    def watched(self) -> set[Session]:
+    def watched(self) -> AbstractSet[Session]:
         """The sessions the next re-check asks about: those of this process's clients, and those
-        used here within ``WATCH_AFTER_USE_SECS``, less the ones already found ended."""
-        horizon = self._clock() - WATCH_AFTER_USE_SECS
-        self._used = {s: t for s, t in self._used.items() if t > horizon}
-        sessions = (self._presence.sessions() | set(self._used))
-        return {s for s in sessions if s[1] not in self._ended}
+        used here within ``WATCH_AFTER_USE_SECS`` (up to a quarter of it more), less the ones
+        already found ended."""
+        now = self._clock()
+        if now - self._used_pruned >= WATCH_AFTER_USE_SECS / 4:  # at most that much longer: watched, not missed
+            self._used_pruned = now
+            horizon = now - WATCH_AFTER_USE_SECS
+            self._used = {s: t for s, t in self._used.items() if t > horizon}
+        # Set operations only (in C): this runs every interval over every session of the process.
+        return (self._presence.sessions() | self._used.keys()) - self._ended.keys()
 
     async def check_sessions(self) -> int:
         """Re-check every watched session in one store round trip; end the clients of those that
         are over. Returns how many clients were ended."""
         sessions = self.watched()
-        self._verified = {s: t for s, t in self._verified.items() if s in sessions}
+        for gone in self._verified.keys() - sessions:
+            del self._verified[gone]
         now = self._clock()
         ended = 0
         if sessions:
-            live = await self._moodle.live_sessions(sessions)
+            live = await self._moodle.live_sessions(sessions, recheck=True)
             # ``now``: no later than the start of any lookup made meanwhile, so on the safe side.
             self._verified.update(dict.fromkeys(live, now))
             for session in sessions - live:
                 ended += self._end(session, now)
         # Tokens outlive sessions by at most token_ttl: remember ended sessions that long.
         horizon = now - self._settings.token_ttl
-        self._ended = {h: t for h, t in self._ended.items() if t > horizon}
+        self._ended = {s: t for s, t in self._ended.items() if t > horizon}
         return ended
 
     def _end(self, session: Session, when: float) -> int:
         """``session`` is over: refuse its tokens, end its clients here; returns how many."""
-        self._ended[session[1]] = when
+        self._ended[session] = when
         self._verified.pop(session, None)
         self._used.pop(session, None)
         return self._presence.end_clients(session_ended(), session=session)

@@ -145,6 +145,15 @@ class WebSocketHandler(tornado.websocket.WebSocketHandler):
             return
         self.client = client
         client.start(query_text(self.request, "cursor") or None)
+        self._forget_handshake()
+
+    def _forget_handshake(self) -> None:
+        """What Tornado keeps of the handshake request for the life of the socket — its header
+        objects, the parsed query with the token — is not read again: emptied, ≈ 2 KB per idle
+        connection. The request line stays (Tornado's access log writes it at the close)."""
+        self.request.headers.clear()  # the same object the detached HTTP1Connection holds
+        self.request.arguments.clear()
+        self.request.query_arguments.clear()
 
     async def on_message(self, message: str | bytes) -> None:
         client = self.client

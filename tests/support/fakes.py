@@ -92,7 +92,7 @@ class FakeMoodle:
         uid = self._sessions.get(sid)
         return SessionCheck(uid, "ok" if uid is not None else "no session")
 
-    async def live_sessions(self, pairs: Iterable[tuple[int, str]]) -> set[tuple[int, str]]:
+    async def live_sessions(self, pairs: Iterable[tuple[int, str]], *, recheck: bool = False) -> set[tuple[int, str]]:
         self._lookup()
         live = {(uid, sid_hash(sid)) for sid, uid in self._sessions.items()}
         return set(pairs) & live
