@@ -12,6 +12,9 @@ GEN_CPU_BOUND = 85.0    # % of one core: the step measures the generator, not th
 LAG_BOUND_MS = 25.0     # p99 of how late the generator issued its sends
 OTHER_LOAD_LIMIT = 40.0  # % of a core taken by other processes (MariaDB excepted) during a step
 DISTURBED_RETRIES = 3    # a step disturbed by other load is run again, at most this often per phase
+SETTLED_CPU = 0.10       # after an overloaded step: server + database CPU (cores) below which they are settled
+SETTLE_WINDOW_S = 1.0    # ... over this window,
+SETTLE_MAX_S = 20.0      # waited for at most this long
 MIN_HEARTBEATS = 50      # fewer in an idle window: no per-heartbeat cost is derived
 # Real heartbeat intervals, seconds (what the idle CPU figure is scaled to).
 REAL_HB = {("gchat", "ws"): 25.0, ("gchat", "poll"): 50.0, ("tornado", "ws"): 25.0, ("tornado", "poll"): 50.0,

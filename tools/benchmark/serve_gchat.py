@@ -13,6 +13,10 @@ which touches a request path of gchat:
   connection when it leaves the pool (``ping=0``) nor rolls it back when it returns
   (``reset=False``); gchat commits or rolls back every unit of work itself.
 
+``BENCH_SWITCH_INTERVAL=0.0005`` (what-if): Python's GIL switch interval, to hand the GIL to the
+database threads sooner (measured: no gain, docs/performance.md). ``BENCH_GC_LOG=1``: every
+garbage collection that holds the server longer than 5 ms is written to the server's log.
+
 With ``BENCH_TRACEMALLOC=1`` in the environment, Python's allocations are traced (slow:
 for finding *where* per-connection memory goes, never for the figures themselves):
 ``/bench/stats?tm=baseline`` takes a snapshot and ``/bench/stats?tm=diff&top=N`` answers the
@@ -82,10 +86,27 @@ def pool_options(names: list[str]) -> dict[str, Any]:
     return options
 
 
+def log_slow_collections(over_s: float = 0.005) -> None:
+    """What-if support: log every garbage collection that holds the loop longer than ``over_s``."""
+    import time
+    started: list[float] = [0.0]
+
+    def callback(phase: str, info: dict[str, Any]) -> None:
+        if phase == "start":
+            started[0] = time.perf_counter()
+        elif (took := time.perf_counter() - started[0]) > over_s:
+            print(f"bench: gc generation {info['generation']} took {took * 1000:.1f} ms "
+                  f"({info['collected']} collected)", file=sys.stderr, flush=True)
+
+    gc.callbacks.append(callback)
+
+
 if __name__ == "__main__":
     raise_nofile()
     if os.environ.get("BENCH_SWITCH_INTERVAL"):  # what-if: the GIL handed to the database threads sooner
         sys.setswitchinterval(float(os.environ["BENCH_SWITCH_INTERVAL"]))
+    if os.environ.get("BENCH_GC_LOG") == "1":
+        log_slow_collections()
     if os.environ.get("BENCH_TRACEMALLOC") == "1":
         tracemalloc.start(1)
     experiments = os.environ.get("BENCH_EXPERIMENTS", "").split(",")
