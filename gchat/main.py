@@ -49,10 +49,11 @@ Settings (also GCHAT_<NAME> in the environment, or 'name = value' in the config 
 
 CLOSE_CONNECTIONS_SECS = 4.0
 # Python's cycle collector, set for a long-running server: a full collection walks every tracked
-# object and holds every message meanwhile — 28-30 ms on average, 80 of them in four minutes of
-# benchmark load with Python's defaults (700, 10, 10), collecting nothing. What start-up built is
-# frozen out of the collections, and the young generation is collected after 10,000 allocations:
-# 3 full collections in the same load, the closed loop's p99 from 26 to 15 ms (docs/performance.md).
+# object and holds every message meanwhile — 28-30 ms each, 80 of them in four minutes of benchmark
+# load with Python's defaults (700, 10, 10), collecting nothing; 0.4 s each with 20,000 clients
+# connected. What start-up built is frozen out of the collections, and the young generation is
+# collected after 10,000 allocations: 3-5 full collections in the same load, the closed loop's p99
+# from 26 to 14-16 ms; 6 instead of 43 while 20,000 clients connect (docs/performance.md).
 GC_THRESHOLDS = (10_000, 20, 20)
 
 
