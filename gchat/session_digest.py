@@ -108,7 +108,7 @@ class SessionDigests:
 
     def remember(self, buckets: dict[int, frozenset[int]], valid: Iterable[tuple[int, Session]]) -> None:
         """New baselines for ``buckets`` from a full read: ``valid`` holds (row id, key) of every
-        valid session of their users. Buckets not watched any more are dropped."""
+        valid session of their users (the baselines of buckets no longer watched went in plan())."""
         ids: dict[int, list[int]] = {b: [] for b in buckets}
         keys: dict[int, list[Session]] = {b: [] for b in buckets}
         for row_id, key in valid:

@@ -149,7 +149,7 @@ class WebSocketHandler(tornado.websocket.WebSocketHandler):
 
     def _forget_handshake(self) -> None:
         """What Tornado keeps of the handshake request for the life of the socket — its header
-        objects, the parsed query with the token — is not read again: emptied, ≈ 2 KB per idle
+        objects, the parsed query with the token — is not read again: emptied, 1–2 KB per idle
         connection. The request line stays (Tornado's access log writes it at the close)."""
         self.request.headers.clear()  # the same object the detached HTTP1Connection holds
         self.request.arguments.clear()

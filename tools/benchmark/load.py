@@ -144,10 +144,10 @@ class LoadPhase:
 
     def recover(self) -> None:
         """After an overloaded step: let the backlog drain before the next measurement, then
-        let the server and the database settle: they share the two cores, and the database's
-        background work after a burst of commits (InnoDB's purge and page flushing, PostgreSQL's
-        autovacuum) otherwise lands in the next step — seen as a p99 of 50–90 ms at half the
-        knee right after the overloaded steps where the same rate on the way up gave 13 ms."""
+        let the server and the database settle (they share the two cores, and the database works
+        on after a burst of commits: InnoDB's purge and page flushing, PostgreSQL's autovacuum).
+        It did not remove the spread of the p99 at half the knee, the step that follows the
+        overloaded ones (docs/performance.md, issue 14 continued)."""
         assert self.bench.gens is not None
         self.bench.gens.call_all("drain_quiet", timeout=60)
         time.sleep(0.5)
