@@ -89,7 +89,20 @@ class BenchSite:
             self._bulk(cur, "user_enrolments", "status, enrolid, userid, timestart, timeend", enrolments)
             self._bulk(cur, "sessions", "state, sid, userid, timecreated, timemodified, firstip, lastip", sessions)
         self.follow_ids()
+        self.analyze()
         return groups
+
+    def analyze(self) -> None:
+        """Statistics for the tables just filled, as a live site's have (autovacuum and InnoDB's
+        own statistics would get there later): without them PostgreSQL planned the session
+        re-check's join of 10,000 users as a nested loop, 5.9 s instead of 6 ms."""
+        with self.conn.cursor() as cur:
+            if self.engine == "postgresql":
+                cur.execute("ANALYZE")
+            else:
+                tables = ", ".join(PREFIX + t for t in ("user", "course", "enrol", "user_enrolments", "sessions"))
+                cur.execute(f"ANALYZE TABLE {tables}")
+                cur.fetchall()
 
     @staticmethod
     def _bulk(cur, table: str, columns: str, rows: list[tuple], chunk: int = 2000) -> None:  # type: ignore[no-untyped-def]
