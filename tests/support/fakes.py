@@ -14,7 +14,7 @@ import itertools
 import json
 import secrets
 import time
-from collections.abc import Callable, Coroutine, Iterable
+from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from typing import Any
 
 from gchat.auth import Identity
@@ -319,3 +319,11 @@ class PresenceRig:
             for change in e["changes"] if e["type"] == "presence_batch" else [e] if e["type"] == "presence" else []:
                 changes.append((change["user"]["id"], change["status"]))
         return changes
+
+
+async def closed(stopping: Awaitable[Any]) -> None:
+    """Stop what a test left running (presence fan-out waiting for its interval) and let the
+    cancelled tasks end before the loop closes."""
+    await stopping
+    for _ in range(3):
+        await asyncio.sleep(0)

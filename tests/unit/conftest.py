@@ -4,7 +4,7 @@ fails here loudly instead of starting it."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -13,7 +13,7 @@ from gchat.auth import TokenSigner
 from gchat.broker import MemoryBroker
 from gchat.config import Settings
 from gchat.router import Router
-from tests.support.fakes import FakeMoodle, FakeStore
+from tests.support.fakes import FakeMoodle, FakeStore, closed
 
 SERVICE_FIXTURES = ("mariadb_url", "test_db_url", "site", "services", "app", "people", "redis_url",
                     "redis_prefix", "private_redis", "http_server")
@@ -75,6 +75,9 @@ def observed() -> Observed:
 
 @pytest.fixture
 def router(settings: Settings, moodle: FakeMoodle, store: FakeStore, broker: MemoryBroker,
-           observed: Observed) -> Router:
-    return Router(settings, moodle=moodle, store=store, broker=broker,
-                  signer=TokenSigner(settings.secret_key, settings.token_ttl), observer=observed)
+           observed: Observed, io_loop: Any) -> Iterator[Router]:
+    router = Router(settings, moodle=moodle, store=store, broker=broker,
+                    signer=TokenSigner(settings.secret_key, settings.token_ttl), observer=observed)
+    yield router
+    io_loop.run_sync(lambda: closed(router.stop(drain_secs=0)))
+

@@ -13,7 +13,7 @@ from gchat.errors import AuthError, Unavailable
 from gchat.moodle import SessionCheck, sid_hash
 from gchat.presence import Presence
 from gchat.session_watch import WATCH_AFTER_USE_SECS, SessionWatch
-from tests.support.fakes import ManualBackground, RecordingClient
+from tests.support.fakes import ManualBackground, RecordingClient, closed
 
 
 class Clock:
@@ -29,11 +29,17 @@ def clock():
 
 
 @pytest.fixture
-def presence(settings, moodle, broker):
+def presence(settings, moodle, broker, io_loop):
     async def publish(user_ids, event):
         pass
 
-    return Presence(settings, broker=broker, moodle=moodle, publish=publish, background=ManualBackground())
+    presence = Presence(settings, broker=broker, moodle=moodle, publish=publish, background=ManualBackground())
+    yield presence
+
+    async def stop():
+        presence.close()
+
+    io_loop.run_sync(lambda: closed(stop()))
 
 
 @pytest.fixture
