@@ -31,8 +31,8 @@ from gchat.coursemates import CourseMembers, MateSet, Unions, name_key
 from gchat.db import Database, Query
 from gchat.moodle_privacy import MessagingRules
 from gchat.moodle_sessions import SID_SHAPE, SessionRules
-from gchat.session_digest import SessionDigests
 from gchat.moodle_types import Circle, MoodleConfig, SessionCheck, SiteMessaging, User, config_int
+from gchat.session_digest import SessionDigests
 from gchat.sessions import DatabaseStore, FileStore, SessionStore, sid_hash
 
 FRONT_PAGE_COURSE = 1

@@ -151,11 +151,11 @@ class SessionRules:
         buckets whose digest changed (or of all of them when none could be spared)."""
         plan = self._digests.plan(pairs)
         buckets = plan.buckets
-        unchanged = {}
-        if self._digests.worth_asking(buckets):
+        unchanged = comparable = self._digests.comparable(buckets)
+        if comparable:
             oldest = int(time.time()) - cfg.session_timeout
             digests = await self.db.run(lambda q: read_digests(q, plan.user_list, cfg.site_guest, oldest))
-            unchanged = self._digests.unchanged(buckets, digests)
+            unchanged = self._digests.unchanged(comparable, digests)
         # A bucket's keys are of its own users only: one intersection (in C) for all unchanged buckets.
         live = pairs & frozenset().union(*(base.live for base in unchanged.values()))
         changed = {b: users for b, users in buckets.items() if b not in unchanged}

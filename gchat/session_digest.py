@@ -92,19 +92,16 @@ class SessionDigests:
             self._baselines = {b: base for b, base in self._baselines.items() if b in buckets}
         return self._plan
 
-    def worth_asking(self, buckets: dict[int, frozenset[int]]) -> bool:
-        """Whether a digest could spare a read: some bucket has the same users as at its baseline."""
-        return any((base := self._baselines.get(b)) is not None and base.users == users
-                   for b, users in buckets.items())
+    def comparable(self, buckets: dict[int, frozenset[int]]) -> dict[int, Baseline]:
+        """The baselines of the buckets whose users are those of the baseline: only these can be
+        spared a read (none: no digest is worth asking for)."""
+        return {b: base for b, users in buckets.items()
+                if (base := self._baselines.get(b)) is not None and base.users == users}
 
-    def unchanged(self, buckets: dict[int, frozenset[int]], digests: dict[int, Digest]) -> dict[int, Baseline]:
-        """The buckets whose users and digest are those of their baseline."""
-        unchanged = {}
-        for b, users in buckets.items():
-            base = self._baselines.get(b)
-            if base is not None and base.users == users and base.digest == digests.get(b, NO_SESSIONS):
-                unchanged[b] = base
-        return unchanged
+    @staticmethod
+    def unchanged(comparable: dict[int, Baseline], digests: dict[int, Digest]) -> dict[int, Baseline]:
+        """Of ``comparable``, the buckets whose digest is still that of their baseline."""
+        return {b: base for b, base in comparable.items() if base.digest == digests.get(b, NO_SESSIONS)}
 
     def remember(self, buckets: dict[int, frozenset[int]], valid: Iterable[tuple[int, Session]]) -> None:
         """New baselines for ``buckets`` from a full read: ``valid`` holds (row id, key) of every

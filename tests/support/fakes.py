@@ -14,7 +14,7 @@ import itertools
 import json
 import secrets
 import time
-from collections.abc import Awaitable, Callable, Coroutine, Iterable
+from collections.abc import Callable, Coroutine, Iterable
 from typing import Any
 
 from gchat.auth import Identity
@@ -321,9 +321,10 @@ class PresenceRig:
         return changes
 
 
-async def closed(stopping: Awaitable[Any]) -> None:
-    """Stop what a test left running (presence fan-out waiting for its interval) and let the
-    cancelled tasks end before the loop closes."""
-    await stopping
-    for _ in range(3):
-        await asyncio.sleep(0)
+async def cancel_pending_tasks() -> None:
+    """End what a test left running (presence fan-out waiting for its interval) before its loop
+    closes: every other task is cancelled and awaited."""
+    pending = [task for task in asyncio.all_tasks() if task is not asyncio.current_task()]
+    for task in pending:
+        task.cancel()
+    await asyncio.gather(*pending, return_exceptions=True)

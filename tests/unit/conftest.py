@@ -13,7 +13,7 @@ from gchat.auth import TokenSigner
 from gchat.broker import MemoryBroker
 from gchat.config import Settings
 from gchat.router import Router
-from tests.support.fakes import FakeMoodle, FakeStore, closed
+from tests.support.fakes import FakeMoodle, FakeStore, cancel_pending_tasks
 
 SERVICE_FIXTURES = ("mariadb_url", "test_db_url", "site", "services", "app", "people", "redis_url",
                     "redis_prefix", "private_redis", "http_server")
@@ -79,5 +79,5 @@ def router(settings: Settings, moodle: FakeMoodle, store: FakeStore, broker: Mem
     router = Router(settings, moodle=moodle, store=store, broker=broker,
                     signer=TokenSigner(settings.secret_key, settings.token_ttl), observer=observed)
     yield router
-    io_loop.run_sync(lambda: closed(router.stop(drain_secs=0)))
+    io_loop.run_sync(cancel_pending_tasks)
 

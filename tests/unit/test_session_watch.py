@@ -13,7 +13,7 @@ from gchat.errors import AuthError, Unavailable
 from gchat.moodle import SessionCheck, sid_hash
 from gchat.presence import Presence
 from gchat.session_watch import WATCH_AFTER_USE_SECS, SessionWatch
-from tests.support.fakes import ManualBackground, RecordingClient, closed
+from tests.support.fakes import ManualBackground, RecordingClient, cancel_pending_tasks
 
 
 class Clock:
@@ -35,11 +35,7 @@ def presence(settings, moodle, broker, io_loop):
 
     presence = Presence(settings, broker=broker, moodle=moodle, publish=publish, background=ManualBackground())
     yield presence
-
-    async def stop():
-        presence.close()
-
-    io_loop.run_sync(lambda: closed(stop()))
+    io_loop.run_sync(cancel_pending_tasks)
 
 
 @pytest.fixture

@@ -28,6 +28,7 @@ from __future__ import annotations
 import gc
 import os
 import sys
+import time
 import tracemalloc
 from collections.abc import Sequence
 from typing import Any
@@ -88,7 +89,6 @@ def pool_options(names: list[str]) -> dict[str, Any]:
 
 def log_slow_collections(over_s: float = 0.005) -> None:
     """What-if support: log every garbage collection that holds the loop longer than ``over_s``."""
-    import time
     started: list[float] = [0.0]
 
     def callback(phase: str, info: dict[str, Any]) -> None:
