@@ -41,6 +41,9 @@ def conversation_view(uid: int, pair: Pair, state: MemberState, messages: list[M
         "id": pair.id,
         "with": peer.as_dict() if peer else {"id": peer_id, "name": f"#{peer_id}", "picture": ""},
         "open": state.open, "minimized": state.minimized, "unread": state.unread,
+        # What `unread` counted up to: a client adds the peer's messages after it, whichever
+        # of this event and a message event it gets first.
+        "unread_upto": state.newest,
     }
     if messages is not None:
         # With the messages comes how far the peer has read them (read receipts).

@@ -19,8 +19,8 @@ from typing import Any
 from gchat import store_schema
 from gchat.db import Database, Query
 from gchat.message_writer import MAX_BATCH, MessageWriter
-from gchat.store_rows import (MESSAGE_COLUMNS, MemberState, Message, Pair, Read, Recent, Stored, ensure_members,
-                              last_messages, message_of, now_ms, read_of, state_of)
+from gchat.store_rows import (MESSAGE_COLUMNS, STATE_COLUMNS, MemberState, Message, Pair, Read, Recent, Stored,
+                              ensure_members, last_messages, member_state_of, message_of, now_ms, read_of, state_of)
 from gchat.store_schema import TABLES
 
 __all__ = ["MAX_BATCH", "MAX_HISTORY_LIMIT", "TABLES", "ChatStore", "MemberState", "Message", "Pair", "Read",
@@ -143,14 +143,13 @@ class ChatStore:
     async def open_views(self, user: int, history: int) -> list[tuple[Pair, MemberState, list[Message]]]:
         """Every conversation whose window ``user`` has open, with its last messages (for ``ready``)."""
         def work(q: Query) -> list[tuple[Pair, MemberState, list[Message]]]:
-            rows = q.all("SELECT c.id, c.user_low, c.user_high, m.is_open, m.minimized, m.unread, m.last_read "
+            rows = q.all(f"SELECT c.id, c.user_low, c.user_high, {STATE_COLUMNS} "
                          "FROM {gchat_members} m JOIN {gchat_conversations} c ON c.id = m.conversation "
                          "WHERE m.userid = %s AND m.is_open = 1 ORDER BY m.timemodified, c.id", (user,))
             views = []
             for row in rows:
                 pair = Pair(int(row[0]), int(row[1]), int(row[2]))
-                state = MemberState(bool(row[3]), bool(row[4]), int(row[5]), int(row[6]))
-                views.append((pair, state, last_messages(q, pair.id, history)))
+                views.append((pair, member_state_of(row[3:]), last_messages(q, pair.id, history)))
             return views
 
         views = await self.db.run(work)
@@ -189,6 +188,13 @@ class ChatStore:
         Returns the view, whether it changed, and the new read position when it moved (for the
         peer's ``read`` event), else None. One transaction."""
         def work(q: Query) -> tuple[MemberState, bool, Read | None]:
+            # The member row is locked first, before anything is read: a message being stored
+            # now updates this row too (unread + 1), so it is either committed and counted below
+            # or waits and adds itself to what is written here. Counting first would write back
+            # a count without it: the message would never be unread (on SQLite the write lock
+            # is taken here too, and the reads after it see every commit).
+            q.execute("UPDATE {gchat_members} SET timemodified = %s WHERE conversation = %s AND userid = %s",
+                      (now_ms(), conversation, user))
             before = state_of(q, conversation, user)
             last_read = max(before.last_read, message_id)
             # Only a message of this conversation counts as read: a made-up id would otherwise
@@ -250,7 +256,7 @@ class ChatStore:
             params.append(limit + 1)
             rows = q.all(sql, params)
             found = [Recent(Pair(int(r[0]), int(r[1]), int(r[2])),
-                            MemberState(bool(r[3]), bool(r[4]), int(r[5]), int(r[6])),
+                            MemberState(bool(r[3]), bool(r[4]), int(r[5]), int(r[6]), int(r[9])),
                             message_of(r[9:15]), read_of(r[7], r[8])) for r in rows[:limit]]
             return found, len(rows) > limit
 

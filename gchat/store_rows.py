@@ -4,7 +4,7 @@ and its message writer (gchat/message_writer.py) make inside a unit of work."""
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from gchat.db import Query
@@ -42,10 +42,15 @@ class Pair:
 
 @dataclass(frozen=True, slots=True)
 class MemberState:
+    """A member's view of a conversation. ``newest``: the conversation's newest message id when
+    it was read, in the same statement as ``unread`` (so ``unread`` counts the peer's messages up
+    to it, none after); it tells when the view was taken, not what it is, so it is not compared."""
+
     open: bool
     minimized: bool
     unread: int
     last_read: int
+    newest: int = field(default=0, compare=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,12 +106,24 @@ def read_of(message: Any, stamp: Any) -> Read | None:
     return Read(message, int(stamp or 0)) if message > 0 else None
 
 
+# The member row's view and the conversation's newest message id, read by one statement (one
+# snapshot on every engine); ``m`` is the {gchat_members} row.
+STATE_COLUMNS = ("m.is_open, m.minimized, m.unread, m.last_read, "
+                 "(SELECT COALESCE(MAX(x.id), 0) FROM {gchat_messages} x WHERE x.conversation = m.conversation)")
+
+
+def member_state_of(row: Any) -> MemberState:
+    """A MemberState from the STATE_COLUMNS of a row."""
+    return MemberState(bool(row[0]), bool(row[1]), int(row[2]), int(row[3]), int(row[4]))
+
+
 def state_of(q: Query, conversation: int, user: int) -> MemberState:
-    row = q.one("SELECT is_open, minimized, unread, last_read FROM {gchat_members} "
-                "WHERE conversation = %s AND userid = %s", (conversation, user))
+    row = q.one(f"SELECT {STATE_COLUMNS} FROM {{gchat_members}} m WHERE m.conversation = %s AND m.userid = %s",
+                (conversation, user))
     if row is None:
-        return MemberState(False, False, 0, 0)
-    return MemberState(bool(row[0]), bool(row[1]), int(row[2]), int(row[3]))
+        newest = q.scalar("SELECT COALESCE(MAX(id), 0) FROM {gchat_messages} WHERE conversation = %s", (conversation,))
+        return MemberState(False, False, 0, 0, int(newest or 0))
+    return member_state_of(row)
 
 
 def last_messages(q: Query, conversation: int, limit: int) -> list[Message]:

@@ -1323,7 +1323,7 @@
             open: false,
             minimized: false,
             unread: 0,          // the server's count at the last conversation event
-            unreadBase: 0,      // highest message id known at that event
+            unreadBase: 0,      // the highest message id that count covers
             peerRead: null,     // {message, time}: how far the peer has read
             items: [],          // [{key, message, el, dayEl}] sorted: by id, then pending ones
             byKey: {},
@@ -1353,9 +1353,9 @@
         return m ? Number(m.id) : 0;
     }
 
-    /* Unread = the server's count at the last conversation event, plus the peer's messages that
-       arrived after it. A conversation event counts every message stored before it, so this
-       never counts one message twice when the event and the message arrive in either order. */
+    /* Unread = the server's count at the last conversation event, plus the peer's messages after
+       the last one it counted (its unread_upto): no message is counted twice or missed when the
+       event and a message arrive in either order. */
     function unreadOf(conv) {
         var count = Number(conv.unread) || 0;
         forEach(conv.items, function (item) {
@@ -1415,10 +1415,10 @@
             setPeerRead(conv, data.peer_read);
         }
         conv.unread = Number(data.unread) || 0;
-        // The event counted everything stored before it; messages the client has not seen yet
-        // but whose ids are below the event's are part of that count, so the base is the
-        // highest id this client knows *now* (including the event's own messages).
-        conv.unreadBase = maxMessageId(conv);
+        // The count covers the peer's messages up to unread_upto, whether or not this client
+        // has them yet; those after it (which may have arrived before this event) add to it.
+        // A server without the field: the highest id this client knows now.
+        conv.unreadBase = has(data, 'unread_upto') ? Number(data.unread_upto) || 0 : maxMessageId(conv);
         var newest = newestMessage(conv);
         if (live && conv.unread > 0 && newest && Number(newest.id) > knownBefore && !isMe(newest.from)) {
             // The peer's message that opened this window (its message event will be a repeat).

@@ -68,6 +68,7 @@ async def test_closed_window_opens_for_peer_before_message(people):
     view = opened["conversation"]
     assert view["open"] is True and view["unread"] == 1 and view["with"]["id"] == ana
     assert [m["text"] for m in view["messages"]] == ["are you there?"]
+    assert view["unread_upto"] == message["message"]["id"], "the count covers the message it opened with"
 
 
 @pytest.mark.parametrize("transport", ["websocket", "longpoll"])
@@ -168,10 +169,14 @@ async def test_unread_and_seen(people):
     await b.wait_for(lambda e: e.get("type") == "message" and e["message"]["id"] == last["id"])
     b2 = await people.connect(ben)
     [view] = b2.of_type("ready")[0]["conversations"]
-    assert view["unread"] == 2
+    assert view["unread"] == 2 and view["unread_upto"] == last["id"]
     assert (await b.command("seen", conversation=conv, message=last["id"]))["ok"]
     read = await b2.wait_for(lambda e: e.get("type") == "conversation")
-    assert read["conversation"]["unread"] == 0
+    assert read["conversation"]["unread"] == 0 and read["conversation"]["unread_upto"] == last["id"]
+    # Ana's own view counts nothing of hers, up to her newest message all the same.
+    assert (await a.command("minimize", conversation=conv, minimized=True))["ok"]
+    mine = await a.wait_for(lambda e: e.get("type") == "conversation" and e["conversation"]["minimized"])
+    assert mine["conversation"]["unread"] == 0 and mine["conversation"]["unread_upto"] == last["id"]
 
 
 @pytest.mark.gen_test(timeout=30)

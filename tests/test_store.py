@@ -393,6 +393,43 @@ async def test_unread_counts_go_up_for_the_peer_and_mark_seen_brings_them_down(s
     assert (await store.state(pair.id, B)).unread == 0
 
 
+@pytest.mark.gen_test(timeout=30)
+async def test_a_message_stored_while_a_read_is_recorded_stays_unread(store, site, test_db_url):
+    """B reads up to "one" while "two" is being stored: its transaction (here on a side
+    connection, as the message writer does it) has written the message and counted it unread
+    but not committed. Once it commits, "two" is unread for B, in the view the read returns and
+    in the table; it is never lost by a count taken before it was there."""
+    pair, _, _ = await store.open(A, B, 10)
+    await store.open(B, A, 10)
+    one = await send(store, pair, A, "one")
+    side = db_connect(test_db_url, test_db_url.split("?")[0].rsplit("/", 1)[1])
+    try:
+        if site.engine == "postgresql":
+            side.autocommit = False
+        else:
+            side.begin()
+        with side.cursor() as cur:
+            cur.execute(f"INSERT INTO {PREFIX}gchat_messages (conversation, sender, text, client_id, time) "
+                        "VALUES (%s, %s, %s, NULL, %s)", (pair.id, A, "two", int(time.time() * 1000)))
+            cur.execute(f"UPDATE {PREFIX}gchat_members SET unread = unread + 1 WHERE conversation = %s "
+                        "AND userid = %s", (pair.id, B))
+        reading = asyncio.ensure_future(store.record_read(pair.id, B, one.message.id))
+        deadline = time.monotonic() + 4
+        while _lock_waits(site) < 1:
+            assert time.monotonic() < deadline, "the read never waited for the message's transaction"
+            assert not reading.done(), reading
+            await asyncio.sleep(0.15)
+    finally:
+        side.commit()
+        side.close()
+    state, changed, read = await reading
+    assert changed and read is not None and read.message == one.message.id
+    assert state.unread == 1, "the message stored meanwhile is unread"
+    two = count(site, "SELECT MAX(id) FROM {p}gchat_messages WHERE conversation = %s", (pair.id,))
+    assert state.newest == two, "the view says it counted up to that message"
+    assert (await store.state(pair.id, B)).unread == 1
+
+
 @pytest.mark.gen_test
 async def test_closing_a_window_clears_unread(store):
     pair, _, _ = await store.open(A, B, 10)

@@ -6,7 +6,9 @@ Each test drives two or more people, each in their own browser context, through 
 
 from __future__ import annotations
 
+import json
 import re
+import time
 
 import pytest
 from playwright.sync_api import expect
@@ -229,6 +231,65 @@ def test_windows_minimised_state_and_unread_survive_reload_and_navigation(users)
     a.reload()
     wait_connected(a)
     expect(window_with(a, DAN)).to_have_count(0)
+
+
+def test_unread_stays_exact_when_a_window_event_comes_after_a_newer_message(users):
+    """The server counts a window's unread messages in one unit of work and stores a message in
+    another, so the window event that counted can come after a message it did not count. Here
+    the order of Dan's events is turned round that way (the cursors stay in order, as in a log
+    written so): the badge still says how many messages Dan has not read."""
+    ana = users(ANA)
+    dan = users(DAN, login=False)
+    seen: list[dict] = []  # Dan's window events as they come
+    held: list[dict] = []  # from the "minimised" window event until the next message
+
+    def route(ws):
+        server = ws.connect_to_server()
+
+        def from_server(frame):
+            event = json.loads(frame) if isinstance(frame, str) else {}
+            if event.get("type") == "conversation":
+                seen.append(event["conversation"])
+            minimised = event.get("type") == "conversation" and event["conversation"]["minimized"]
+            if "cursor" not in event or not (held or minimised):  # replies are not in the log
+                ws.send(frame)
+                return
+            held.append(event)
+            if event["type"] == "message":
+                # The message first, then what came before it, under the same cursors.
+                for cursor, late in zip([e["cursor"] for e in held], [event] + held[:-1]):
+                    ws.send(json.dumps({**late, "cursor": cursor}))
+                held.clear()
+
+        server.on_message(from_server)
+
+    def wait_for(what, test):
+        deadline = time.monotonic() + 10
+        while not test():
+            assert time.monotonic() < deadline, f"{what} never came: {seen}"
+            d.wait_for_timeout(20)  # lets Playwright run the route's handler
+
+    dan.context.route_web_socket("**/gchat/ws**", route)
+    d = dan.login()
+    a = ana.page
+    buddy(a, DAN).click()
+    send(a, DAN, "first")
+    expect(window_with(d, ANA)).to_have_attribute("data-unread", "1")
+    window_with(d, ANA).locator("textarea").focus()  # Dan reads it
+    wait_for("the window event of reading", lambda: seen and seen[-1]["unread"] == 0)
+    # Minimised, counted before "second" exists, held until "second" has reached the page.
+    window_with(d, ANA).locator(".gchat-win-min").click()
+    wait_for("the window event of minimising", lambda: bool(held))
+    send(a, DAN, "second")
+    expect(window_with(d, ANA)).to_have_attribute("data-minimized", "true")
+    expect(messages(d, ANA).last.locator(".gchat-text")).to_have_text("second")
+    wait_for("the held window event", lambda: not held)
+    expect(window_with(d, ANA)).to_have_attribute("data-unread", "1")
+    send(a, DAN, "third")
+    expect(window_with(d, ANA)).to_have_attribute("data-unread", "2")
+    d.reload()
+    wait_connected(d)
+    expect(window_with(d, ANA)).to_have_attribute("data-unread", "2")
 
 
 def test_scrolling_up_loads_older_messages(users):

@@ -10,6 +10,7 @@ the router's parts alone.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import itertools
 import json
 import secrets
@@ -145,14 +146,16 @@ class FakeStore:
         self._read_times: dict[tuple[int, int], int] = {}
 
     def _state(self, conversation: int, user: int) -> MemberState:
-        return self._states.get((conversation, user), MemberState(False, False, 0, 0))
+        state = self._states.get((conversation, user), MemberState(False, False, 0, 0))
+        newest = max((m.id for m in self._messages.get(conversation, [])), default=0)
+        return dataclasses.replace(state, newest=newest)
 
     def _set(self, conversation: int, user: int, **changes: Any) -> MemberState:
         old = self._state(conversation, user)
         state = MemberState(**{"open": old.open, "minimized": old.minimized, "unread": old.unread,
                                "last_read": old.last_read, **changes})
         self._states[(conversation, user)] = state
-        return state
+        return self._state(conversation, user)
 
     def _last(self, conversation: int, limit: int) -> list[Message]:
         return self._messages.get(conversation, [])[-limit:]
@@ -209,7 +212,7 @@ class FakeStore:
         return rows[:limit], len(rows) > limit
 
     async def open_views(self, user: int, history: int) -> list[tuple[Pair, MemberState, list[Message]]]:
-        return [(self._pairs[conv], state, self._last(conv, history))
+        return [(self._pairs[conv], self._state(conv, uid), self._last(conv, history))
                 for (conv, uid), state in sorted(self._states.items()) if uid == user and state.open]
 
     async def add_message(self, pair: Pair, sender: int, text: str, client_id: str | None,
