@@ -82,7 +82,11 @@ class ChatStore:
             ensure_members(q, pair)
             q.execute("UPDATE {gchat_members} SET is_open = 1, minimized = 0, timemodified = %s "
                       "WHERE conversation = %s AND userid = %s", (now_ms(), pair.id, me))
-            return pair, state_of(q, pair.id, me), last_messages(q, pair.id, history)
+            # A locking read: when another unit of work created the conversation meanwhile, this
+            # one's snapshot (REPEATABLE READ) is older than the member row, and an UPDATE that
+            # changed nothing (a second open in the same millisecond) left no version of its own
+            # to read: a plain read would find no row and say the window is closed.
+            return pair, state_of(q, pair.id, me, self._latest), last_messages(q, pair.id, history)
 
         pair, state, messages = await self.db.run(work)
         self._remember(pair)
