@@ -369,6 +369,7 @@
         byId: {},               // conversation id -> conversation (see makeConversation)
         order: [],              // ids, most recently used first (first = next to the panel)
         pendingSends: {},       // client_id -> {conversation, text, client_id, time, inflight, attempts}
+        closing: {},            // conversation id -> true: this tab closed it, the server has not answered
         recent: null,           // the recent conversations as the server listed them, or null
         recentMore: false,
         recentLoading: false,
@@ -1232,6 +1233,7 @@
         var reset = !!event.reset || !connection.seenReady;
         connection.seenReady = true;
         var present = {};
+        conversations.closing = {}; // the snapshot is newer than any state a close waits out
         forEach(event.conversations || [], function (data) {
             present[data.id] = true;
             applyConversation(data, reset);
@@ -1333,6 +1335,7 @@
             typingTimer: null,
             lastTypingSent: 0,
             lastSeenSent: 0,
+            wantMinimized: null, // what this tab asked for (minimise/restore) until the server answers
             overflowed: false,  // not shown in the dock: listed in the "+N" menu
             dom: null
         };
@@ -1375,10 +1378,19 @@
         }
         var conv = conversations.byId[data.id];
         if (!data.open) {
+            delete conversations.closing[data.id];
             if (conv) {
                 removeConversation(data.id);
             }
             return null;
+        }
+        if (conversations.closing[data.id]) {
+            if (!data.messages) {
+                // The state from before this tab closed the window (the close's own event comes
+                // later): the window stays closed rather than coming back for a moment.
+                return null;
+            }
+            delete conversations.closing[data.id]; // opened again since, with its messages
         }
         var isNew = !conv;
         if (isNew) {
@@ -1392,7 +1404,15 @@
             conv.peer = data['with'];
         }
         conv.open = true;
-        conv.minimized = !!data.minimized;
+        var minimized = !!data.minimized;
+        if (conv.wantMinimized !== null) {
+            if (minimized === conv.wantMinimized) {
+                conv.wantMinimized = null; // this tab's own change has come back
+            } else {
+                minimized = conv.wantMinimized; // the state from before it: not undone for a moment
+            }
+        }
+        conv.minimized = minimized;
         if (!conv.dom) {
             buildWindow(conv);
         }
@@ -1827,8 +1847,13 @@
 
     function setMinimized(conv, minimized) {
         conv.minimized = minimized;
+        conv.wantMinimized = minimized;
         renderWindowState(conv);
-        command({type: 'minimize', conversation: conv.id, minimized: minimized});
+        command({type: 'minimize', conversation: conv.id, minimized: minimized}, function (reply) {
+            if (!reply.ok && conv.wantMinimized === minimized) {
+                conv.wantMinimized = null; // refused: no event of it will come
+            }
+        });
         layout();
         if (!minimized) {
             maybeSeen(conv);
@@ -1836,7 +1861,12 @@
     }
 
     function closeConversation(conv) {
-        command({type: 'close', conversation: conv.id});
+        conversations.closing[conv.id] = true;
+        command({type: 'close', conversation: conv.id}, function (reply) {
+            if (!reply.ok) {
+                delete conversations.closing[conv.id]; // refused: no event of it will come
+            }
+        });
         removeConversation(conv.id);
     }
 

@@ -233,63 +233,146 @@ def test_windows_minimised_state_and_unread_survive_reload_and_navigation(users)
     expect(window_with(a, DAN)).to_have_count(0)
 
 
-def test_unread_stays_exact_when_a_window_event_comes_after_a_newer_message(users):
-    """The server counts a window's unread messages in one unit of work and stores a message in
-    another, so the window event that counted can come after a message it did not count. Here
-    the order of Dan's events is turned round that way (the cursors stay in order, as in a log
-    written so): the badge still says how many messages Dan has not read."""
-    ana = users(ANA)
-    dan = users(DAN, login=False)
-    seen: list[dict] = []  # Dan's window events as they come
-    held: list[dict] = []  # from the "minimised" window event until the next message
+class TurnedRound:
+    """Routes a user's WebSocket through the test: from ``hold()`` on, the events are held back
+    until the next event of type ``until``, then given to the page in the order
+    ``order(held, that_event)`` returns, under the cursors they came with (in order, as from a
+    log written in that order). ``windows``: the window events the page was sent, in order."""
 
-    def route(ws):
+    def __init__(self, user, order, until: str = "message") -> None:
+        self.user = user
+        self.order = order
+        self.until = until
+        self.holding = False
+        self.held: list[dict] = []
+        self.windows: list[dict] = []
+        self.last_cursor = ""  # of the last event the page was sent
+        user.context.route_web_socket("**/gchat/ws**", self._route)
+
+    def hold(self) -> None:
+        self.holding = True
+
+    def _route(self, ws) -> None:
         server = ws.connect_to_server()
 
         def from_server(frame):
             event = json.loads(frame) if isinstance(frame, str) else {}
             if event.get("type") == "conversation":
-                seen.append(event["conversation"])
-            minimised = event.get("type") == "conversation" and event["conversation"]["minimized"]
-            if "cursor" not in event or not (held or minimised):  # replies are not in the log
+                self.windows.append(event["conversation"])
+            if not self.holding or "cursor" not in event:  # replies are not in the log
                 ws.send(frame)
+                self.last_cursor = event.get("cursor", self.last_cursor)
                 return
-            held.append(event)
-            if event["type"] == "message":
-                # The message first, then what came before it, under the same cursors.
-                for cursor, late in zip([e["cursor"] for e in held], [event] + held[:-1]):
-                    ws.send(json.dumps({**late, "cursor": cursor}))
-                held.clear()
+            if event["type"] != self.until:
+                self.held.append(event)
+                return
+            cursors = [e["cursor"] for e in self.held] + [event["cursor"]]
+            for cursor, late in zip(cursors, self.order(self.held, event)):
+                ws.send(json.dumps({**late, "cursor": cursor}))
+            self.held, self.holding, self.last_cursor = [], False, cursors[-1]
 
         server.on_message(from_server)
 
-    def wait_for(what, test):
+    def wait_delivered(self) -> None:
+        """Until the page has taken in every event it was sent."""
+        self.user.page.wait_for_function("cursor => window.gchat.cursor === cursor", arg=self.last_cursor)
+
+    def wait(self, what: str, test) -> None:
         deadline = time.monotonic() + 10
         while not test():
-            assert time.monotonic() < deadline, f"{what} never came: {seen}"
-            d.wait_for_timeout(20)  # lets Playwright run the route's handler
+            assert time.monotonic() < deadline, f"{what} never came: {self.windows}"
+            self.user.page.wait_for_timeout(20)  # lets Playwright run the route's handler
 
-    dan.context.route_web_socket("**/gchat/ws**", route)
+
+def test_unread_stays_exact_when_a_window_event_comes_after_a_newer_message(users):
+    """The server counts a window's unread messages in one unit of work and stores a message in
+    another, so the window event that counted can come after a message it did not count: the
+    badge still says how many messages Dan has not read."""
+    ana = users(ANA)
+    dan = users(DAN, login=False)
+    route = TurnedRound(dan, lambda held, message: [message] + held)
     d = dan.login()
     a = ana.page
     buddy(a, DAN).click()
     send(a, DAN, "first")
     expect(window_with(d, ANA)).to_have_attribute("data-unread", "1")
     window_with(d, ANA).locator("textarea").focus()  # Dan reads it
-    wait_for("the window event of reading", lambda: seen and seen[-1]["unread"] == 0)
-    # Minimised, counted before "second" exists, held until "second" has reached the page.
+    route.wait("the window event of reading", lambda: route.windows and route.windows[-1]["unread"] == 0)
+    # Minimised, counted before "second" exists, given to the page after "second".
+    route.hold()
     window_with(d, ANA).locator(".gchat-win-min").click()
-    wait_for("the window event of minimising", lambda: bool(held))
+    route.wait("the window event of minimising", lambda: route.held)
     send(a, DAN, "second")
-    expect(window_with(d, ANA)).to_have_attribute("data-minimized", "true")
+    route.wait("the message", lambda: not route.holding)
     expect(messages(d, ANA).last.locator(".gchat-text")).to_have_text("second")
-    wait_for("the held window event", lambda: not held)
+    expect(window_with(d, ANA)).to_have_attribute("data-minimized", "true")
     expect(window_with(d, ANA)).to_have_attribute("data-unread", "1")
     send(a, DAN, "third")
     expect(window_with(d, ANA)).to_have_attribute("data-unread", "2")
     d.reload()
     wait_connected(d)
     expect(window_with(d, ANA)).to_have_attribute("data-unread", "2")
+
+
+def test_a_window_event_from_before_a_minimise_does_not_undo_it(users):
+    """Dan reads the window and at once minimises it; a message arrives between the two window
+    events (of reading, then of minimising). The first says "not minimised": it must not open
+    the window for a moment, or the message would be marked read under Dan's cursor."""
+    ana = users(ANA)
+    dan = users(DAN, login=False)
+    # The server's order: read, then the message, then minimised.
+    route = TurnedRound(dan, lambda held, message: held[:1] + [message] + held[1:])
+    d = dan.login()
+    a = ana.page
+    buddy(a, DAN).click()
+    send(a, DAN, "first")
+    expect(window_with(d, ANA)).to_have_attribute("data-unread", "1")
+    route.hold()
+    window_with(d, ANA).locator("textarea").focus()  # Dan reads it ...
+    expect(window_with(d, ANA)).to_have_attribute("data-unread", "0")
+    window_with(d, ANA).locator(".gchat-win-min").click()  # ... and minimises it
+    route.wait("both window events", lambda: sum(e["type"] == "conversation" for e in route.held) == 2)
+    send(a, DAN, "second")
+    route.wait("the message", lambda: not route.holding)
+    expect(messages(d, ANA).last.locator(".gchat-text")).to_have_text("second")
+    expect(window_with(d, ANA)).to_have_attribute("data-minimized", "true")
+    expect(window_with(d, ANA)).to_have_attribute("data-unread", "1")
+    # Nothing marked it read meanwhile: the server says so too.
+    d.reload()
+    wait_connected(d)
+    expect(window_with(d, ANA)).to_have_attribute("data-minimized", "true")
+    expect(window_with(d, ANA)).to_have_attribute("data-unread", "1")
+
+
+def test_a_window_event_from_before_a_close_does_not_bring_the_window_back(users):
+    """Dan reads the window and at once closes it; the window event of reading reaches the page
+    after the close. The window stays closed, not back for a moment."""
+    ana = users(ANA)
+    dan = users(DAN, login=False)
+    route = TurnedRound(dan, lambda held, typing: held + [typing], until="typing")
+    d = dan.login()
+    a = ana.page
+    buddy(a, DAN).click()
+    send(a, DAN, "first")
+    expect(window_with(d, ANA)).to_have_attribute("data-unread", "1")
+    route.hold()
+    window_with(d, ANA).locator("textarea").focus()  # Dan reads it ...
+    expect(window_with(d, ANA)).to_have_attribute("data-unread", "0")
+    window_with(d, ANA).locator(".gchat-win-close").click()  # ... and closes it
+    expect(window_with(d, ANA)).to_have_count(0)
+    route.wait("both window events", lambda: sum(e["type"] == "conversation" for e in route.held) == 2)
+    d.evaluate("""() => {
+        window.__back = false;
+        new MutationObserver(() => {
+            window.__back = window.__back || !!document.querySelector(".gchat-win[data-peer='3']");
+        }).observe(document.body, {childList: true, subtree: true});
+    }""")
+    window_with(a, DAN).locator("textarea").press_sequentially("s")  # Ana's typing lets them through
+    route.wait("the typing event", lambda: not route.holding)
+    route.wait_delivered()
+    assert d.evaluate("window.__back") is False, "the closed window came back"
+    send(a, DAN, "sorry, one more thing")  # a message opens it again, as ever
+    expect(window_with(d, ANA)).to_have_attribute("data-unread", "1")
 
 
 def test_scrolling_up_loads_older_messages(users):
