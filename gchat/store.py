@@ -121,11 +121,17 @@ class ChatStore:
                 q.execute("UPDATE {gchat_members} SET is_open = 1, timemodified = %s "
                           "WHERE conversation = %s AND userid = %s", (now_ms(), conversation, user))
             else:
-                # Closing a window is a deliberate act: what it showed counts as read.
-                q.execute("UPDATE {gchat_members} SET is_open = 0, minimized = 0, unread = 0, "
-                          "last_read = (SELECT COALESCE(MAX(id), 0) FROM {gchat_messages} WHERE conversation = %s), "
-                          "timemodified = %s WHERE conversation = %s AND userid = %s",
-                          (conversation, now_ms(), conversation, user))
+                # Closing a window is a deliberate act: what it showed counts as read. The row is
+                # locked first, as in record_read: a message committed before is read here, one
+                # still being stored waits and then opens the window again with itself unread.
+                # (One UPDATE with the newest id as a subquery would read messages with a
+                # snapshot from before the wait on PostgreSQL, and lock them on MariaDB.)
+                q.execute("UPDATE {gchat_members} SET is_open = 0, minimized = 0, timemodified = %s "
+                          "WHERE conversation = %s AND userid = %s", (now_ms(), conversation, user))
+                newest = q.scalar("SELECT COALESCE(MAX(id), 0) FROM {gchat_messages} WHERE conversation = %s",
+                                  (conversation,))
+                q.execute("UPDATE {gchat_members} SET unread = 0, last_read = %s "
+                          "WHERE conversation = %s AND userid = %s", (int(newest or 0), conversation, user))
             return state_of(q, conversation, user)
 
         return await self.db.run(work)

@@ -437,6 +437,41 @@ async def test_a_message_stored_while_a_read_is_recorded_stays_unread(store, sit
     assert (await store.state(pair.id, B)).unread == 1
 
 
+@pytest.mark.gen_test(timeout=30)
+async def test_a_close_counts_as_read_what_was_stored_before_it(store, site, test_db_url):
+    """B closes the window while "two" is being stored: once that commits, the close reads it
+    too (its last read is "two", nothing unread); the close never leaves a message after the
+    last read one that is not counted."""
+    pair, _, _ = await store.open(A, B, 10)
+    await store.open(B, A, 10)
+    await send(store, pair, A, "one")
+    side = db_connect(test_db_url, test_db_url.split("?")[0].rsplit("/", 1)[1])
+    try:
+        if site.engine == "postgresql":
+            side.autocommit = False
+        else:
+            side.begin()
+        with side.cursor() as cur:
+            cur.execute(f"INSERT INTO {PREFIX}gchat_messages (conversation, sender, text, client_id, time) "
+                        "VALUES (%s, %s, %s, NULL, %s)", (pair.id, A, "two", int(time.time() * 1000)))
+            cur.execute(f"UPDATE {PREFIX}gchat_members SET unread = unread + 1 WHERE conversation = %s "
+                        "AND userid = %s", (pair.id, B))
+        closing = asyncio.ensure_future(store.set_open(pair.id, B, False))
+        deadline = time.monotonic() + 4
+        while _lock_waits(site) < 1:
+            assert time.monotonic() < deadline, "the close never waited for the message's transaction"
+            assert not closing.done(), closing
+            await asyncio.sleep(0.15)
+    finally:
+        side.commit()
+        side.close()
+    state = await closing
+    two = count(site, "SELECT MAX(id) FROM {p}gchat_messages WHERE conversation = %s", (pair.id,))
+    assert state == MemberState(False, False, 0, two)
+    again = await send(store, pair, A, "three")
+    assert again.peer_opened == MemberState(True, False, 1, two), "the next message is the one unread"
+
+
 @pytest.mark.gen_test
 async def test_closing_a_window_clears_unread(store):
     pair, _, _ = await store.open(A, B, 10)
