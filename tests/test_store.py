@@ -58,6 +58,25 @@ async def test_conversation_of_an_unordered_pair_is_unique(store, site):
     assert await store.pair(ab.id + 1000) is None
 
 
+def side_transaction(url: str, site):
+    """A connection of the test's own with a transaction open (commit or roll back, then close)."""
+    conn = db_connect(url, url.split("?")[0].rsplit("/", 1)[1])
+    if site.engine == "postgresql":
+        conn.autocommit = False  # psycopg: the next statement opens a transaction
+    else:
+        conn.begin()
+    return conn
+
+
+async def until_it_waits_on_a_lock(site, racing: asyncio.Future) -> None:
+    """Until a statement of the test's database waits on a lock (``racing`` has not ended)."""
+    deadline = time.monotonic() + 4
+    while _lock_waits(site) < 1:
+        assert time.monotonic() < deadline, "it never waited on the lock"
+        assert not racing.done(), racing
+        await asyncio.sleep(0.15)
+
+
 class Gate:
     """Makes a race certain instead of likely: a transaction on a side connection holds a lock
     where the racing rows would go, so every racer gets past its reads and then waits on its
@@ -67,11 +86,7 @@ class Gate:
 
     def __init__(self, url: str, site, table: str, where: str, params: tuple) -> None:
         self.site = site
-        self.conn = db_connect(url, url.split("?")[0].rsplit("/", 1)[1])
-        if site.engine == "postgresql":
-            self.conn.autocommit = False  # psycopg: the next statement opens a transaction
-        else:
-            self.conn.begin()
+        self.conn = side_transaction(url, site)
         with self.conn.cursor() as cur:
             if site.engine == "postgresql":
                 cur.execute(f"LOCK TABLE {PREFIX}{table} IN SHARE MODE")
@@ -400,36 +415,35 @@ async def test_unread_counts_go_up_for_the_peer_and_mark_seen_brings_them_down(s
     assert (await store.state(pair.id, B)).unread == 0
 
 
-@pytest.mark.gen_test(timeout=30)
-async def test_a_message_stored_while_a_read_is_recorded_stays_unread(store, site, test_db_url):
-    """B reads up to "one" while "two" is being stored: its transaction (here on a side
-    connection, as the message writer does it) has written the message and counted it unread
-    but not committed. Once it commits, "two" is unread for B, in the view the read returns and
-    in the table; it is never lost by a count taken before it was there."""
-    pair, _, _ = await store.open(A, B, 10)
-    await store.open(B, A, 10)
-    one = await send(store, pair, A, "one")
-    side = db_connect(test_db_url, test_db_url.split("?")[0].rsplit("/", 1)[1])
+async def while_a_message_is_half_stored(url: str, site, pair, coroutine):
+    """Run ``coroutine`` while A's message "two" to B is half stored, as the message writer stores
+    one, on a side connection: the message row written and B's unread count raised (which holds
+    B's member row), not committed. Commits once ``coroutine`` waits on a lock; its result."""
+    side = side_transaction(url, site)
     try:
-        if site.engine == "postgresql":
-            side.autocommit = False
-        else:
-            side.begin()
         with side.cursor() as cur:
             cur.execute(f"INSERT INTO {PREFIX}gchat_messages (conversation, sender, text, client_id, time) "
                         "VALUES (%s, %s, %s, NULL, %s)", (pair.id, A, "two", int(time.time() * 1000)))
             cur.execute(f"UPDATE {PREFIX}gchat_members SET unread = unread + 1 WHERE conversation = %s "
                         "AND userid = %s", (pair.id, B))
-        reading = asyncio.ensure_future(store.record_read(pair.id, B, one.message.id))
-        deadline = time.monotonic() + 4
-        while _lock_waits(site) < 1:
-            assert time.monotonic() < deadline, "the read never waited for the message's transaction"
-            assert not reading.done(), reading
-            await asyncio.sleep(0.15)
+        racing = asyncio.ensure_future(coroutine)
+        await until_it_waits_on_a_lock(site, racing)
     finally:
         side.commit()
         side.close()
-    state, changed, read = await reading
+    return await racing
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_a_message_stored_while_a_read_is_recorded_stays_unread(store, site, test_db_url):
+    """B reads up to "one" while "two" is being stored: once that commits, "two" is unread for B,
+    in the view the read returns and in the table; it is never lost by a count taken before it
+    was there."""
+    pair, _, _ = await store.open(A, B, 10)
+    await store.open(B, A, 10)
+    one = await send(store, pair, A, "one")
+    state, changed, read = await while_a_message_is_half_stored(
+        test_db_url, site, pair, store.record_read(pair.id, B, one.message.id))
     assert changed and read is not None and read.message == one.message.id
     assert state.unread == 1, "the message stored meanwhile is unread"
     two = count(site, "SELECT MAX(id) FROM {p}gchat_messages WHERE conversation = %s", (pair.id,))
@@ -445,27 +459,7 @@ async def test_a_close_counts_as_read_what_was_stored_before_it(store, site, tes
     pair, _, _ = await store.open(A, B, 10)
     await store.open(B, A, 10)
     await send(store, pair, A, "one")
-    side = db_connect(test_db_url, test_db_url.split("?")[0].rsplit("/", 1)[1])
-    try:
-        if site.engine == "postgresql":
-            side.autocommit = False
-        else:
-            side.begin()
-        with side.cursor() as cur:
-            cur.execute(f"INSERT INTO {PREFIX}gchat_messages (conversation, sender, text, client_id, time) "
-                        "VALUES (%s, %s, %s, NULL, %s)", (pair.id, A, "two", int(time.time() * 1000)))
-            cur.execute(f"UPDATE {PREFIX}gchat_members SET unread = unread + 1 WHERE conversation = %s "
-                        "AND userid = %s", (pair.id, B))
-        closing = asyncio.ensure_future(store.set_open(pair.id, B, False))
-        deadline = time.monotonic() + 4
-        while _lock_waits(site) < 1:
-            assert time.monotonic() < deadline, "the close never waited for the message's transaction"
-            assert not closing.done(), closing
-            await asyncio.sleep(0.15)
-    finally:
-        side.commit()
-        side.close()
-    state = await closing
+    state = await while_a_message_is_half_stored(test_db_url, site, pair, store.set_open(pair.id, B, False))
     two = count(site, "SELECT MAX(id) FROM {p}gchat_messages WHERE conversation = %s", (pair.id,))
     assert state == MemberState(False, False, 0, two)
     again = await send(store, pair, A, "three")
@@ -555,21 +549,13 @@ async def test_a_send_does_not_wait_for_a_batch_of_another_conversation(store, s
     await store.open(B, A, 10)
     fast, _, _ = await store.open(A, C, 10)
     await store.open(C, A, 10)
-    side = db_connect(test_db_url, test_db_url.split("?")[0].rsplit("/", 1)[1])
+    side = side_transaction(test_db_url, site)
     try:
-        if site.engine == "postgresql":
-            side.autocommit = False
-        else:
-            side.begin()
         with side.cursor() as cur:
             cur.execute(f"SELECT unread FROM {PREFIX}gchat_members WHERE conversation = %s AND userid = %s FOR UPDATE",
                         (slow.id, B))
         held = asyncio.ensure_future(send(store, slow, A, "held up", "held"))
-        deadline = time.monotonic() + 4
-        while _lock_waits(site) < 1:
-            assert time.monotonic() < deadline, "the first send never waited on the lock"
-            assert not held.done(), held
-            await asyncio.sleep(0.15)
+        await until_it_waits_on_a_lock(site, held)
         other = await asyncio.wait_for(send(store, fast, A, "not held up", "free"), 4)
         assert not other.duplicate and other.message.conversation == fast.id
         assert not held.done(), "the held-up send finished before its lock was released"

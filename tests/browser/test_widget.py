@@ -284,18 +284,25 @@ class TurnedRound:
             self.user.page.wait_for_timeout(20)  # lets Playwright run the route's handler
 
 
-def test_unread_stays_exact_when_a_window_event_comes_after_a_newer_message(users):
-    """The server counts a window's unread messages in one unit of work and stores a message in
-    another, so the window event that counted can come after a message it did not count: the
-    badge still says how many messages Dan has not read."""
+def first_message_to_dan(users, order, until: str = "message"):
+    """Ana and Dan logged in, Dan's events routed through ``TurnedRound(dan, order, until)``; Ana
+    has written "first", which Dan's page shows unread. Returns Ana's page, Dan's, the route."""
     ana = users(ANA)
     dan = users(DAN, login=False)
-    route = TurnedRound(dan, lambda held, message: [message] + held)
+    route = TurnedRound(dan, order, until)
     d = dan.login()
     a = ana.page
     buddy(a, DAN).click()
     send(a, DAN, "first")
     expect(window_with(d, ANA)).to_have_attribute("data-unread", "1")
+    return a, d, route
+
+
+def test_unread_stays_exact_when_a_window_event_comes_after_a_newer_message(users):
+    """The server counts a window's unread messages in one unit of work and stores a message in
+    another, so the window event that counted can come after a message it did not count: the
+    badge still says how many messages Dan has not read."""
+    a, d, route = first_message_to_dan(users, lambda held, message: [message] + held)
     window_with(d, ANA).locator("textarea").focus()  # Dan reads it
     route.wait("the window event of reading", lambda: route.windows and route.windows[-1]["unread"] == 0)
     # Minimised, counted before "second" exists, given to the page after "second".
@@ -318,15 +325,8 @@ def test_a_window_event_from_before_a_minimise_does_not_undo_it(users):
     """Dan reads the window and at once minimises it; a message arrives between the two window
     events (of reading, then of minimising). The first says "not minimised": it must not open
     the window for a moment, or the message would be marked read under Dan's cursor."""
-    ana = users(ANA)
-    dan = users(DAN, login=False)
     # The server's order: read, then the message, then minimised.
-    route = TurnedRound(dan, lambda held, message: held[:1] + [message] + held[1:])
-    d = dan.login()
-    a = ana.page
-    buddy(a, DAN).click()
-    send(a, DAN, "first")
-    expect(window_with(d, ANA)).to_have_attribute("data-unread", "1")
+    a, d, route = first_message_to_dan(users, lambda held, message: held[:1] + [message] + held[1:])
     route.hold()
     window_with(d, ANA).locator("textarea").focus()  # Dan reads it ...
     expect(window_with(d, ANA)).to_have_attribute("data-unread", "0")
@@ -347,14 +347,7 @@ def test_a_window_event_from_before_a_minimise_does_not_undo_it(users):
 def test_a_window_event_from_before_a_close_does_not_bring_the_window_back(users):
     """Dan reads the window and at once closes it; the window event of reading reaches the page
     after the close. The window stays closed, not back for a moment."""
-    ana = users(ANA)
-    dan = users(DAN, login=False)
-    route = TurnedRound(dan, lambda held, typing: held + [typing], until="typing")
-    d = dan.login()
-    a = ana.page
-    buddy(a, DAN).click()
-    send(a, DAN, "first")
-    expect(window_with(d, ANA)).to_have_attribute("data-unread", "1")
+    a, d, route = first_message_to_dan(users, lambda held, typing: held + [typing], "typing")
     route.hold()
     window_with(d, ANA).locator("textarea").focus()  # Dan reads it ...
     expect(window_with(d, ANA)).to_have_attribute("data-unread", "0")
