@@ -270,6 +270,7 @@ class Database:
         self.pool_size = size
         self._executor = ThreadPoolExecutor(max_workers=size, thread_name_prefix="gchat-db")
         self._in_flight = 0
+        self._closed = False
 
     def sql(self, text: str) -> str:
         done = self._sql_cache.get(text)
@@ -345,6 +346,10 @@ class Database:
         unit of work still running then is not stopped and may yet commit: callers that must
         not apply a command twice make it idempotent (``send`` does, by ``client_id``).
         """
+        if self._closed:
+            # Shutting down: a request still being answered gets "unavailable" (the client
+            # retries elsewhere or later), not a 500 and a traceback per request in the log.
+            raise Unavailable("gchat is shutting down; try again")
         if time.monotonic() < self._down_until:
             raise Unavailable(f"database {self.where} is not reachable")
         # Queued work waits at most `timeout` anyway; this bound only keeps a storm from
@@ -378,6 +383,7 @@ class Database:
             return False
 
     def close(self) -> None:
+        self._closed = True
         self._executor.shutdown(wait=False, cancel_futures=True)
         try:
             self._pool.close()

@@ -520,6 +520,18 @@ async def test_a_deadlock_victim_is_run_again_and_is_no_outage(db, engine):
     assert await db.run(lambda q: q.scalar("SELECT 1")) == 1, "a deadlock is not an outage"
 
 
+@pytest.mark.gen_test
+async def test_work_after_close_is_refused_as_unavailable(db, store):
+    """A request still being answered while gchat shuts down (the database closed under it)
+    gets "unavailable", which every transport answers as such, not an internal error."""
+    pair, _, _ = await store.open(A, B, 10)
+    db.close()
+    with pytest.raises(Unavailable, match="shutting down"):
+        await store.state(pair.id, A)
+    with pytest.raises(Unavailable):
+        await send(store, pair, A, "too late")
+
+
 @pytest.mark.gen_test(timeout=30)
 async def test_a_batch_to_a_closed_window_opens_it_once_and_counts_every_message(store, db, site):
     pair, _, _ = await store.open(A, B, 10)  # open for A only: B's window is closed
