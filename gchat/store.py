@@ -14,6 +14,7 @@ gchat up to date. Production start-up only checks that they are there.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 from gchat import store_schema
@@ -120,19 +121,19 @@ class ChatStore:
             if is_open:
                 q.execute("UPDATE {gchat_members} SET is_open = 1, timemodified = %s "
                           "WHERE conversation = %s AND userid = %s", (now_ms(), conversation, user))
-            else:
-                # Closing a window is a deliberate act: what it showed counts as read. The row is
-                # locked first, as in record_read: a message committed before is read here, one
-                # still being stored waits and then opens the window again with itself unread.
-                # (One UPDATE with the newest id as a subquery would read messages with a
-                # snapshot from before the wait on PostgreSQL, and lock them on MariaDB.)
-                q.execute("UPDATE {gchat_members} SET is_open = 0, minimized = 0, timemodified = %s "
-                          "WHERE conversation = %s AND userid = %s", (now_ms(), conversation, user))
-                newest = q.scalar("SELECT COALESCE(MAX(id), 0) FROM {gchat_messages} WHERE conversation = %s",
-                                  (conversation,))
-                q.execute("UPDATE {gchat_members} SET unread = 0, last_read = %s "
-                          "WHERE conversation = %s AND userid = %s", (int(newest or 0), conversation, user))
-            return state_of(q, conversation, user)
+                return state_of(q, conversation, user)
+            # Closing a window is a deliberate act: what it showed counts as read. The row is
+            # locked first, as in record_read: a message committed before is read here, one
+            # still being stored waits and then opens the window again with itself unread.
+            # (One UPDATE with the newest id as a subquery would read messages with a
+            # snapshot from before the wait on PostgreSQL, and lock them on MariaDB.)
+            q.execute("UPDATE {gchat_members} SET is_open = 0, minimized = 0, timemodified = %s "
+                      "WHERE conversation = %s AND userid = %s", (now_ms(), conversation, user))
+            newest = int(q.scalar("SELECT COALESCE(MAX(id), 0) FROM {gchat_messages} WHERE conversation = %s",
+                                  (conversation,)) or 0)
+            q.execute("UPDATE {gchat_members} SET unread = 0, last_read = %s "
+                      "WHERE conversation = %s AND userid = %s", (newest, conversation, user))
+            return MemberState(False, False, 0, newest, newest)  # all of it, as just written
 
         return await self.db.run(work)
 
@@ -209,9 +210,7 @@ class ChatStore:
             last_read = max(before.last_read, message_id)
             # Only a message of this conversation counts as read: a made-up id would otherwise
             # show the peer "Seen" under messages that were never read.
-            newest = int(q.scalar("SELECT COALESCE(MAX(id), 0) FROM {gchat_messages} WHERE conversation = %s",
-                                  (conversation,)) or 0)
-            last_read = min(last_read, max(newest, before.last_read))
+            last_read = min(last_read, max(before.newest, before.last_read))
             unread = q.scalar("SELECT COUNT(*) FROM {gchat_messages} WHERE conversation = %s AND id > %s "
                               "AND sender <> %s", (conversation, last_read, user))
             stamp = now_ms()
@@ -224,7 +223,9 @@ class ChatStore:
                 q.execute("UPDATE {gchat_members} SET unread = %s, timemodified = %s "
                           "WHERE conversation = %s AND userid = %s",
                           (int(unread or 0), stamp, conversation, user))
-            after = state_of(q, conversation, user)
+            # The row is locked: nothing but these two figures changed since ``before``, and no
+            # peer's message can have been stored after its newest (it would wait for the lock).
+            after = dataclasses.replace(before, unread=int(unread or 0), last_read=last_read)
             return after, after != before, Read(last_read, stamp) if moved else None
 
         return await self.db.run(work)

@@ -80,4 +80,3 @@ def router(settings: Settings, moodle: FakeMoodle, store: FakeStore, broker: Mem
                     signer=TokenSigner(settings.secret_key, settings.token_ttl), observer=observed)
     yield router
     io_loop.run_sync(cancel_pending_tasks)
-
