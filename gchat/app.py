@@ -32,6 +32,7 @@ from gchat.router import DRAIN_SECS, Router
 from gchat.sessions import make_store
 from gchat.store import ChatStore
 from gchat.transports.base import OriginPolicy
+from gchat.transports.heartbeat import Pinger
 from gchat.transports.http import BootstrapHandler, HealthHandler
 from gchat.transports.longpoll import PollHandler, PollTabs, SendHandler
 from gchat.transports.websocket import WebSocketHandler
@@ -205,11 +206,13 @@ def make_app(services: Services, *, extra_routes: RoutesFor | None = None,
     common: dict[str, Any] = dict(router=services.router, settings=settings, origins=origins)
     tabs = PollTabs(services.router, idle_secs=settings.longpoll_idle)
     metrics = build_metrics(services.router, services.db, services.broker)
+    # WebSocket pings from one timer for all sockets (gchat.transports.heartbeat), not Tornado's task per socket.
+    pinger = Pinger(settings.ws_ping_interval) if settings.ws_ping_interval else None
     routes: list[Route] = [
         (prefix + "/api/bootstrap", BootstrapHandler, common),
         (prefix + "/api/poll", PollHandler, dict(common, tabs=tabs)),
         (prefix + "/api/send", SendHandler, common),
-        (prefix + "/ws", WebSocketHandler, common),
+        (prefix + "/ws", WebSocketHandler, dict(common, pinger=pinger)),
         (prefix + "/health", HealthHandler, dict(common, db=services.db)),
         (prefix + "/metrics", MetricsHandler, {"metrics": metrics}),
         (prefix + "/static/(.*)", StaticFiles, {"path": static_dir()}),
@@ -224,8 +227,6 @@ def make_app(services: Services, *, extra_routes: RoutesFor | None = None,
         routes,
         template_path=template_dir(),
         xsrf_cookies=True,
-        websocket_ping_interval=settings.ws_ping_interval or None,
-        websocket_ping_timeout=max(settings.ws_ping_interval, 10) if settings.ws_ping_interval else None,
         # Frames up to max_frame_bytes are commands; larger ones up to 4x get a too_long reply on a
         # connection that stays open; beyond that Tornado closes with 1009 without buffering more.
         websocket_max_message_size=settings.max_frame_bytes * 4,

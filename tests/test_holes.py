@@ -6,21 +6,19 @@ and no ERROR line (no traceback) reaches the log. See docs/protocol.md §2, §3 
 from __future__ import annotations
 
 import asyncio
-import base64
 import json
 import logging
-import os
 import secrets
 import struct
 from typing import Any
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote
 
 import pytest
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
 from tornado.websocket import websocket_connect
 
 from gchat.metrics import Metrics
-from tests.support.clients import PollClient, WSClient, bootstrap
+from tests.support.clients import PollClient, RawWebSocket, WSClient, bootstrap
 from tests.support.redis import with_params
 
 pytestmark = pytest.mark.usefixtures("settings")
@@ -299,40 +297,24 @@ async def test_hole8_tokens_never_reach_the_log_in_full(http_server, base_url, s
 # -- 9. invalid UTF-8 in a text frame --------------------------------------------------------------------
 
 async def raw_ws_frames(base_url: str, token: str, frames: list[tuple[int, bytes]]) -> tuple[int | None, bytes]:
-    """Open a WebSocket by hand, read up to the first event, send ``frames`` ((opcode, payload),
-    masked as a client must) and return the close code the server sent (None: no close frame)."""
-    parts = urlsplit(base_url)
-    reader, writer = await asyncio.open_connection(parts.hostname, parts.port)
-    key = base64.b64encode(os.urandom(16)).decode()
-    writer.write((f"GET /gchat/ws?token={quote(token)} HTTP/1.1\r\nHost: {parts.netloc}\r\nUpgrade: websocket\r\n"
-                  f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n").encode())
-    head = await reader.readuntil(b"\r\n\r\n")
-    assert b" 101 " in head.split(b"\r\n")[0], head
+    """Open a WebSocket by hand, send ``frames`` ((opcode, payload)) and return the close code the
+    server sent (None: no close frame) with the payloads it sent before, one per line."""
+    raw = await RawWebSocket.open(base_url, token)
     for opcode, payload in frames:
-        mask = os.urandom(4)
-        masked = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
-        assert len(payload) < 126
-        writer.write(bytes([0x80 | opcode, 0x80 | len(payload)]) + mask + masked)
-    await writer.drain()
+        raw.send(opcode, payload)
     close_code: int | None = None
     received = b""
     try:
         while True:
-            first = await asyncio.wait_for(reader.readexactly(2), 10)
-            length = first[1] & 0x7F
-            if length == 126:
-                length = struct.unpack(">H", await reader.readexactly(2))[0]
-            elif length == 127:
-                length = struct.unpack(">Q", await reader.readexactly(8))[0]
-            payload = await reader.readexactly(length)
-            if first[0] & 0x0F == 0x8:
+            opcode, payload = await raw.receive()
+            if opcode == 0x8:
                 close_code = struct.unpack(">H", payload[:2])[0] if len(payload) >= 2 else None
                 break
             received += payload + b"\n"
     except asyncio.IncompleteReadError:
         pass  # dropped without a close frame
     finally:
-        writer.close()
+        raw.close()
     return close_code, received
 
 

@@ -11,6 +11,7 @@ RFC 6455 §8.1 requires (Tornado alone drops it without a close frame).
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
 import tornado.iostream
@@ -22,6 +23,7 @@ from gchat.errors import (WS_CLOSE_GOING_AWAY, WS_CLOSE_INVALID_DATA, WS_CLOSE_P
                           WS_CLOSE_SESSION_ENDED, WS_CLOSE_TRY_AGAIN, GchatError)
 from gchat.router import Client, Router
 from gchat.transports.base import OriginPolicy, query_text
+from gchat.transports.heartbeat import Pinger
 from gchat.wire import dumps, error_event, loads
 
 log = logging.getLogger("gchat.websocket")
@@ -110,11 +112,14 @@ class StrictUtf8Protocol(tornado.websocket.WebSocketProtocol13):
 
 
 class WebSocketHandler(tornado.websocket.WebSocketHandler):
-    def initialize(self, router: Router, settings: Settings, origins: OriginPolicy) -> None:
+    def initialize(self, router: Router, settings: Settings, origins: OriginPolicy, pinger: Pinger | None) -> None:
         self.router = router
         self.gchat_settings = settings
         self.origins = origins
+        self.pinger = pinger
         self.client: WebSocketClient | None = None
+        self.ping_slot = 0
+        self._ponged = True  # no ping outstanding
 
     def check_origin(self, origin: str) -> bool:
         return self.origins.allows(origin, self.request.host)
@@ -132,6 +137,8 @@ class WebSocketHandler(tornado.websocket.WebSocketHandler):
         # Small frames must leave at once: with Nagle's algorithm on (Tornado's default) a reply
         # or event can wait for the peer's delayed ACK, tens of milliseconds.
         self.set_nodelay(True)
+        if self.pinger is not None:
+            self.pinger.add(self)
         stream = self.ws_connection.stream if self.ws_connection else None
         if stream is not None:
             stream.max_write_buffer_size = self.gchat_settings.max_output_bytes
@@ -175,10 +182,28 @@ class WebSocketHandler(tornado.websocket.WebSocketHandler):
 
     def send(self, text: str) -> bool:
         """Write one frame; False when the connection is gone or was cut off for not reading."""
+        return self._write(lambda: self.write_message(text))
+
+    def heartbeat(self) -> None:
+        """The pinger's visit, once per ``ws_ping_interval``: a peer that did not answer the last
+        ping is closed (as Tornado's own pings would: code 1000, "ping timed out"), the others
+        are pinged."""
+        if not self._ponged:
+            log.debug("user %s: WebSocket closed, no pong in %g s", self.client and self.client.user_id,
+                     self.gchat_settings.ws_ping_interval)
+            self.close(reason="ping timed out")
+            return
+        self._ponged = False
+        self._write(self.ping)
+
+    def on_pong(self, data: bytes) -> None:
+        self._ponged = True
+
+    def _write(self, write: Callable[[], object]) -> bool:
         if self.ws_connection is None or self.ws_connection.is_closing():
             return False
         try:
-            self.write_message(text)
+            write()
             return True
         except tornado.websocket.WebSocketClosedError:
             return False
@@ -194,6 +219,8 @@ class WebSocketHandler(tornado.websocket.WebSocketHandler):
         self.close(close_code, error.code)
 
     def on_close(self) -> None:
+        if self.pinger is not None:
+            self.pinger.discard(self)
         client, self.client = self.client, None
         if client is not None:
             self.router.spawn(self.router.detach(client))

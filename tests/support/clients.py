@@ -9,8 +9,11 @@ a test's clients and closes them when it ends.
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
+import os
 import secrets
+import struct
 from typing import Any, Protocol
 from collections.abc import Callable
 from urllib.parse import quote, urlsplit
@@ -229,6 +232,48 @@ class PollClient(BaseClient):
 
 
 CLIENTS = {"websocket": WSClient, "longpoll": PollClient}
+
+
+class RawWebSocket:
+    """A WebSocket spoken by hand, frame by frame: for what a well-behaved client library never
+    does (invalid UTF-8, a peer that never answers a ping)."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader = reader
+        self.writer = writer
+
+    @classmethod
+    async def open(cls, base_url: str, token: str) -> RawWebSocket:
+        parts = urlsplit(base_url)
+        reader, writer = await asyncio.open_connection(parts.hostname, parts.port)
+        key = base64.b64encode(os.urandom(16)).decode()
+        writer.write((f"GET /gchat/ws?token={quote(token)} HTTP/1.1\r\nHost: {parts.netloc}\r\n"
+                      f"Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
+                      "Sec-WebSocket-Version: 13\r\n\r\n").encode())
+        head = await reader.readuntil(b"\r\n\r\n")
+        assert b" 101 " in head.split(b"\r\n")[0], head
+        return cls(reader, writer)
+
+    def send(self, opcode: int, payload: bytes) -> None:
+        """One final frame, masked as a client must (payloads under 126 bytes)."""
+        assert len(payload) < 126
+        mask = os.urandom(4)
+        masked = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+        self.writer.write(bytes([0x80 | opcode, 0x80 | len(payload)]) + mask + masked)
+
+    async def receive(self, timeout: float = 10) -> tuple[int, bytes]:
+        """The next frame's opcode and payload; IncompleteReadError when the server dropped the
+        connection without a close frame."""
+        first = await asyncio.wait_for(self.reader.readexactly(2), timeout)
+        length = first[1] & 0x7F
+        if length == 126:
+            length = struct.unpack(">H", await self.reader.readexactly(2))[0]
+        elif length == 127:
+            length = struct.unpack(">Q", await self.reader.readexactly(8))[0]
+        return first[0] & 0x0F, await self.reader.readexactly(length)
+
+    def close(self) -> None:
+        self.writer.close()
 
 
 class MoodleLogin(Protocol):

@@ -1,0 +1,67 @@
+"""WebSocket heartbeats on a real server (gchat's own pinger, one timer for every socket): a peer
+that answers pings stays connected however long it is idle; one that stops answering (a laptop
+closed, a network gone without a FIN) is closed after the next ping and its user goes offline
+for course-mates, instead of staying online until the kernel gives up on the socket."""
+
+from __future__ import annotations
+
+import struct
+
+import pytest
+
+from tests.support.clients import RawWebSocket, bootstrap
+
+PING, PONG, CLOSE = 0x9, 0xA, 0x8
+
+
+@pytest.fixture
+def settings(settings):
+    return settings.replace(ws_ping_interval=0.3)
+
+
+async def raw_socket(base_url, site, user):
+    code, boot = await bootstrap(base_url, site.login(user))
+    assert code == 200, boot
+    return await RawWebSocket.open(base_url, boot["token"])
+
+
+async def frames_until(raw, stop, answer_pings):
+    """The opcodes received until ``stop(opcode, payload, opcodes so far)`` is true, and the last
+    payload; each ping answered with a pong, or not."""
+    seen = []
+    while True:
+        opcode, payload = await raw.receive()
+        seen.append(opcode)
+        if opcode == PING and answer_pings:
+            raw.send(PONG, payload)
+        if stop(opcode, payload, seen):
+            return seen, payload
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_a_peer_that_stops_answering_pings_is_closed_and_goes_offline(http_server, base_url, site, people):
+    ana, ben, cat = site.classmates("Ana", "Ben", "Cat")
+    watcher = await people.connect(cat)
+    silent = await raw_socket(base_url, site, ana)
+    answering = await raw_socket(base_url, site, ben)
+    try:
+        await watcher.wait_for(lambda e: e.get("type") == "presence" and e["user"]["id"] == ana
+                               and e["status"] == "online")
+        # Ana's socket never answers: pinged, then closed by the pinger ("ping timed out").
+        seen, payload = await frames_until(silent, lambda op, _, __: op == CLOSE, answer_pings=False)
+        assert seen.count(PING) == 1, seen
+        assert struct.unpack(">H", payload[:2])[0] == 1000 and payload[2:] == b"ping timed out"
+        # Ben answers every ping: still connected three pings on, and gchat still answers him.
+        seen, _ = await frames_until(answering, lambda op, _, ops: op == CLOSE or ops.count(PING) == 3,
+                                     answer_pings=True)
+        assert seen.count(PING) == 3 and CLOSE not in seen
+        answering.send(0x1, b'{"type":"ping","ref":7}')
+        seen, reply = await frames_until(answering, lambda op, body, _: op == CLOSE or b'"reply"' in body,
+                                         answer_pings=True)
+        assert CLOSE not in seen and b'"ref":7' in reply and b'"ok":true' in reply
+        # Course-mates see Ana go offline once the grace period after the close is over.
+        await watcher.wait_for(lambda e: e.get("type") == "presence" and e["user"]["id"] == ana
+                               and e["status"] == "offline")
+    finally:
+        silent.close()
+        answering.close()
