@@ -17,6 +17,7 @@ import tornado.web
 from gchat.app import Services, build_services, make_app
 from gchat.config import Settings
 from tests.support.clients import People
+from tests.support.fakes import cancel_pending_tasks
 
 
 @pytest.fixture
@@ -25,6 +26,9 @@ def services(settings: Settings, site: Any, io_loop: Any) -> Iterator[Services]:
     io_loop.run_sync(built.start)
     yield built
     io_loop.run_sync(built.aclose)
+    # As asyncio.run does when gchat stops: what is still running (an announcement waiting for
+    # the closed database) is cancelled, not destroyed with the loop.
+    io_loop.run_sync(cancel_pending_tasks)
 
 
 @pytest.fixture
