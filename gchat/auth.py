@@ -37,7 +37,9 @@ class TokenSigner:
     def issue(self, identity: Identity) -> str:
         return self._serializer.dumps({"u": identity.user_id, "s": identity.sid_hash})
 
-    def verify(self, token: str | None) -> Identity:
+    def verify(self, token: str | None, *, remember: bool = True) -> Identity:
+        """The token's identity. ``remember=False``: a token presented once (a WebSocket's) is not
+        kept among the verified ones, where it would cost memory for the life of the token."""
         if not token or not isinstance(token, str) or len(token) > 512:
             raise AuthError("bad_token", "a token from api/bootstrap is required")
         hit = self._verified.get(token)
@@ -53,6 +55,8 @@ class TokenSigner:
             identity = Identity(int(data["u"]), str(data["s"]))
         except (KeyError, TypeError, ValueError):
             raise AuthError("bad_token", "the token is not valid") from None
+        if not remember:
+            return identity
         if len(self._verified) >= 100_000:
             now = time.time()
             self._verified = {t: v for t, v in self._verified.items() if v[1] > now}

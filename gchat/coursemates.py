@@ -21,7 +21,7 @@ from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 from typing import Any
 
-_NOTHING: frozenset[int] = frozenset()
+NOBODY: frozenset[int] = frozenset()  # one shared empty set: frozenset(set()) is a new object each time
 NameKey = tuple[str, int]  # how course-mates are ordered: name (case folded), then id
 
 
@@ -46,11 +46,11 @@ class MateSet(AbstractSet[int]):
 
     __slots__ = ("_base", "_me", "_without", "_len", "_order")
 
-    def __init__(self, base: frozenset[int], me: int, without: AbstractSet[int] = _NOTHING,
+    def __init__(self, base: frozenset[int], me: int, without: AbstractSet[int] = NOBODY,
                  order: Sequence[int] = ()) -> None:
         self._base = base
         self._me = me
-        self._without = frozenset(without & base) if without else _NOTHING
+        self._without = frozenset(without & base) if without else NOBODY
         self._len = len(base) - (me in base) - len(self._without - {me})
         self._order = order
 
@@ -115,7 +115,7 @@ class Unions:
     def of(self, members: dict[int, CourseMembers]) -> tuple[frozenset[int], tuple[int, ...]]:
         """The members of all these courses, and their ids in name order."""
         if not members:
-            return _NOTHING, ()
+            return NOBODY, ()
         key = frozenset(members)
         parts = tuple(members[course] for course in sorted(members))
         hit = self._unions.get(key)

@@ -27,7 +27,7 @@ from collections.abc import Set as AbstractSet
 from typing import Any
 
 from gchat.cache import TTLCache
-from gchat.coursemates import CourseMembers, MateSet, Unions, name_key
+from gchat.coursemates import NOBODY, CourseMembers, MateSet, Unions, name_key
 from gchat.db import Database, Query
 from gchat.moodle_privacy import MessagingRules
 from gchat.moodle_sessions import SID_SHAPE, SessionRules
@@ -192,7 +192,7 @@ class Moodle(SessionRules, MessagingRules):
         if me_only_contacts:
             audience = frozenset(audience & my_contacts)
         return Circle(mates=MateSet(base, user_id, blocked | closed, order), audience=audience,
-                      blocked=frozenset(blocked), closed=frozenset(closed))
+                      blocked=frozenset(blocked) if blocked else NOBODY, closed=frozenset(closed) if closed else NOBODY)
 
     def _courses_of(self, q: Query, me: int) -> list[int]:
         """The visible courses (not the front page) where ``me`` has an active enrolment."""

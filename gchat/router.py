@@ -96,8 +96,9 @@ class Router:
     async def cookie_name(self) -> str:
         return await self._sessions.cookie_name()
 
-    def authenticate(self, token: str | None) -> Identity:
-        return self._sessions.authenticate(token)
+    def authenticate(self, token: str | None, *, remember: bool = True) -> Identity:
+        """``remember=False`` for a token presented once (gchat.auth.TokenSigner.verify)."""
+        return self._sessions.authenticate(token, remember=remember)
 
     async def admit(self, identity: Identity) -> None:
         """A new connection's session is live (fresh from the re-check, or looked up now);

@@ -118,9 +118,9 @@ class SessionWatch:
             return self._settings.session_cookie
         return DEFAULT_COOKIE + (await self._moodle.config()).session_cookie_suffix
 
-    def authenticate(self, token: str | None) -> Identity:
+    def authenticate(self, token: str | None, *, remember: bool = True) -> Identity:
         """The token's identity, unless its session is known to have ended (no query)."""
-        identity = self._signer.verify(token)
+        identity = self._signer.verify(token, remember=remember)
         if (identity.user_id, identity.sid_hash) in self._ended:
             raise AuthError("session_ended", "the Moodle session has ended")
         return identity
