@@ -138,8 +138,6 @@ class WebSocketHandler(tornado.websocket.WebSocketHandler):
         # Small frames must leave at once: with Nagle's algorithm on (Tornado's default) a reply
         # or event can wait for the peer's delayed ACK, tens of milliseconds.
         self.set_nodelay(True)
-        if self.pinger is not None:
-            self.pinger.add(self)
         stream = self.ws_connection.stream if self.ws_connection else None
         if stream is not None:
             stream.max_write_buffer_size = self.gchat_settings.max_output_bytes
@@ -154,6 +152,8 @@ class WebSocketHandler(tornado.websocket.WebSocketHandler):
         self.client = client
         client.start(query_text(self.request, "cursor") or None)
         self._forget_handshake()
+        if self.pinger is not None:  # last: once open() has returned, Tornado calls on_close, which takes it off
+            self.pinger.add(self)
 
     def _forget_handshake(self) -> None:
         """What Tornado keeps of the handshake for the life of the socket and never reads again —
