@@ -16,7 +16,7 @@ PING, PONG, CLOSE = 0x9, 0xA, 0x8
 
 @pytest.fixture
 def settings(settings):
-    return settings.replace(ws_ping_interval=0.3)
+    return settings.replace(ws_ping_interval=0.5)  # long beside a loaded loop: a pong is late only when lost
 
 
 async def raw_socket(base_url, site, user):
