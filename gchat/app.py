@@ -205,9 +205,9 @@ def make_app(services: Services, *, extra_routes: RoutesFor | None = None,
     origins = OriginPolicy(settings)
     common: dict[str, Any] = dict(router=services.router, settings=settings, origins=origins)
     tabs = PollTabs(services.router, idle_secs=settings.longpoll_idle)
-    metrics = build_metrics(services.router, services.db, services.broker)
     # WebSocket pings from one timer for all sockets (gchat.transports.heartbeat), not Tornado's task per socket.
     pinger = Pinger(settings.ws_ping_interval) if settings.ws_ping_interval else None
+    metrics = build_metrics(services.router, services.db, services.broker, pinger)
     routes: list[Route] = [
         (prefix + "/api/bootstrap", BootstrapHandler, common),
         (prefix + "/api/poll", PollHandler, dict(common, tabs=tabs)),

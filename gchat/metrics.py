@@ -24,25 +24,26 @@ command when metrics are off):
 
 The series (rates such as messages per second come from PromQL's ``rate()`` over the counters):
 
-=====================================  ==========================================================
-``gchat_connections{transport}``       live WebSockets and long-poll tabs on this process
-``gchat_online_users``                 users online (memory broker: the whole site)
-``gchat_connected_users``              users with a live connection to this process
-``gchat_broker_<count>``               the broker's own counts (logs, connections, health, ...)
-``gchat_broker_info{kind}``            ``memory`` or ``redis``
-``gchat_events_published_total``       events appended to users' logs
-``gchat_messages_total``               messages stored
-``gchat_commands_total{type}``         commands handled, by type (``other`` for unknown types)
-``gchat_errors_total{code}``           commands refused, by protocol error code
-``gchat_command_seconds{type}``        histogram: command handling time
-``gchat_message_delivery_seconds``     histogram: message stored → event in both users' logs
-``gchat_db_pool_size``                 database connections (and worker threads)
-``gchat_db_pool_in_use``               units of work running; ``gchat_db_waiting``: queued
-``gchat_db_queries_total``             SQL statements run
-``gchat_db_query_seconds_total``       seconds spent in units of work
-``gchat_shutting_down``                1 while stopping
-``process_*``, ``python_*``            memory, CPU, open files, garbage collection
-=====================================  ==========================================================
+========================================  ==========================================================
+``gchat_connections{transport}``          live WebSockets and long-poll tabs on this process
+``gchat_online_users``                    users online (memory broker: the whole site)
+``gchat_connected_users``                 users with a live connection to this process
+``gchat_broker_<count>``                  the broker's own counts (logs, connections, health, ...)
+``gchat_broker_info{kind}``               ``memory`` or ``redis``
+``gchat_events_published_total``          events appended to users' logs
+``gchat_messages_total``                  messages stored
+``gchat_commands_total{type}``            commands handled, by type (``other`` for unknown types)
+``gchat_errors_total{code}``              commands refused, by protocol error code
+``gchat_command_seconds{type}``           histogram: command handling time
+``gchat_message_delivery_seconds``        histogram: message stored → event in both users' logs
+``gchat_db_pool_size``                    database connections (and worker threads)
+``gchat_db_pool_in_use``                  units of work running; ``gchat_db_waiting``: queued
+``gchat_db_queries_total``                SQL statements run
+``gchat_db_query_seconds_total``          seconds spent in units of work
+``gchat_websocket_ping_timeouts_total``   WebSockets closed for a ping not answered by the next one
+``gchat_shutting_down``                   1 while stopping
+``process_*``, ``python_*``               memory, CPU, open files, garbage collection
+========================================  ==========================================================
 
 prometheus-client is optional (``pip install gchat[metrics]``). Without it the server runs as
 usual and ``/metrics`` answers 501 with one line saying how to enable it.
@@ -61,6 +62,7 @@ import tornado.web
 from gchat.broker import Broker
 from gchat.db import Database
 from gchat.router import Router
+from gchat.transports.heartbeat import Pinger
 
 try:  # optional dependency: gchat[metrics]
     import prometheus_client
@@ -90,12 +92,14 @@ DELIVERY_BUCKETS_SECS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5
 
 
 class _StateCollector(Collector):
-    """Reads, at scrape time, what the router, the database and the broker already count."""
+    """Reads, at scrape time, what the router, the database, the broker and the WebSocket pinger
+    already count."""
 
-    def __init__(self, router: Router, db: Database, broker: Broker) -> None:
+    def __init__(self, router: Router, db: Database, broker: Broker, pinger: Pinger | None) -> None:
         self._router = router
         self._db = db
         self._broker = broker
+        self._pinger = pinger
 
     def describe(self) -> list[Any]:
         # Reading the counters is cheap: describing by collecting lets the registry refuse a
@@ -146,6 +150,10 @@ class _StateCollector(Collector):
         yield CounterMetricFamily("gchat_db_query_seconds", "Seconds spent in database units of work "
                                   "(waiting for a connection, queries, commit)", value=db.query_seconds)
 
+        timeouts = self._pinger.timeouts if self._pinger is not None else 0
+        yield CounterMetricFamily("gchat_websocket_ping_timeouts", "WebSockets closed because a ping "
+                                  "was not answered by the next one", value=timeouts)
+
         yield InfoMetricFamily("gchat_broker", "Which broker keeps the event logs and presence",
                                value={"kind": broker.name})
 
@@ -188,12 +196,12 @@ class Metrics:
         children = self._by_type[kind] = (self._commands.labels(kind), self._seconds.labels(kind))
         return children
 
-    def watch(self, router: Router, db: Database, broker: Broker) -> None:
+    def watch(self, router: Router, db: Database, broker: Broker, pinger: Pinger | None) -> None:
         """Read the state of this application at every scrape; every command type of the
         router gets its series now (0 until used)."""
         for kind in router.command_types:
             self._bind(kind)
-        self.registry.register(_StateCollector(router, db, broker))
+        self.registry.register(_StateCollector(router, db, broker, pinger))
 
     # -- the router's observer interface ---------------------------------------------------
 
@@ -220,14 +228,14 @@ def new_observer() -> Metrics | None:
     return Metrics() if prometheus_client is not None else None
 
 
-def build_metrics(router: Router, db: Database, broker: Broker) -> Metrics | None:
+def build_metrics(router: Router, db: Database, broker: Broker, pinger: Pinger | None = None) -> Metrics | None:
     """This application's metrics: the router's observer, now also reading the router, the
-    database and the broker at scrape time. None when the router was built without one."""
+    database, the broker and the pinger at scrape time. None when the router was built without one."""
     metrics = router.observer
     if not isinstance(metrics, Metrics):
         log.info("prometheus-client is not installed: %s/metrics answers 501", router.settings.url_prefix)
         return None
-    metrics.watch(router, db, broker)
+    metrics.watch(router, db, broker, pinger)
     return metrics
 
 

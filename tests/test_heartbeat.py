@@ -1,13 +1,16 @@
 """WebSocket heartbeats on a real server (gchat's own pinger, one timer for every socket): a peer
 that answers pings stays connected however long it is idle; one that stops answering (a laptop
 closed, a network gone without a FIN) is closed after the next ping and its user goes offline
-for course-mates, instead of staying online until the kernel gives up on the socket."""
+for course-mates, instead of staying online until the kernel gives up on the socket; an admin
+sees how many were closed so in /metrics."""
 
 from __future__ import annotations
 
 import struct
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
+from tornado.httpclient import AsyncHTTPClient
 
 from tests.support.clients import RawWebSocket, bootstrap
 
@@ -23,6 +26,12 @@ async def raw_socket(base_url, site, user):
     code, boot = await bootstrap(base_url, site.login(user))
     assert code == 200, boot
     return await RawWebSocket.open(base_url, boot["token"])
+
+
+async def ping_timeouts(base_url):
+    body = (await AsyncHTTPClient().fetch(f"{base_url}/gchat/metrics")).body.decode()
+    [family] = [f for f in text_string_to_metric_families(body) if f.name == "gchat_websocket_ping_timeouts"]
+    return family.samples[0].value
 
 
 async def frames_until(raw, stop, answer_pings):
@@ -45,12 +54,14 @@ async def test_a_peer_that_stops_answering_pings_is_closed_and_goes_offline(http
     silent = await raw_socket(base_url, site, ana)
     answering = await raw_socket(base_url, site, ben)
     try:
+        assert await ping_timeouts(base_url) == 0
         await watcher.wait_for(lambda e: e.get("type") == "presence" and e["user"]["id"] == ana
                                and e["status"] == "online")
         # Ana's socket never answers: pinged, then closed by the pinger ("ping timed out").
         seen, payload = await frames_until(silent, lambda op, _, __: op == CLOSE, answer_pings=False)
         assert seen.count(PING) == 1, seen
         assert struct.unpack(">H", payload[:2])[0] == 1000 and payload[2:] == b"ping timed out"
+        assert await ping_timeouts(base_url) == 1
         # Ben answers every ping: still connected three pings on, and gchat still answers him.
         seen, _ = await frames_until(answering, lambda op, _, ops: op == CLOSE or ops.count(PING) == 3,
                                      answer_pings=True)
@@ -59,6 +70,7 @@ async def test_a_peer_that_stops_answering_pings_is_closed_and_goes_offline(http
         seen, reply = await frames_until(answering, lambda op, body, _: op == CLOSE or b'"reply"' in body,
                                          answer_pings=True)
         assert CLOSE not in seen and b'"ref":7' in reply and b'"ok":true' in reply
+        assert await ping_timeouts(base_url) == 1  # Ben's socket was never counted
         # Course-mates see Ana go offline once the grace period after the close is over.
         await watcher.wait_for(lambda e: e.get("type") == "presence" and e["user"]["id"] == ana
                                and e["status"] == "offline")

@@ -23,20 +23,22 @@ SLOTS = 100
 
 
 class Beating(Protocol):
-    """A connection the pinger looks after: ``heartbeat()`` is called once per interval, with the
-    ring's slot kept on the connection itself (no table of connections besides the ring)."""
+    """A connection the pinger looks after: ``heartbeat()`` is called once per interval and
+    answers False when it closed the connection for a missing pong (it leaves the ring then);
+    the ring's slot is kept on the connection itself (no table of connections besides the ring)."""
 
     ping_slot: int
 
-    def heartbeat(self) -> None: ...
+    def heartbeat(self) -> bool: ...
 
 
 class Pinger:
     """The ring of connections and the one timer that walks it. The timer runs only while the
-    ring holds a connection."""
+    ring holds a connection. ``timeouts``: connections closed for a missing pong (/metrics)."""
 
     def __init__(self, interval: float) -> None:
         self.interval = interval
+        self.timeouts = 0
         self._ring: list[set[Beating]] = [set() for _ in range(SLOTS)]
         self._hand = 0  # the slot the next tick visits
         self._deal = 0  # the slot the next connection joins
@@ -73,7 +75,9 @@ class Pinger:
         self._hand = (self._hand + 1) % SLOTS
         for conn in list(slot):  # a heartbeat may end its connection, which leaves the slot
             try:
-                conn.heartbeat()
+                if not conn.heartbeat():
+                    self.timeouts += 1
+                    self.discard(conn)  # counted once, not again while its close completes
             except Exception:
                 log.exception("a WebSocket heartbeat failed")
 

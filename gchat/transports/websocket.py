@@ -193,17 +193,21 @@ class WebSocketHandler(tornado.websocket.WebSocketHandler):
         """Write one frame; False when the connection is gone or was cut off for not reading."""
         return self._write(lambda: self.write_message(text))
 
-    def heartbeat(self) -> None:
+    def heartbeat(self) -> bool:
         """The pinger's visit, once per ``ws_ping_interval``: a peer that did not answer the last
-        ping is closed (as Tornado's own pings would: code 1000, "ping timed out"), the others
-        are pinged."""
+        ping is closed (as Tornado's own pings would: code 1000, "ping timed out") and False
+        answered; the others are pinged. A socket already closing is left alone: it was not
+        closed for a ping, and on_close takes it off the ring."""
+        if self.ws_connection is None or self.ws_connection.is_closing():
+            return True
         if not self._ponged:
             log.debug("user %s: WebSocket closed, no pong in %g s", self.client and self.client.user_id,
-                     self.gchat_settings.ws_ping_interval)
+                      self.gchat_settings.ws_ping_interval)
             self.close(reason="ping timed out")
-            return
+            return False
         self._ponged = False
         self._write(self.ping)
+        return True
 
     def on_pong(self, data: bytes) -> None:
         self._ponged = True
