@@ -158,7 +158,7 @@ class WebSocketHandler(tornado.websocket.WebSocketHandler):
     def _forget_handshake(self) -> None:
         """What Tornado keeps of the handshake for the life of the socket and never reads again —
         the request's header objects, its query with the token (parsed and as text), the headers
-        of the 101 answer, the finished HTTP/1 connection objects — is let go: about 3.5 KB per
+        of the 101 answer, the finished HTTP/1 connection objects — is let go: about 3 KB per
         idle connection. The access log line was written with the 101; what an error log of this
         socket shows later is its path."""
         request = self.request
@@ -213,6 +213,8 @@ class WebSocketHandler(tornado.websocket.WebSocketHandler):
         self._ponged = True
 
     def _write(self, write: Callable[[], object]) -> bool:
+        """Run one frame's ``write`` (a message or a ping) on a socket that is still open; a
+        client over ``max_output_bytes`` unread is cut off. False when nothing was written."""
         if self.ws_connection is None or self.ws_connection.is_closing():
             return False
         try:
