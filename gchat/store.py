@@ -21,7 +21,8 @@ from gchat import store_schema
 from gchat.db import Database, Query
 from gchat.message_writer import MAX_BATCH, MessageWriter
 from gchat.store_rows import (MESSAGE_COLUMNS, STATE_COLUMNS, MemberState, Message, Pair, Read, Recent, Stored,
-                              ensure_members, last_messages, member_state_of, message_of, now_ms, read_of, state_of)
+                              ensure_members, last_messages, member_state_of, message_of, newest_id, now_ms, read_of,
+                              state_of)
 from gchat.store_schema import TABLES
 
 __all__ = ["MAX_BATCH", "MAX_HISTORY_LIMIT", "TABLES", "ChatStore", "MemberState", "Message", "Pair", "Read",
@@ -129,8 +130,7 @@ class ChatStore:
             # snapshot from before the wait on PostgreSQL, and lock them on MariaDB.)
             q.execute("UPDATE {gchat_members} SET is_open = 0, minimized = 0, timemodified = %s "
                       "WHERE conversation = %s AND userid = %s", (now_ms(), conversation, user))
-            newest = int(q.scalar("SELECT COALESCE(MAX(id), 0) FROM {gchat_messages} WHERE conversation = %s",
-                                  (conversation,)) or 0)
+            newest = newest_id(q, conversation)
             q.execute("UPDATE {gchat_members} SET unread = 0, last_read = %s "
                       "WHERE conversation = %s AND userid = %s", (newest, conversation, user))
             return MemberState(False, False, 0, newest, newest)  # all of it, as just written

@@ -117,14 +117,19 @@ def member_state_of(row: Any) -> MemberState:
     return MemberState(bool(row[0]), bool(row[1]), int(row[2]), int(row[3]), int(row[4]))
 
 
+def newest_id(q: Query, conversation: int) -> int:
+    """The id of the conversation's newest message (0: none)."""
+    return int(q.scalar("SELECT COALESCE(MAX(id), 0) FROM {gchat_messages} WHERE conversation = %s",
+                        (conversation,)) or 0)
+
+
 def state_of(q: Query, conversation: int, user: int, lock: str = "") -> MemberState:
     """``user``'s view of ``conversation``. ``lock``: the dialect's locking read, for a unit of
     work whose snapshot may be older than the row (see ChatStore.open)."""
     row = q.one(f"SELECT {STATE_COLUMNS} FROM {{gchat_members}} m WHERE m.conversation = %s AND m.userid = %s"
                 + lock, (conversation, user))
     if row is None:
-        newest = q.scalar("SELECT COALESCE(MAX(id), 0) FROM {gchat_messages} WHERE conversation = %s", (conversation,))
-        return MemberState(False, False, 0, 0, int(newest or 0))
+        return MemberState(False, False, 0, 0, newest_id(q, conversation))
     return member_state_of(row)
 
 

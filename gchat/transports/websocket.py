@@ -198,7 +198,7 @@ class WebSocketHandler(tornado.websocket.WebSocketHandler):
         ping is closed (as Tornado's own pings would: code 1000, "ping timed out") and False
         answered; the others are pinged. A socket already closing is left alone: it was not
         closed for a ping, and on_close takes it off the ring."""
-        if self.ws_connection is None or self.ws_connection.is_closing():
+        if self._closing():
             return True
         if not self._ponged:
             log.debug("user %s: WebSocket closed, no pong in %g s", self.client and self.client.user_id,
@@ -209,13 +209,16 @@ class WebSocketHandler(tornado.websocket.WebSocketHandler):
         self._write(self.ping)
         return True
 
+    def _closing(self) -> bool:
+        return self.ws_connection is None or self.ws_connection.is_closing()
+
     def on_pong(self, data: bytes) -> None:
         self._ponged = True
 
     def _write(self, write: Callable[[], object]) -> bool:
         """Run one frame's ``write`` (a message or a ping) on a socket that is still open; a
         client over ``max_output_bytes`` unread is cut off. False when nothing was written."""
-        if self.ws_connection is None or self.ws_connection.is_closing():
+        if self._closing():
             return False
         try:
             write()
