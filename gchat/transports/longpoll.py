@@ -23,6 +23,13 @@ from gchat.wire import body_of_events, loads
 TAB_SHAPE = re.compile(r"[A-Za-z0-9_-]{1,64}", re.ASCII)  # fullmatch: "$" would let a trailing newline in
 
 
+def _time_out(waiter: asyncio.Future[str]) -> None:
+    """A wait's own timer ends its own waiter (a newer poll of the tab may have another by
+    then); a function of the module rather than a closure per parked poll."""
+    if not waiter.done():
+        waiter.set_result("timeout")
+
+
 class LongPollTab(Client):
     transport = "longpoll"
     __slots__ = ("tab_id", "_tabs", "_waiter", "_owner", "_active", "_idle", "ended")
@@ -69,12 +76,7 @@ class LongPollTab(Client):
             loop = asyncio.get_running_loop()
             waiter = self._waiter = loop.create_future()
             self._owner = owner
-
-            def expire() -> None:  # this wait's own waiter: a newer poll may have its own by then
-                if not waiter.done():
-                    waiter.set_result("timeout")
-
-            timer = loop.call_later(timeout, expire)
+            timer = loop.call_later(timeout, _time_out, waiter)
             try:
                 outcome = await waiter
             finally:
@@ -153,6 +155,7 @@ class PollHandler(TokenHandler):
                 raise bad_command("tab must be 1 to 64 letters, digits, - or _")
             cursor = query_text(self.request, "cursor") or None
             self._tab = await self.tabs.get(identity, tab_id, self.address)
+            self._forget_request()
             low, high = self.gchat_settings.longpoll_timeout
             events, cursor = await self._tab.poll(self.router, cursor, random.uniform(low, high), self)
         except GchatError as exc:
@@ -162,6 +165,19 @@ class PollHandler(TokenHandler):
         if self.request.connection.stream.closed():  # type: ignore[union-attr]
             return  # the events stay in the log; the client's next poll from its cursor gets them
         self.finish(body_of_events(events, cursor))
+
+    def _forget_request(self) -> None:
+        """What a parked poll keeps of its request and never reads again is let go: the
+        headers but ``Connection`` (Tornado reads it to answer an HTTP/1.0 client) and the
+        parsed query (the access log line, written with the answer, reads the query as text).
+        The CORS headers of the answer were set in ``prepare``."""
+        request = self.request
+        keep = request.headers.get("Connection")
+        request.headers.clear()
+        if keep is not None:
+            request.headers["Connection"] = keep
+        request.arguments.clear()
+        request.query_arguments.clear()
 
     def on_connection_close(self) -> None:
         tab = getattr(self, "_tab", None)
