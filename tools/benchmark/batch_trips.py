@@ -2,13 +2,14 @@
 round trips: ``python tools/benchmark/batch_trips.py [--batches N] [--size B] [--mysql URL]``.
 
 A batch here is what gchat's writer sends for B messages to open windows on MariaDB/MySQL
-(gchat/message_writer.py ``_store_batch``): a multi-row INSERT that returns its ids, a read of the
-peers' windows, an upsert of their unread counts, and the COMMIT — four round trips. The script
+(gchat/message_writer.py ``_store_batch``): a multi-row INSERT (its ids follow from LAST_INSERT_ID),
+a read of the peers' windows, an upsert of their unread counts, and the COMMIT — four round trips. The script
 times, on the calling thread, the CPU (user and system) and the wall time per batch:
 
 * PyMySQL, four round trips (what gchat does);
 * PyMySQL, one round trip (the three statements and the COMMIT sent as one multi-statement);
-* mysqlclient (a C driver), four round trips, when it is installed.
+* mysqlclient (a C driver), four round trips, when it is installed (``pip install mysqlclient``
+  compiles it: a C compiler, pkg-config and the MariaDB client headers, libmariadb-dev on Debian).
 
 It answers "would a C driver, or fewer round trips, take the database work off the server's
 core?" with numbers: docs/performance.md §4 has them. The tables are scratch ones shaped like
@@ -36,7 +37,7 @@ Connect = Callable[..., Any]
 
 def insert_messages(size: int) -> str:
     return ("INSERT INTO messages (conversation, sender, text, client_id, time) VALUES "
-            + ", ".join(["(%s, %s, %s, %s, %s)"] * size) + " RETURNING id")
+            + ", ".join(["(%s, %s, %s, %s, %s)"] * size))
 
 
 def read_windows(size: int) -> str:
@@ -62,7 +63,7 @@ def four_trips(conn: Any, size: int, batch: int) -> None:
     messages, windows, unread = parameters(size, batch)
     cur = conn.cursor()
     cur.execute(insert_messages(size), messages)
-    cur.fetchall()
+    assert cur.lastrowid
     cur.execute(read_windows(size), windows)
     cur.fetchall()
     cur.execute(add_unread(size), unread)
@@ -74,7 +75,7 @@ def one_trip(conn: Any, size: int, batch: int) -> None:
     cur = conn.cursor()
     cur.execute(f"{insert_messages(size)}; {read_windows(size)}; {add_unread(size)}; COMMIT",
                 messages + windows + unread)
-    cur.fetchall()
+    assert cur.lastrowid
     while cur.nextset():
         cur.fetchall()
 
@@ -105,7 +106,7 @@ def measure(name: str, connect: Connect, batch: Callable[[Any, int, int], None],
     finally:
         conn.close()
     user, system = (after.user - before.user) / batches * 1e6, (after.system - before.system) / batches * 1e6
-    print(f"{name:<34} {user:7.0f} {system:7.0f} {user + system:7.0f} {user / size + system / size:9.1f} "
+    print(f"{name:<34} {user:7.0f} {system:7.0f} {user + system:7.0f} {(user + system) / size:9.1f} "
           f"{wall / batches * 1e6:8.0f}")
 
 
