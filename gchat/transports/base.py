@@ -30,6 +30,18 @@ def query_text(request: tornado.httputil.HTTPServerRequest, name: str) -> str | 
     return values[-1].decode("utf-8", "replace") if values else None
 
 
+def forget_parsed_request(request: tornado.httputil.HTTPServerRequest, keep: str | None = None) -> None:
+    """Empty what Tornado parsed of a request that is held open (a WebSocket, a parked poll)
+    and that gchat never reads again: its headers, but the one named ``keep``, and its parsed
+    query. The header object itself stays (Tornado's connection holds the same one)."""
+    kept = request.headers.get(keep) if keep else None
+    request.headers.clear()
+    if keep and kept is not None:
+        request.headers[keep] = kept
+    request.arguments.clear()
+    request.query_arguments.clear()
+
+
 def origin_of(url: str) -> str:
     parts = urllib.parse.urlsplit(url)
     return f"{parts.scheme}://{parts.netloc}".lower()

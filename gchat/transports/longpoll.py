@@ -17,7 +17,7 @@ from typing import Any
 from gchat.auth import Identity
 from gchat.errors import GchatError, bad_command
 from gchat.router import Client, Router
-from gchat.transports.base import TOKEN_HEADER, JsonHandler, query_text
+from gchat.transports.base import TOKEN_HEADER, JsonHandler, forget_parsed_request, query_text
 from gchat.wire import body_of_events, loads
 
 TAB_SHAPE = re.compile(r"[A-Za-z0-9_-]{1,64}", re.ASCII)  # fullmatch: "$" would let a trailing newline in
@@ -171,13 +171,7 @@ class PollHandler(TokenHandler):
         headers but ``Connection`` (Tornado reads it to answer an HTTP/1.0 client) and the
         parsed query (the access log line, written with the answer, reads the query as text).
         The CORS headers of the answer were set in ``prepare``."""
-        request = self.request
-        keep = request.headers.get("Connection")
-        request.headers.clear()
-        if keep is not None:
-            request.headers["Connection"] = keep
-        request.arguments.clear()
-        request.query_arguments.clear()
+        forget_parsed_request(self.request, keep="Connection")
 
     def on_connection_close(self) -> None:
         tab = getattr(self, "_tab", None)

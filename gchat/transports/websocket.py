@@ -23,7 +23,7 @@ from gchat.config import Settings
 from gchat.errors import (WS_CLOSE_GOING_AWAY, WS_CLOSE_INVALID_DATA, WS_CLOSE_POLICY, WS_CLOSE_SERVER_ERROR,
                           WS_CLOSE_SESSION_ENDED, WS_CLOSE_TRY_AGAIN, GchatError)
 from gchat.router import Client, Router
-from gchat.transports.base import OriginPolicy, query_text
+from gchat.transports.base import OriginPolicy, forget_parsed_request, query_text
 from gchat.transports.heartbeat import Pinger
 from gchat.wire import dumps, error_event, loads
 
@@ -162,9 +162,7 @@ class WebSocketHandler(tornado.websocket.WebSocketHandler):
         idle connection. The access log line was written with the 101; what an error log of this
         socket shows later is its path."""
         request = self.request
-        request.headers.clear()
-        request.arguments.clear()
-        request.query_arguments.clear()
+        forget_parsed_request(request)
         request.uri = request.path
         request.query = ""
         self._headers = tornado.httputil.HTTPHeaders()
@@ -191,7 +189,7 @@ class WebSocketHandler(tornado.websocket.WebSocketHandler):
 
     def send(self, text: str) -> bool:
         """Write one frame; False when the connection is gone or was cut off for not reading."""
-        return self._write(lambda: self.write_message(text))
+        return self._write(self.write_message, text)
 
     def heartbeat(self) -> bool:
         """The pinger's visit, once per ``ws_ping_interval``: a peer that did not answer the last
@@ -215,13 +213,13 @@ class WebSocketHandler(tornado.websocket.WebSocketHandler):
     def on_pong(self, data: bytes) -> None:
         self._ponged = True
 
-    def _write(self, write: Callable[[], object]) -> bool:
-        """Run one frame's ``write`` (a message or a ping) on a socket that is still open; a
-        client over ``max_output_bytes`` unread is cut off. False when nothing was written."""
+    def _write(self, write: Callable[..., object], *args: Any) -> bool:
+        """Run one frame's ``write(*args)`` (a message or a ping) on a socket that is still open;
+        a client over ``max_output_bytes`` unread is cut off. False when nothing was written."""
         if self._closing():
             return False
         try:
-            write()
+            write(*args)
             return True
         except tornado.websocket.WebSocketClosedError:
             return False
